@@ -1,0 +1,43 @@
+# Every target creates or reuses .venv itself, so a fresh clone needs only Python >= 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BATCHCTL := $(VENV)/bin/batchctl
+STAMP := $(VENV)/.installed
+DEMO_STATE ?= .demo-state
+
+.DEFAULT_GOAL := help
+.PHONY: help install fmt lint type test check demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("batchctl needs Python >= 3.11") if sys.version_info < (3, 11) else None'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install batchctl with its dev tools
+
+fmt: $(STAMP) ## format and auto-fix
+	$(VENV)/bin/ruff format batchctl tests
+	$(VENV)/bin/ruff check --fix batchctl tests
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check batchctl tests
+	$(VENV)/bin/ruff format --check batchctl tests
+
+type: $(STAMP) ## mypy strict
+	$(VENV)/bin/mypy
+
+test: $(STAMP) ## run the whole test suite
+	$(PY) -m pytest
+
+check: lint type test ## lint, type-check and test
+
+demo: $(STAMP) ## run the example plan on this machine (state in .demo-state/)
+	BATCHCTL_STATE_DIR=$(DEMO_STATE) ./demo.sh $(BATCHCTL)
+
+clean: ## remove the venv, caches and demo state
+	rm -rf $(VENV) $(DEMO_STATE) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

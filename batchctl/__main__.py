@@ -1,0 +1,3 @@
+from batchctl.cli.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""The batchctl command line: wiring, and the one place errors become exit codes."""
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchctl import __version__
+from batchctl.cli import batches
+from batchctl.cli.output import error_envelope
+from batchctl.core.errors import BatchctlError, ExitCode, InvalidInput
+from batchctl.runtime.clock import SystemClock
+from batchctl.runtime.settings import resolve_state_dir
+
+app = typer.Typer(
+    name="batchctl",
+    help="Run a plan of test directories across a fleet of machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"batchctl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Run a plan of test directories across a fleet of machines."""
+
+
+app.command("run")(batches.run)
+app.command("status")(batches.status)
+app.command("list")(batches.list_batches)
+
+
+def _report(error: BatchctlError, json_mode: bool) -> int:
+    if json_mode:
+        sys.stderr.write(error_envelope(error))
+    else:
+        sys.stderr.write(f"batchctl: error: {error.message}\n")
+    return int(error.exit_code)
+
+
+def _option_value(args: list[str], name: str) -> str | None:
+    for position, arg in enumerate(args):
+        if arg == name and position + 1 < len(args):
+            return args[position + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _write_crash_report(args: list[str]) -> Path:
+    """Keep the traceback for a bug report; the user sees one line and this path."""
+    stamp = f"{SystemClock().now():%Y%m%d-%H%M%S}"
+    text = f"batchctl {__version__}\nargv: {args!r}\n\n{traceback.format_exc()}"
+    for directory in (
+        resolve_state_dir(_option_value(args, "--state-dir"), os.environ) / "crash",
+        Path(tempfile.gettempdir()),
+    ):
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = directory / f"batchctl-crash-{stamp}-{os.getpid()}.log"
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    raise RuntimeError("cannot write a crash report anywhere")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    json_mode = "--json" in args
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="batchctl", standalone_mode=False)
+    except BatchctlError as error:
+        return _report(error, json_mode)
+    except typer.Abort:
+        sys.stderr.write("batchctl: interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except typer.TyperException as error:
+        # Usage errors (unknown option, missing argument) are invalid input too.
+        usage = InvalidInput(
+            f"{error.format_message()} (see 'batchctl --help')", details={"usage": True}
+        )
+        return _report(usage, json_mode)
+    except KeyboardInterrupt:
+        sys.stderr.write("batchctl: interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except Exception as error:
+        report = _write_crash_report(args)
+        sys.stderr.write(
+            f"batchctl: internal error: {type(error).__name__}: {error}\n"
+            f"batchctl: a crash report was written to {report}; please attach it to a bug report\n"
+        )
+        return int(ExitCode.INTERNAL)
+    return int(result) if isinstance(result, int) else int(ExitCode.OK)

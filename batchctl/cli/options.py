@@ -1,0 +1,19 @@
+"""Options every command shares, declared once."""
+
+from typing import Annotated
+
+import typer
+
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON document on stdout (errors as JSON on stderr)."),
+]
+StateDirOption = Annotated[
+    str | None,
+    typer.Option(
+        "--state-dir",
+        help="State directory [default: $BATCHCTL_STATE_DIR, else $XDG_STATE_HOME/batchctl].",
+        show_default=False,
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print no progress or remarks.")]

@@ -1,0 +1,123 @@
+"""Human-readable tables. Pure functions of a view and a console."""
+
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from batchctl.core.service import DryRunResult, SubmitResult
+from batchctl.core.views import BatchSummary, BatchView, ItemView
+
+OUTCOME_STYLE = {
+    "passed": "green",
+    "failed": "red",
+    "error": "red",
+    "timeout": "red",
+    "interrupted": "yellow",
+    "skipped": "yellow",
+    "running": "cyan",
+    "queued": "",
+    "waiting": "dim",
+}
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    return (
+        ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items())) or "no items"
+    )
+
+
+def _detail(item: ItemView) -> str:
+    if item.error_code:
+        return item.error_code + (f" ({item.blame})" if item.blame else "")
+    if item.run and item.run.error_code:
+        return f"{item.run.error_code}: {item.run.message or ''}".strip()
+    if item.run and item.run.exit_code not in (None, 0):
+        return f"exit {item.run.exit_code}"
+    return item.reason or ""
+
+
+def render_batch(console: Console, view: BatchView) -> None:
+    state = "cancelled" if view.cancelled else ("done" if view.done else "in progress")
+    console.print(f"batch    {view.id}  ({state})", markup=False)
+    console.print(f"staging  {view.staging or '-'}", markup=False)
+    console.print(f"plan     {view.source}  sha256:{view.plan_hash[:12]}", markup=False)
+    console.print(f"created  {_when(view.created_at)} by {view.created_by}", markup=False)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("ITEM", no_wrap=True)
+    table.add_column("OUTCOME", no_wrap=True)
+    table.add_column("TRY", justify="right")
+    table.add_column("MACHINE", no_wrap=True)
+    table.add_column("SELECTOR", no_wrap=True)
+    table.add_column("DETAIL", overflow="fold")
+    for item in view.items:
+        table.add_row(
+            item.name,
+            f"[{OUTCOME_STYLE.get(item.outcome, '')}]{item.outcome}[/]"
+            if OUTCOME_STYLE.get(item.outcome)
+            else item.outcome,
+            str(item.attempt),
+            item.machine or "-",
+            item.selector,
+            _detail(item),
+        )
+    console.print()
+    console.print(table)
+    console.print()
+    console.print(f"{view.expected_count} items: {counts_line(view.counts)}", markup=False)
+
+
+def render_submit(console: Console, result: SubmitResult) -> None:
+    verb = "resumed" if result.resumed else "created"
+    console.print(f"{verb} batch {result.batch.id}", markup=False)
+    render_batch(console, result.batch)
+
+
+def render_dry_run(console: Console, result: DryRunResult) -> None:
+    console.print(f"plan     {result.source}  sha256:{result.plan_hash}", markup=False)
+    console.print(f"staging  {result.staging or '-'}", markup=False)
+    resume = (
+        f"would resume batch {result.would_resume}"
+        if result.would_resume
+        else "would create a new batch"
+    )
+    console.print(
+        f"dry run: valid plan, {len(result.items)} items; {resume}; nothing written", markup=False
+    )
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("ITEM", "DIR", "SELECTOR", "NEEDS", "TIMEOUT", "RETRIES"):
+        table.add_column(column, no_wrap=column != "NEEDS", overflow="fold")
+    for item in result.items:
+        table.add_row(
+            item.name,
+            item.dir,
+            item.selector,
+            ", ".join(item.needs) or "-",
+            f"{item.timeout_s}s",
+            f"{item.retries} on {'/'.join(item.retry_on)}",
+        )
+    console.print()
+    console.print(table)
+
+
+def render_list(console: Console, summaries: list[BatchSummary]) -> None:
+    if not summaries:
+        console.print("no batches yet")
+        return
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("BATCH", "CREATED", "STAGING", "STATE", "OUTCOMES", "SOURCE"):
+        table.add_column(column, no_wrap=column not in ("OUTCOMES", "SOURCE"))
+    for summary in summaries:
+        table.add_row(
+            summary.id,
+            _when(summary.created_at),
+            summary.staging or "-",
+            "done" if summary.done else "in progress",
+            counts_line(summary.counts),
+            summary.source,
+        )
+    console.print(table)

@@ -1,0 +1,143 @@
+"""The records batchctl keeps: resolved plan entries, batch items, batches, runs.
+
+Models are frozen: a change is a new value, which keeps the per-item merge a
+pure function of two versions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ItemState(StrEnum):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    SKIPPED = "skipped"
+
+
+class SkipCode(StrEnum):
+    NO_MATCHING_MACHINE = "no_matching_machine"
+    ENTRYPOINT_MISSING = "entrypoint_missing"
+    DIR_MISSING = "dir_missing"
+    DEP_FAILED = "dep_failed"
+    CANCELLED = "cancelled"
+    QUEUE_TIMEOUT = "queue_timeout"
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+# Statuses a run may move to from each status; terminal ones go nowhere.
+RUN_STATUS_ORDER: dict[RunStatus, int] = {
+    RunStatus.PENDING: 0,
+    RunStatus.RUNNING: 1,
+    RunStatus.SUCCEEDED: 2,
+    RunStatus.FAILED: 2,
+    RunStatus.ERROR: 2,
+    RunStatus.TIMEOUT: 2,
+    RunStatus.INTERRUPTED: 2,
+}
+
+
+class Entry(Record):
+    """One plan entry with every default resolved; what a batch stores and hashes."""
+
+    name: str
+    dir: str
+    abs_dir: str
+    selector: str
+    needs: tuple[str, ...] = ()
+    timeout_s: int
+    retries: int
+    retry_on: tuple[str, ...]
+    env: dict[str, str] = Field(default_factory=dict)
+
+    def hashed_fields(self) -> dict[str, object]:
+        """The behaviour-changing fields. ``abs_dir`` is left out: moving the
+        checkout must not make a new batch, only editing the plan should."""
+        return {
+            "name": self.name,
+            "dir": self.dir,
+            "selector": self.selector,
+            "needs": sorted(self.needs),
+            "timeout": self.timeout_s,
+            "retries": self.retries,
+            "retry_on": sorted(self.retry_on),
+            "env": dict(sorted(self.env.items())),
+        }
+
+
+class Item(Record):
+    """A dispatch decision about one entry; outcomes live in the runs store."""
+
+    name: str
+    state: ItemState = ItemState.QUEUED
+    attempt: int = 1
+    run_id: str | None = None
+    machine: str | None = None
+    error_code: SkipCode | None = None
+    blame: str | None = None
+    history: tuple[str, ...] = ()
+    not_before: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Lease(Record):
+    token: str
+    pid: int
+    host: str
+    heartbeat_at: datetime
+
+
+class Batch(Record):
+    id: str
+    plan_hash: str
+    staging: str
+    created_by: str
+    created_at: datetime
+    expected_count: int
+    source: str
+    entries: tuple[Entry, ...]
+    items: dict[str, Item]
+    cancelled: bool = False
+    lease: Lease | None = None
+
+
+class Run(Record):
+    id: str
+    batch_id: str
+    item: str
+    attempt: int
+    machine: str
+    test_dir: str
+    test_dir_hash: str
+    status: RunStatus = RunStatus.PENDING
+    exit_code: int | None = None
+    error_code: str | None = None
+    message: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    log_path: str
+    artifacts_path: str
+    heartbeat_at: datetime | None = None
+    pid: int | None = None
+    host: str | None = None

@@ -1,0 +1,162 @@
+"""What `run`, `status` and `list` show: batch decisions joined with run outcomes.
+
+These are the JSON shapes users script against (SPEC §8). Fields may be
+added; none is removed or renamed without bumping the envelope's schema_version.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from batchctl.core.models import Batch, Entry, Item, ItemState, Run
+from batchctl.core.policy import item_is_final, item_outcome, unmet_needs
+
+
+class View(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class RunView(View):
+    id: str
+    status: str
+    exit_code: int | None
+    error_code: str | None
+    message: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    log_path: str
+    artifacts_path: str
+
+
+class ItemView(View):
+    name: str
+    selector: str
+    needs: list[str]
+    state: str
+    outcome: str
+    attempt: int
+    run_id: str | None
+    machine: str | None
+    error_code: str | None
+    reason: str | None
+    blame: str | None
+    history: list[str]
+    run: RunView | None
+
+
+class BatchView(View):
+    id: str
+    plan_hash: str
+    staging: str
+    source: str
+    created_by: str
+    created_at: datetime
+    expected_count: int
+    done: bool
+    cancelled: bool
+    counts: dict[str, int]
+    items: list[ItemView]
+
+
+class BatchSummary(View):
+    id: str
+    plan_hash: str
+    staging: str
+    source: str
+    created_at: datetime
+    done: bool
+    counts: dict[str, int]
+
+
+class BatchList(View):
+    batches: list[BatchSummary]
+
+
+def run_view(run: Run) -> RunView:
+    return RunView(
+        id=run.id,
+        status=run.status.value,
+        exit_code=run.exit_code,
+        error_code=run.error_code,
+        message=run.message,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        log_path=run.log_path,
+        artifacts_path=run.artifacts_path,
+    )
+
+
+def _reason(
+    entry: Entry, item: Item, items: Mapping[str, Item], runs: Mapping[str, Run]
+) -> str | None:
+    if item.state is not ItemState.QUEUED:
+        return None
+    waiting_on = unmet_needs(entry, items, runs)
+    if waiting_on:
+        return "waiting on " + ", ".join(waiting_on)
+    return "ready; waiting for a matching machine"
+
+
+def item_view(
+    entry: Entry, item: Item, items: Mapping[str, Item], runs: Mapping[str, Run]
+) -> ItemView:
+    run = runs.get(item.run_id or "")
+    return ItemView(
+        name=item.name,
+        selector=entry.selector,
+        needs=list(entry.needs),
+        state=item.state.value,
+        outcome=item_outcome(entry, item, items, runs),
+        attempt=item.attempt,
+        run_id=item.run_id,
+        machine=item.machine,
+        error_code=item.error_code.value if item.error_code else None,
+        reason=_reason(entry, item, items, runs),
+        blame=item.blame,
+        history=list(item.history),
+        run=run_view(run) if run is not None else None,
+    )
+
+
+def batch_done(batch: Batch, runs: Mapping[str, Run]) -> bool:
+    return all(
+        item_is_final(
+            entry, batch.items[entry.name], runs.get(batch.items[entry.name].run_id or "")
+        )
+        for entry in batch.entries
+    )
+
+
+def batch_view(batch: Batch, runs: Mapping[str, Run]) -> BatchView:
+    items = [
+        item_view(entry, batch.items[entry.name], batch.items, runs) for entry in batch.entries
+    ]
+    return BatchView(
+        id=batch.id,
+        plan_hash=batch.plan_hash,
+        staging=batch.staging,
+        source=batch.source,
+        created_by=batch.created_by,
+        created_at=batch.created_at,
+        expected_count=batch.expected_count,
+        done=batch_done(batch, runs),
+        cancelled=batch.cancelled,
+        counts=dict(Counter(item.outcome for item in items)),
+        items=items,
+    )
+
+
+def batch_summary(view: BatchView) -> BatchSummary:
+    return BatchSummary(
+        id=view.id,
+        plan_hash=view.plan_hash,
+        staging=view.staging,
+        source=view.source,
+        created_at=view.created_at,
+        done=view.done,
+        counts=view.counts,
+    )

@@ -1,0 +1,155 @@
+"""One JSON state file: bounded file lock, fresh read, atomic replace.
+
+Every change is lock -> read fresh -> apply -> temp file in the same directory
+-> fsync -> ``os.replace`` -> fsync the directory. A reader never sees a
+half-written file, and a crash at any instant leaves the old or the new file.
+
+A file that does not parse, or that a newer batchctl wrote, is refused and
+never overwritten. Before each replace the previous (known good, since it was
+just parsed) version is hard-linked to ``<name>.last-good``: no copy is made,
+so keeping it costs nothing even for a large file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from filelock import FileLock, Timeout
+
+from batchctl.core.errors import LockTimeout, StateTooNew, StateUnreadable
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+
+def ensure_state_dir(path: Path) -> Path:
+    """Create the state directory 0700 (and tighten it if we just made it)."""
+    if not path.is_dir():
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        path.chmod(DIR_MODE)
+    return path
+
+
+class JsonStateFile:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schema_version: int,
+        collection: str,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    ) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.last_good_path = path.with_name(path.name + ".last-good")
+        self.schema_version = schema_version
+        self.collection = collection
+        self.lock_timeout = lock_timeout
+
+    def empty(self) -> Document:
+        return {"schema_version": self.schema_version, self.collection: {}}
+
+    def read(self) -> Document:
+        """The current content; safe without the lock thanks to atomic replace."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return self.empty()
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise self._unreadable(f"is not valid JSON ({exc})") from None
+        if not isinstance(document, dict) or not isinstance(document.get(self.collection), dict):
+            raise self._unreadable(f"does not hold a {self.collection!r} object")
+        version = document.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise self._unreadable("has no integer schema_version")
+        if version > self.schema_version:
+            raise StateTooNew(
+                f"{self.path} was written by a newer batchctl (schema_version {version}, "
+                f"this one reads up to {self.schema_version}); upgrade batchctl. "
+                "The file was left untouched.",
+                details={"file": str(self.path), "schema_version": version},
+            )
+        return document
+
+    def _unreadable(self, why: str) -> StateUnreadable:
+        hint = (
+            f"; the last good copy is {self.last_good_path}" if self.last_good_path.exists() else ""
+        )
+        return StateUnreadable(
+            f"{self.path} {why}. It was left untouched{hint}.",
+            details={"file": str(self.path), "last_good": str(self.last_good_path)},
+        )
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        ensure_state_dir(self.path.parent)
+        lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=FILE_MODE)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockTimeout(
+                f"timed out after {self.lock_timeout:g}s waiting for the lock {self.lock_path} "
+                "(another batchctl holds it; raise BATCHCTL_LOCK_TIMEOUT to wait longer)",
+                details={"lock": str(self.lock_path), "timeout_s": self.lock_timeout},
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def update(self, change: Callable[[Document], tuple[Document | None, T]]) -> T:
+        """Apply ``change`` to freshly read content under the lock.
+
+        ``change`` returns (new document or None for "no write", result).
+        """
+        with self.locked():
+            current = self.read()
+            new_document, result = change(current)
+            if new_document is not None:
+                self._write(new_document)
+            return result
+
+    def _write(self, document: Document) -> None:
+        document["schema_version"] = self.schema_version
+        payload = orjson.dumps(document)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if self.path.exists():
+                self._keep_last_good()
+            os.replace(temp_name, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                Path(temp_name).unlink()
+            raise
+        _fsync_dir(self.path.parent)
+
+    def _keep_last_good(self) -> None:
+        staging = self.last_good_path.with_name(self.last_good_path.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+        os.link(self.path, staging)
+        os.replace(staging, self.last_good_path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

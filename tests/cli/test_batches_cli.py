@@ -1,0 +1,210 @@
+"""run / status / list through the real entry point: envelopes, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchctl.core.service import BatchService
+from tests.helpers import CliRunner, make_suite, snapshot_dir, write_plan
+
+PLAN = """
+version: 1
+entries:
+  - name: build
+    dir: suites/build
+  - name: test
+    dir: suites/test
+    needs: [build]
+"""
+
+
+@pytest.fixture
+def plan(workdir: Path) -> Path:
+    make_suite(workdir / "suites", "build")
+    make_suite(workdir / "suites", "test")
+    return write_plan(workdir, PLAN)
+
+
+def test_run_creates_then_resumes_the_same_batch(plan: Path, cli: CliRunner) -> None:
+    first = cli("run", "plan.yaml", "--staging", "b-1", "--json")
+    second = cli("run", "plan.yaml", "--staging", "b-1", "--json")
+    other_staging = cli("run", "plan.yaml", "--staging", "b-2", "--json")
+
+    assert first.code == second.code == other_staging.code == 0
+    created, resumed = first.json()["data"], second.json()["data"]
+    assert created["resumed"] is False
+    assert resumed["resumed"] is True
+    assert resumed["batch"]["id"] == created["batch"]["id"]
+    assert other_staging.json()["data"]["batch"]["id"] != created["batch"]["id"]
+
+    batch = created["batch"]
+    assert batch["staging"] == "b-1"
+    assert batch["source"] == "plan:plan.yaml"
+    assert batch["expected_count"] == 2
+    assert batch["created_at"].endswith("Z")
+    assert batch["done"] is False
+    assert [(i["name"], i["state"], i["outcome"], i["selector"]) for i in batch["items"]] == [
+        ("build", "queued", "queued", "tag:local"),
+        ("test", "queued", "waiting", "tag:local"),
+    ]
+    assert batch["items"][1]["reason"] == "waiting on build"
+    assert batch["counts"] == {"queued": 1, "waiting": 1}
+
+
+def test_edited_plan_makes_a_new_batch_and_new_flag_forces_one(plan: Path, cli: CliRunner) -> None:
+    original = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
+    plan.write_text(PLAN.replace("dir: suites/test", "dir: suites/test\n    retries: 2"))
+    edited = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
+    forced = cli("run", "plan.yaml", "--new", "--json").json()["data"]["batch"]["id"]
+    resumed = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
+
+    assert len({original, edited, forced}) == 3
+    assert resumed == forced
+
+
+def test_dry_run_shows_hash_and_items_and_writes_nothing(
+    plan: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    result = cli("run", "plan.yaml", "--dry-run", "--json")
+
+    assert result.code == 0
+    data = result.json()["data"]
+    assert len(data["plan_hash"]) == 64
+    assert [item["name"] for item in data["items"]] == ["build", "test"]
+    assert data["would_resume"] is None
+    assert not state_dir.exists()
+
+
+def test_status_and_list_show_the_batch(plan: Path, cli: CliRunner) -> None:
+    batch_id = cli("run", "plan.yaml", "--staging", "x", "--json").json()["data"]["batch"]["id"]
+
+    status = cli("status", batch_id)
+    by_prefix = cli("status", batch_id[:15], "--json")
+    listing = cli("list", "--json")
+
+    assert status.code == 0
+    assert batch_id in status.stdout
+    assert "waiting on build" in status.stdout
+    assert by_prefix.json()["data"]["id"] == batch_id
+    batches = listing.json()["data"]["batches"]
+    assert [(b["id"], b["staging"], b["done"]) for b in batches] == [(batch_id, "x", False)]
+    assert batches[0]["counts"] == {"queued": 1, "waiting": 1}
+
+
+def test_list_is_newest_first(plan: Path, cli: CliRunner) -> None:
+    ids = [
+        cli("run", "plan.yaml", "--staging", label, "--json").json()["data"]["batch"]["id"]
+        for label in ("one", "two", "three")
+    ]
+    listed = [b["id"] for b in cli("list", "--json").json()["data"]["batches"]]
+    assert listed == list(reversed(ids))
+
+
+def test_unknown_batch_is_exit_3(cli: CliRunner) -> None:
+    result = cli("status", "nope", "--json")
+    assert result.code == 3
+    assert result.stdout == ""
+    assert result.error()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "plan.yaml", "--json"),
+        ("run", "plan.yaml", "--dry-run", "--json"),
+        ("list", "--json"),
+        ("run", "missing.yaml", "--json"),
+        ("status", "missing", "--json"),
+        ("status", "--json"),
+        ("run", "plan.yaml", "--no-such-flag", "--json"),
+    ],
+)
+def test_json_mode_prints_exactly_one_document(
+    plan: Path, cli: CliRunner, args: tuple[str, ...]
+) -> None:
+    result = cli(*args)
+    if result.code == 0:
+        document = json.loads(result.stdout)
+        assert document["schema_version"] == "v1"
+        assert document["status"] == "ok"
+        assert "data" in document
+    else:
+        assert result.stdout == ""
+        error = json.loads(result.stderr)
+        assert error["status"] == "error"
+        assert set(error["error"]) == {"code", "message", "details"}
+
+
+def test_unreadable_state_is_exit_4_and_left_untouched(
+    plan: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    batch_id = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
+    (state_dir / "batches.json").write_bytes(b'{"schema_version": 1, "batches": {"trunc')
+    before = snapshot_dir(state_dir)
+
+    for args in (("status", batch_id), ("run", "plan.yaml"), ("list",)):
+        result = cli(*args)
+        assert result.code == 4, args
+        assert "batches.json is not valid JSON" in result.stderr
+        assert "left untouched" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert snapshot_dir(state_dir) == before
+
+
+def test_lock_timeout_is_exit_4_with_the_lock_named(
+    plan: Path, cli: CliRunner, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir.mkdir()
+    lock_path = state_dir / "batches.json.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock\n"
+            f"lock = FileLock({str(lock_path)!r}); lock.acquire()\n"
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("BATCHCTL_LOCK_TIMEOUT", "0.2")
+        result = cli("run", "plan.yaml", "--json")
+    finally:
+        holder.communicate(input="", timeout=10)
+    assert result.code == 4
+    error = result.error()["error"]
+    assert error["code"] == "lock_timeout"
+    assert str(lock_path) in error["message"]
+
+
+def test_unexpected_error_writes_a_crash_report(
+    plan: Path, cli: CliRunner, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(self: BatchService, batch_id: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(BatchService, "status", explode)
+    result = cli("status", "anything")
+
+    assert result.code == 70
+    assert "internal error: RuntimeError: boom" in result.stderr
+    assert "Traceback" not in result.stderr
+    reports = list((state_dir / "crash").glob("batchctl-crash-*.log"))
+    assert len(reports) == 1
+    assert str(reports[0]) in result.stderr
+    assert "RuntimeError: boom" in reports[0].read_text()
+
+
+def test_version(cli: CliRunner) -> None:
+    result = cli("--version")
+    assert result.code == 0
+    assert result.stdout.startswith("batchctl ")

@@ -1,0 +1,137 @@
+"""The stores against real files and real locks."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from batchctl.core.errors import LockTimeout, StateTooNew, StateUnreadable
+from batchctl.core.models import Batch, Entry, Item, ItemState
+from batchctl.state.batches import BatchStore
+
+NOW = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
+
+
+def sample_batch(batch_id: str = "b1", names: tuple[str, ...] = ("a", "b")) -> Batch:
+    entries = tuple(
+        Entry(
+            name=n,
+            dir=n,
+            abs_dir=f"/x/{n}",
+            selector="tag:local",
+            timeout_s=60,
+            retries=0,
+            retry_on=("error",),
+        )
+        for n in names
+    )
+    return Batch(
+        id=batch_id,
+        plan_hash="h",
+        staging="s",
+        created_by="u@h",
+        created_at=NOW,
+        expected_count=len(names),
+        source="inline",
+        entries=entries,
+        items={n: Item(name=n) for n in names},
+    )
+
+
+def test_create_or_get_resumes_and_new_forces_a_fresh_batch(state_dir: Path) -> None:
+    store = BatchStore(state_dir)
+    first, resumed = store.create_or_get(
+        "h", "s", force_new=False, new_batch=lambda: sample_batch("b1")
+    )
+    assert (first.id, resumed) == ("b1", False)
+    again, resumed = store.create_or_get(
+        "h", "s", force_new=False, new_batch=lambda: sample_batch("b9")
+    )
+    assert (again.id, resumed) == ("b1", True)
+    forced, resumed = store.create_or_get(
+        "h", "s", force_new=True, new_batch=lambda: sample_batch("b2")
+    )
+    assert (forced.id, resumed) == ("b2", False)
+    newest, resumed = store.create_or_get(
+        "h", "s", force_new=False, new_batch=lambda: sample_batch("b9")
+    )
+    assert (newest.id, resumed) == ("b2", True)
+
+
+def test_files_and_directory_are_private(state_dir: Path) -> None:
+    BatchStore(state_dir).create_or_get("h", "s", force_new=False, new_batch=sample_batch)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state_dir / "batches.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state_dir / "batches.json.lock").stat().st_mode) == 0o600
+
+
+def test_stale_snapshot_written_back_cannot_move_items_backwards(state_dir: Path) -> None:
+    store = BatchStore(state_dir)
+    store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
+    stale = store.get("b1")
+    dispatched = Item(name="a", state=ItemState.DISPATCHED, run_id="r1", machine="m")
+    store.apply_items("b1", {"a": dispatched})
+
+    # A writer that read before the dispatch writes its whole snapshot back.
+    after = store.apply_items("b1", stale.items)
+
+    assert after.items["a"] == dispatched
+    assert store.get("b1").items["a"] == dispatched
+
+
+def test_garbage_file_is_refused_and_left_untouched(state_dir: Path) -> None:
+    store = BatchStore(state_dir)
+    store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
+    store.apply_items("b1", {"a": Item(name="a", state=ItemState.DISPATCHED, run_id="r")})
+    path = state_dir / "batches.json"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    truncated = path.read_bytes()
+
+    with pytest.raises(StateUnreadable, match="last good copy"):
+        store.apply_items("b1", {"b": Item(name="b", state=ItemState.DISPATCHED, run_id="r2")})
+
+    assert path.read_bytes() == truncated
+    # The copy kept beside it is the version before the last write, intact.
+    assert (state_dir / "batches.json.last-good").read_bytes().startswith(b"{")
+
+
+def test_newer_schema_is_refused_and_left_untouched(state_dir: Path) -> None:
+    state_dir.mkdir()
+    path = state_dir / "batches.json"
+    path.write_text('{"schema_version": 99, "batches": {}}')
+    with pytest.raises(StateTooNew, match="newer batchctl"):
+        BatchStore(state_dir).create_or_get("h", "s", force_new=False, new_batch=sample_batch)
+    assert path.read_text() == '{"schema_version": 99, "batches": {}}'
+
+
+def test_lock_wait_is_bounded_and_names_the_lock(state_dir: Path) -> None:
+    state_dir.mkdir()
+    lock_path = state_dir / "batches.json.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock\n"
+            f"lock = FileLock({str(lock_path)!r}); lock.acquire()\n"
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        store = BatchStore(state_dir, lock_timeout=0.3)
+        with pytest.raises(LockTimeout) as caught:
+            store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
+        assert str(lock_path) in caught.value.message
+    finally:
+        holder.communicate(input="", timeout=10)
+    assert holder.returncode == 0
