@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from batchctl import __version__
-from batchctl.cli import batches
+from batchctl.cli import batches, fleet
 from batchctl.cli.output import error_envelope
 from batchctl.core.errors import BatchctlError, ExitCode, InvalidInput
 from batchctl.runtime.clock import SystemClock
@@ -45,6 +45,11 @@ def _root(
 app.command("run")(batches.run)
 app.command("status")(batches.status)
 app.command("list")(batches.list_batches)
+app.command("cancel")(batches.cancel)
+app.command("logs")(batches.logs)
+app.command("machines")(fleet.machines)
+app.command("_batch-worker", hidden=True)(fleet.batch_worker)
+app.command("_run-executor", hidden=True)(fleet.run_executor)
 
 
 def _report(error: BatchctlError, json_mode: bool) -> int:

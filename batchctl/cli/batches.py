@@ -1,16 +1,45 @@
-"""Commands about batches: run, status, list."""
+"""Commands about batches: run, status, list, cancel, logs."""
 
+import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from batchctl.cli.context import load_settings, open_service
-from batchctl.cli.options import JsonOption, QuietOption, StateDirOption
+from batchctl.cli.options import FleetOption, JsonOption, QuietOption, StateDirOption
 from batchctl.cli.output import Output
+from batchctl.cli.progress import Progress
 from batchctl.cli.render import render_batch, render_dry_run, render_list, render_submit
-from batchctl.core.errors import ExitCode
+from batchctl.core.errors import ExitCode, NotFound
 from batchctl.core.plan import load_plan
-from batchctl.core.views import BatchList
+from batchctl.core.service import BatchService, LogTarget
+from batchctl.core.views import BatchList, BatchView
+from batchctl.runtime.logs import follow_log
+
+WAIT_POLL_S = 0.5
+
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Follow the batch to the end; exit 1 unless every item passed.")
+]
+
+
+def _wait(service: BatchService, output: Output, batch_id: str) -> BatchView:
+    console = output.stderr if output.json_mode else output.stdout
+    try:
+        with Progress(console, quiet=output.quiet) as progress:
+            return service.wait(batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"batchctl: stopped waiting; the worker carries on (batchctl status {batch_id})\n"
+        )
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def _waited_exit_code(view: BatchView) -> int:
+    all_passed = all(item.outcome == "passed" for item in view.items)
+    return int(ExitCode.OK if all_passed else ExitCode.NOT_ALL_PASSED)
 
 
 def run(
@@ -23,19 +52,19 @@ def run(
             help="Label of what is under test (build id, commit, URL).",
         ),
     ] = "",
-    new: Annotated[
-        bool, typer.Option("--new", help="Create a fresh batch even if one exists.")
-    ] = False,
+    new: Annotated[bool, typer.Option("--new", help="Create a fresh batch even if one exists.")] = False,
+    wait: WaitOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show what would run; write nothing.")
     ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
 ) -> int:
     """Create the batch for PLAN and STAGING, or resume it if it exists."""
     output = Output(json_mode=json_output, quiet=quiet)
-    settings = load_settings(state_dir)
+    settings = load_settings(state_dir, fleet)
     loaded = load_plan(plan, env_tag=settings.env_tag)
     service = open_service(settings)
     if dry_run:
@@ -43,20 +72,32 @@ def run(
         output.result(preview, lambda console: render_dry_run(console, preview))
         return ExitCode.OK
     result = service.submit(loaded, staging=staging, force_new=new)
-    output.result(result, lambda console: render_submit(console, result))
-    return ExitCode.OK
+    if not wait:
+        output.result(result, lambda console: render_submit(console, result))
+        if not result.batch.done:
+            output.note(f"the batch goes on in the background: batchctl status {result.batch.id}")
+        return ExitCode.OK
+    output.note(f"{'resumed' if result.resumed else 'created'} batch {result.batch.id}")
+    final = _wait(service, output, result.batch.id)
+    finished = result.model_copy(update={"batch": final})
+    output.result(finished, lambda console: render_batch(console, final))
+    return _waited_exit_code(final)
 
 
 def status(
     batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    wait: WaitOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
     state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
 ) -> int:
     """Show a batch: every item's decision joined with its latest run."""
-    output = Output(json_mode=json_output)
-    view = open_service(load_settings(state_dir)).status(batch_id)
+    output = Output(json_mode=json_output, quiet=quiet)
+    service = open_service(load_settings(state_dir, fleet))
+    view = _wait(service, output, batch_id) if wait else service.status(batch_id)
     output.result(view, lambda console: render_batch(console, view))
-    return ExitCode.OK
+    return _waited_exit_code(view) if wait else ExitCode.OK
 
 
 def list_batches(
@@ -68,4 +109,55 @@ def list_batches(
     summaries = open_service(load_settings(state_dir)).list_batches()
     listing = BatchList(batches=summaries)
     output.result(listing, lambda console: render_list(console, summaries))
+    return ExitCode.OK
+
+
+def cancel(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    json_output: JsonOption = False,
+    state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
+) -> int:
+    """Stop dispatching, terminate running runs, skip queued items."""
+    output = Output(json_mode=json_output)
+    settings = load_settings(state_dir, fleet)
+    service = open_service(settings)
+    view = service.cancel(batch_id, settle_s=settings.tuning.kill_grace_s + 10)
+    output.result(view, lambda console: render_batch(console, view))
+    return ExitCode.OK
+
+
+class LogOutput(LogTarget):
+    output: str
+
+
+def logs(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    item: Annotated[str, typer.Argument(help="Item name.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing output until the run ends.")
+    ] = False,
+    json_output: JsonOption = False,
+    state_dir: StateDirOption = None,
+) -> int:
+    """Print (or follow) the output of an item's latest run."""
+    output = Output(json_mode=json_output)
+    service = open_service(load_settings(state_dir))
+    target = service.log_target(batch_id, item, wait=follow, poll_s=WAIT_POLL_S)
+    if target is None:
+        raise NotFound(
+            f"item {item!r} of batch {batch_id} has no run yet", details={"item": item}
+        )
+    chunks = follow_log(
+        Path(target.log_path),
+        finished=lambda: (not follow) or service.run_finished(target.run_id),
+        sleep=time.sleep,
+    )
+    if json_output:
+        text = b"".join(chunks).decode(errors="replace")
+        output.result(LogOutput(**target.model_dump(), output=text), lambda console: None)
+        return ExitCode.OK
+    for chunk in chunks:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
     return ExitCode.OK

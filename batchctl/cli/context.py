@@ -1,19 +1,56 @@
 """Builds the service a command talks to, from options and environment."""
 
+import os
+import socket
+import time
+
+from batchctl.core.dispatch import Dispatcher
+from batchctl.core.fleet import load_fleet
 from batchctl.core.service import BatchService
 from batchctl.runtime.clock import SystemClock
+from batchctl.runtime.processes import pid_alive
 from batchctl.runtime.settings import Settings, load_settings, user_at_host
+from batchctl.runtime.testdir import hash_test_dir
+from batchctl.runtime.worker import spawn_worker
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
+from batchctl.transports.local import LocalTransport
 
 
-def open_service(settings: Settings) -> BatchService:
-    return BatchService(
-        batches=BatchStore(settings.state_dir, lock_timeout=settings.lock_timeout),
-        runs=RunStore(settings.state_dir, lock_timeout=settings.lock_timeout),
-        clock=SystemClock(),
-        identity=user_at_host(),
+def open_dispatcher(settings: Settings) -> Dispatcher:
+    clock = SystemClock()
+    batches = BatchStore(settings.state_dir, lock_timeout=settings.lock_timeout)
+    runs = RunStore(settings.state_dir, lock_timeout=settings.lock_timeout)
+    return Dispatcher(
+        batches=batches,
+        runs=runs,
+        fleet=load_fleet(settings.fleet_path),
+        fleet_path=settings.fleet_path,
+        transports={
+            "local": LocalTransport(runs, clock, kill_grace_s=settings.tuning.kill_grace_s)
+        },
+        clock=clock,
+        tuning=settings.tuning,
+        this_host=socket.gethostname(),
+        this_pid=os.getpid(),
+        pid_alive=pid_alive,
+        hash_dir=hash_test_dir,
+        spawn_worker=lambda batch_id, fleet, token: spawn_worker(
+            settings.state_dir, batch_id, fleet, token
+        ),
     )
 
 
-__all__ = ["load_settings", "open_service"]
+def open_service(settings: Settings) -> BatchService:
+    dispatcher = open_dispatcher(settings)
+    return BatchService(
+        batches=dispatcher.batches,
+        runs=dispatcher.runs,
+        clock=dispatcher.clock,
+        identity=user_at_host(),
+        dispatcher=dispatcher,
+        sleep=time.sleep,
+    )
+
+
+__all__ = ["load_settings", "open_dispatcher", "open_service"]

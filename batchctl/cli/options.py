@@ -17,3 +17,11 @@ StateDirOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print no progress or remarks.")]
+FleetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--fleet",
+        help="Fleet file [default: $BATCHCTL_FLEET, else <state-dir>/fleet.yaml, else this host].",
+        show_default=False,
+    ),
+]

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchctl.core.service import DryRunResult, SubmitResult
-from batchctl.core.views import BatchSummary, BatchView, ItemView
+from batchctl.core.views import BatchSummary, BatchView, ItemView, MachineView
 
 OUTCOME_STYLE = {
     "passed": "green",
@@ -41,13 +41,11 @@ def _detail(item: ItemView) -> str:
     return item.reason or ""
 
 
-def render_batch(console: Console, view: BatchView) -> None:
-    state = "cancelled" if view.cancelled else ("done" if view.done else "in progress")
-    console.print(f"batch    {view.id}  ({state})", markup=False)
-    console.print(f"staging  {view.staging or '-'}", markup=False)
-    console.print(f"plan     {view.source}  sha256:{view.plan_hash[:12]}", markup=False)
-    console.print(f"created  {_when(view.created_at)} by {view.created_by}", markup=False)
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+def batch_table(view: BatchView, title: str | None = None) -> Table:
+    table = Table(
+        show_edge=False, pad_edge=False, box=None, header_style="bold", title=title,
+        title_justify="left",
+    )
     table.add_column("ITEM", no_wrap=True)
     table.add_column("OUTCOME", no_wrap=True)
     table.add_column("TRY", justify="right")
@@ -65,8 +63,17 @@ def render_batch(console: Console, view: BatchView) -> None:
             item.selector,
             _detail(item),
         )
+    return table
+
+
+def render_batch(console: Console, view: BatchView) -> None:
+    state = "cancelled" if view.cancelled else ("done" if view.done else "in progress")
+    console.print(f"batch    {view.id}  ({state})", markup=False)
+    console.print(f"staging  {view.staging or '-'}", markup=False)
+    console.print(f"plan     {view.source}  sha256:{view.plan_hash[:12]}", markup=False)
+    console.print(f"created  {_when(view.created_at)} by {view.created_by}", markup=False)
     console.print()
-    console.print(table)
+    console.print(batch_table(view))
     console.print()
     console.print(f"{view.expected_count} items: {counts_line(view.counts)}", markup=False)
 
@@ -119,5 +126,23 @@ def render_list(console: Console, summaries: list[BatchSummary]) -> None:
             "done" if summary.done else "in progress",
             counts_line(summary.counts),
             summary.source,
+        )
+    console.print(table)
+
+
+def render_machines(console: Console, machines: list[MachineView], source: str) -> None:
+    console.print(f"fleet: {source}", markup=False)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("MACHINE", "TRANSPORT", "OS", "TAGS", "SLOTS", "STATE", "RUNS"):
+        table.add_column(column, no_wrap=column != "RUNS", overflow="fold")
+    for machine in machines:
+        table.add_row(
+            machine.name,
+            machine.transport,
+            machine.os,
+            ", ".join(machine.tags) or "-",
+            f"{len(machine.runs)}/{machine.slots}",
+            machine.state,
+            ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)

@@ -101,10 +101,14 @@ class Item(Record):
 
 
 class Lease(Record):
+    """A worker's claim on a batch. ``fleet`` is the fleet file it serves, so a
+    takeover keeps dispatching to the same machines."""
+
     token: str
     pid: int
     host: str
     heartbeat_at: datetime
+    fleet: str | None = None
 
 
 class Batch(Record):
@@ -139,5 +143,13 @@ class Run(Record):
     log_path: str
     artifacts_path: str
     heartbeat_at: datetime | None = None
-    pid: int | None = None
-    host: str | None = None
+    # Who executes the run: the supervising process (pid, host, and its start
+    # time so a recycled pid is not mistaken for it) and the test's process group.
+    executor_pid: int | None = None
+    executor_host: str | None = None
+    executor_started: float | None = None
+    pgid: int | None = None
+
+    @property
+    def claimed(self) -> bool:
+        return self.executor_pid is not None

@@ -35,12 +35,16 @@ def item_passed(item: Item, run: Run | None) -> bool:
     )
 
 
-def item_is_final(entry: Entry, item: Item, run: Run | None) -> bool:
+def item_is_final(entry: Entry, item: Item, run: Run | None, *, cancelled: bool = False) -> bool:
+    """Nothing more will happen to this item: skipped, or its run ended and no
+    retry follows (a cancelled batch retries nothing)."""
     if item.state is ItemState.SKIPPED:
         return True
     if item.state is ItemState.QUEUED:
         return False
-    return run is not None and run.status.terminal and not retry_due(entry, item, run)
+    if run is None or not run.status.terminal:
+        return False
+    return cancelled or not retry_due(entry, item, run)
 
 
 def unmet_needs(entry: Entry, items: Mapping[str, Item], runs: Mapping[str, Run]) -> list[str]:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from batchctl.core.errors import InvalidPlan
-from batchctl.core.models import Batch, Item, Run
+from batchctl.core.dispatch import Dispatcher
+from batchctl.core.errors import InvalidPlan, NotFound
+from batchctl.core.models import Batch, Item, ItemState, Run, SkipCode
 from batchctl.core.plan import Plan, missing_dir_problems
-from batchctl.core.views import BatchSummary, BatchView, View, batch_summary, batch_view
+from batchctl.core.views import (
+    BatchSummary,
+    BatchView,
+    MachineView,
+    View,
+    batch_summary,
+    batch_view,
+    machine_views,
+)
 from batchctl.runtime.clock import Clock
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
@@ -43,12 +52,23 @@ def new_batch_id(clock: Clock) -> str:
     return f"{clock.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+class LogTarget(View):
+    batch_id: str
+    item: str
+    run_id: str
+    attempt: int
+    log_path: str
+    finished: bool
+
+
 @dataclass
 class BatchService:
     batches: BatchStore
     runs: RunStore
     clock: Clock
     identity: str
+    dispatcher: Dispatcher
+    sleep: Callable[[float], None]
 
     def _runs_of(self, batches: Iterable[Batch]) -> dict[str, Run]:
         return self.runs.get_many(
@@ -84,7 +104,9 @@ class BatchService:
         batch, resumed = self.batches.create_or_get(
             plan.plan_hash, staging, force_new=force_new, new_batch=new_batch
         )
-        return SubmitResult(resumed=resumed, batch=self.view(batch))
+        if not batch.cancelled:
+            self.dispatcher.foreground_pass(batch.id)
+        return SubmitResult(resumed=resumed, batch=self.view(self.batches.get(batch.id)))
 
     def dry_run(self, plan: Plan, *, staging: str) -> DryRunResult:
         problems = missing_dir_problems(plan)
@@ -111,7 +133,92 @@ class BatchService:
         )
 
     def status(self, batch_id: str) -> BatchView:
-        return self.view(self.batches.get(batch_id))
+        """The joined view; an unfinished batch whose worker died is taken over."""
+        batch = self.batches.get(batch_id)
+        view = self.view(batch)
+        if not view.done:
+            self.dispatcher.ensure_worker(batch)
+        return view
+
+    def cancel(self, batch_id: str, *, settle_s: float) -> BatchView:
+        """Stop dispatching, skip queued items, stop running runs (they end
+        interrupted), and wait up to ``settle_s`` for them to be recorded."""
+        batch = self.batches.get(batch_id)
+        if self.view(batch).done:
+            return self.view(batch)
+        now = self.clock.now()
+        skips = {
+            name: item.model_copy(
+                update={"state": ItemState.SKIPPED, "error_code": SkipCode.CANCELLED, "updated_at": now}
+            )
+            for name, item in batch.items.items()
+            if item.state is ItemState.QUEUED
+        }
+        batch = self.batches.apply_items(batch.id, skips, cancel=True)
+        deadline = self.clock.monotonic() + settle_s
+        for run in self._live_runs(batch):
+            transport = self.dispatcher.transports.get(self._transport_kind(run))
+            if transport is not None:
+                transport.terminate(run)
+        while self._live_runs(batch) and self.clock.monotonic() < deadline:
+            self.sleep(0.05)
+        return self.view(batch)
+
+    def wait(
+        self, batch_id: str, *, on_progress: Callable[[BatchView], None], poll_s: float
+    ) -> BatchView:
+        """Follow the batch to the end, taking over its worker if it dies."""
+        while True:
+            view = self.status(batch_id)
+            on_progress(view)
+            if view.done:
+                return view
+            self.sleep(poll_s)
+
+    def _transport_kind(self, run: Run) -> str:
+        machine = self.dispatcher.fleet.get(run.machine)
+        return machine.transport if machine else "local"
+
+    def _live_runs(self, batch: Batch) -> list[Run]:
+        return [run for run in self._runs_of([batch]).values() if not run.status.terminal]
+
+    def run_finished(self, run_id: str) -> bool:
+        return self.runs.get(run_id).status.terminal
+
+    def log_target(
+        self, batch_id: str, item_name: str, *, wait: bool = False, poll_s: float = 0.5
+    ) -> LogTarget | None:
+        """The item's latest run; with ``wait``, wait for its first run while
+        the batch goes on. None if it has no run (yet)."""
+        while True:
+            target = self._log_target(batch_id, item_name)
+            if target is not None or not wait or self.status(batch_id).done:
+                return target
+            self.sleep(poll_s)
+
+    def _log_target(self, batch_id: str, item_name: str) -> LogTarget | None:
+        batch = self.batches.get(batch_id)
+        if item_name not in batch.items:
+            raise NotFound(
+                f"batch {batch.id} has no item {item_name!r} (items: {', '.join(batch.items)})",
+                details={"batch": batch.id, "item": item_name},
+            )
+        item = batch.items[item_name]
+        run_id = item.run_id or (item.history[-1] if item.history else None)
+        if run_id is None:
+            return None
+        run = self.runs.get(run_id)
+        return LogTarget(
+            batch_id=batch.id,
+            item=item_name,
+            run_id=run.id,
+            attempt=run.attempt,
+            log_path=run.log_path,
+            finished=run.status.terminal,
+        )
+
+    def machines(self) -> list[MachineView]:
+        return machine_views(self.dispatcher.fleet, self.runs.non_terminal())
 
     def list_batches(self) -> list[BatchSummary]:
         batches = self.batches.all()

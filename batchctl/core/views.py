@@ -12,6 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from batchctl.core.fleet import Fleet
 from batchctl.core.models import Batch, Entry, Item, ItemState, Run
 from batchctl.core.policy import item_is_final, item_outcome, unmet_needs
 
@@ -160,3 +161,47 @@ def batch_summary(view: BatchView) -> BatchSummary:
         done=view.done,
         counts=view.counts,
     )
+
+
+class MachineRunView(View):
+    run_id: str
+    batch_id: str
+    item: str
+    status: str
+
+
+class MachineView(View):
+    name: str
+    transport: str
+    os: str
+    tags: list[str]
+    slots: int
+    state: str
+    runs: list[MachineRunView]
+
+
+class MachineList(View):
+    source: str
+    machines: list[MachineView]
+
+
+def machine_views(fleet: Fleet, live_runs: list[Run]) -> list[MachineView]:
+    """``idle`` while a slot is free, ``busy`` when every slot holds a run."""
+    views = []
+    for machine in fleet.machines:
+        held = [run for run in live_runs if run.machine == machine.name]
+        views.append(
+            MachineView(
+                name=machine.name,
+                transport=machine.transport,
+                os=machine.os,
+                tags=list(machine.tags),
+                slots=machine.slots,
+                state="busy" if len(held) >= machine.slots else "idle",
+                runs=[
+                    MachineRunView(run_id=r.id, batch_id=r.batch_id, item=r.item, status=r.status.value)
+                    for r in held
+                ],
+            )
+        )
+    return views

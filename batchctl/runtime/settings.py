@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchctl.core.dispatch import Tuning
 from batchctl.core.errors import InvalidInput
 from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S
 
@@ -18,6 +19,8 @@ class Settings:
     state_dir: Path
     lock_timeout: float
     env_tag: str | None
+    fleet_path: Path | None
+    tuning: Tuning
 
 
 def resolve_state_dir(option: str | None, environ: Mapping[str, str]) -> Path:
@@ -29,30 +32,56 @@ def resolve_state_dir(option: str | None, environ: Mapping[str, str]) -> Path:
     return Path(xdg).expanduser().absolute() / "batchctl"
 
 
-def resolve_lock_timeout(environ: Mapping[str, str]) -> float:
-    raw = environ.get("BATCHCTL_LOCK_TIMEOUT")
+def seconds_from_env(environ: Mapping[str, str], variable: str, default: float) -> float:
+    raw = environ.get(variable)
     if not raw:
-        return DEFAULT_LOCK_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if value < 0:
         raise InvalidInput(
-            f"BATCHCTL_LOCK_TIMEOUT: expected a number of seconds >= 0, got {raw!r}",
-            details={"variable": "BATCHCTL_LOCK_TIMEOUT"},
+            f"{variable}: expected a number of seconds >= 0, got {raw!r}",
+            details={"variable": variable},
         )
     return value
 
 
+def resolve_fleet_path(option: str | None, environ: Mapping[str, str], state_dir: Path) -> Path | None:
+    """``--fleet``, else $BATCHCTL_FLEET, else <state-dir>/fleet.yaml if it
+    exists; None means the default fleet (this host alone)."""
+    if option:
+        return Path(option).expanduser().absolute()
+    if environ.get("BATCHCTL_FLEET"):
+        return Path(environ["BATCHCTL_FLEET"]).expanduser().absolute()
+    in_state = state_dir / "fleet.yaml"
+    return in_state if in_state.is_file() else None
+
+
+def resolve_tuning(environ: Mapping[str, str]) -> Tuning:
+    defaults = Tuning()
+    return Tuning(
+        tick_s=seconds_from_env(environ, "BATCHCTL_TICK", defaults.tick_s),
+        lease_stale_s=seconds_from_env(environ, "BATCHCTL_LEASE_STALE", defaults.lease_stale_s),
+        kill_grace_s=seconds_from_env(environ, "BATCHCTL_KILL_GRACE", defaults.kill_grace_s),
+        heartbeat_s=seconds_from_env(environ, "BATCHCTL_HEARTBEAT", defaults.heartbeat_s),
+    )
+
+
 def load_settings(
-    state_dir_option: str | None, environ: Mapping[str, str] | None = None
+    state_dir_option: str | None,
+    fleet_option: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
+    state_dir = resolve_state_dir(state_dir_option, env)
     return Settings(
-        state_dir=resolve_state_dir(state_dir_option, env),
-        lock_timeout=resolve_lock_timeout(env),
+        state_dir=state_dir,
+        lock_timeout=seconds_from_env(env, "BATCHCTL_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S),
         env_tag=env.get("BATCHCTL_TAG") or None,
+        fleet_path=resolve_fleet_path(fleet_option, env, state_dir),
+        tuning=resolve_tuning(env),
     )
 
 

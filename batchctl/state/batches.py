@@ -105,23 +105,37 @@ class BatchStore:
         return self.file.update(change)
 
     def swap_lease(
-        self, batch_id: str, *, expect_token: str | None, new_lease: Lease | None
+        self,
+        batch_id: str,
+        *,
+        when: Callable[[Lease | None], bool],
+        new_lease: Lease | None,
     ) -> Batch | None:
-        """Compare-and-swap of the lease: replace it only if the stored token is
-        ``expect_token``. Returns the updated batch, or None if someone else
-        holds the lease now."""
+        """Replace the lease if ``when(current lease)`` holds, deciding under the
+        lock (compare-and-swap). Returns the updated batch, or None."""
 
         def change(document: Document) -> tuple[Document | None, Batch | None]:
             records = document["batches"]
             stored = Batch.model_validate(records[resolve_id(records, batch_id, "batch")])
-            current = stored.lease.token if stored.lease else None
-            if current != expect_token:
+            if not when(stored.lease):
                 return None, None
             updated = stored.model_copy(update={"lease": new_lease})
             records[stored.id] = updated.model_dump(mode="json")
             return document, updated
 
         return self.file.update(change)
+
+    def older_active(self, batch: Batch, is_served: Callable[[Lease | None], bool]) -> list[Batch]:
+        """Batches created before ``batch`` (the file keeps creation order), not
+        cancelled, whose worker is live."""
+        older: list[Batch] = []
+        for batch_id, raw in self.file.read()["batches"].items():
+            if batch_id == batch.id:
+                break
+            if not raw.get("cancelled") and raw.get("lease"):
+                if is_served(Lease.model_validate(raw["lease"])):
+                    older.append(Batch.model_validate(raw))
+        return older
 
     def remove(self, batch_ids: set[str]) -> None:
         def change(document: Document) -> tuple[Document | None, None]:

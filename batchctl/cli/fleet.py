@@ -1,0 +1,67 @@
+"""The fleet command, and the hidden commands of detached processes."""
+
+import os
+import socket
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from batchctl.cli.context import load_settings, open_dispatcher, open_service
+from batchctl.cli.options import FleetOption, JsonOption, StateDirOption
+from batchctl.cli.output import Output
+from batchctl.cli.render import render_machines
+from batchctl.core.errors import ExitCode
+from batchctl.core.views import MachineList
+from batchctl.runtime.clock import SystemClock
+from batchctl.runtime.executor import ExecutorSettings, execute_run
+from batchctl.runtime.worker import LEASE_TOKEN_VARIABLE, run_worker
+
+
+def machines(
+    json_output: JsonOption = False,
+    state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
+) -> int:
+    """List the fleet: each machine's tags, slots, state and the runs it holds."""
+    output = Output(json_mode=json_output)
+    service = open_service(load_settings(state_dir, fleet))
+    listing = MachineList(source=service.dispatcher.fleet.source, machines=service.machines())
+    output.result(listing, lambda console: render_machines(console, listing.machines, listing.source))
+    return ExitCode.OK
+
+
+def batch_worker(
+    batch_id: Annotated[str, typer.Argument(metavar="ID")],
+    state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
+) -> int:
+    """Backfill the batch's queued items onto idle machines until it is done."""
+    dispatcher = open_dispatcher(load_settings(state_dir, fleet))
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    handed_token = os.environ.pop(LEASE_TOKEN_VARIABLE, None)
+    return run_worker(batch_id, dispatcher, sleep=time.sleep, log=log, handed_token=handed_token)
+
+
+def run_executor(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    state_dir: StateDirOption = None,
+) -> int:
+    """Execute one prepared local run and record its outcome."""
+    settings = load_settings(state_dir)
+    dispatcher = open_dispatcher(settings)
+    run = execute_run(
+        run_id,
+        runs=dispatcher.runs,
+        batches=dispatcher.batches,
+        clock=SystemClock(),
+        settings=ExecutorSettings(
+            kill_grace_s=settings.tuning.kill_grace_s, heartbeat_s=settings.tuning.heartbeat_s
+        ),
+    )
+    print(f"{socket.gethostname()}: run {run.id} is {run.status.value}", file=sys.stderr)
+    return ExitCode.OK

@@ -1,0 +1,48 @@
+"""Progress while waiting on a batch: live on a terminal, plain lines when
+piped, nothing with --quiet. Never on stdout in JSON mode."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from types import TracebackType
+
+from rich.console import Console
+from rich.live import Live
+
+from batchctl.cli.render import batch_table, counts_line
+from batchctl.core.views import BatchView
+
+
+class Progress(AbstractContextManager["Progress"]):
+    def __init__(self, console: Console, *, quiet: bool) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live: Live | None = None
+        self.last_line: str | None = None
+
+    def __enter__(self) -> Progress:
+        if not self.quiet and self.console.is_terminal:
+            self.live = Live(console=self.console, auto_refresh=False, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.__exit__(exc_type, exc, traceback)
+
+    def update(self, view: BatchView) -> None:
+        if self.quiet:
+            return
+        if self.live is not None:
+            self.live.update(batch_table(view, title=f"batch {view.id}: {counts_line(view.counts)}"))
+            self.live.refresh()
+            return
+        line = f"batch {view.id}: {counts_line(view.counts)}"
+        if line != self.last_line:
+            self.console.print(line, markup=False, highlight=False)
+            self.last_line = line

@@ -1,0 +1,148 @@
+"""Leases and dispatch passes (SPEC §6): who may step a batch, and when a
+detached worker has to be started."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from batchctl.core.errors import LeaseLost
+from batchctl.core.fleet import Fleet
+from batchctl.core.lease import lease_is_live
+from batchctl.core.models import Batch, Lease
+from batchctl.core.scheduler import Scheduler, SchedulerSettings, StepReport
+from batchctl.runtime.clock import Clock
+from batchctl.state.batches import BatchStore
+from batchctl.state.runs import RunStore
+from batchctl.transports.base import Transport
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Timing knobs, read from the environment by the CLI (docs/decisions.md)."""
+
+    tick_s: float = 1.0
+    lease_stale_s: float = 30.0
+    kill_grace_s: float = 10.0
+    heartbeat_s: float = 10.0
+
+    @property
+    def lease_renew_s(self) -> float:
+        return self.lease_stale_s / 6
+
+
+@dataclass
+class Dispatcher:
+    batches: BatchStore
+    runs: RunStore
+    fleet: Fleet
+    fleet_path: Path | None
+    transports: Mapping[str, Transport]
+    clock: Clock
+    tuning: Tuning
+    this_host: str
+    this_pid: int
+    pid_alive: Callable[[int], bool]
+    hash_dir: Callable[[Path], str]
+    # (batch id, fleet file, lease token) -> pid of the started worker
+    spawn_worker: Callable[[str, str | None, str], int]
+
+    def lease_live(self, lease: Lease | None, now: datetime | None = None) -> bool:
+        return lease_is_live(
+            lease,
+            now=now or self.clock.now(),
+            stale_s=self.tuning.lease_stale_s,
+            this_host=self.this_host,
+            pid_alive=self.pid_alive,
+        )
+
+    def _new_lease(self, token: str, pid: int | None = None) -> Lease:
+        return Lease(
+            token=token,
+            pid=pid or self.this_pid,
+            host=self.this_host,
+            heartbeat_at=self.clock.now(),
+            fleet=str(self.fleet_path) if self.fleet_path else None,
+        )
+
+    def take_lease(self, batch_id: str) -> str | None:
+        """A fresh lease token if no live holder has the batch, else None."""
+        token = secrets.token_hex(16)
+        taken = self.batches.swap_lease(
+            batch_id, when=lambda lease: not self.lease_live(lease), new_lease=self._new_lease(token)
+        )
+        return token if taken is not None else None
+
+    def renew_lease(self, batch_id: str, token: str, *, pid: int | None = None) -> bool:
+        """Refresh our lease (or, with ``pid``, hand it to that process)."""
+        renewed = self.batches.swap_lease(
+            batch_id,
+            when=lambda lease: lease is not None and lease.token == token,
+            new_lease=self._new_lease(token, pid),
+        )
+        return renewed is not None
+
+    def release_lease(self, batch_id: str, token: str) -> None:
+        self.batches.swap_lease(
+            batch_id, when=lambda lease: lease is not None and lease.token == token, new_lease=None
+        )
+
+    def scheduler(self, token: str | None) -> Scheduler:
+        return Scheduler(
+            batches=self.batches,
+            runs=self.runs,
+            fleet=self.fleet,
+            transports=self.transports,
+            lease_token=token,
+            settings=SchedulerSettings(
+                launch_grace_s=self.tuning.lease_stale_s,
+                executor_stale_s=max(self.tuning.lease_stale_s, 3 * self.tuning.heartbeat_s),
+            ),
+            hash_dir=self.hash_dir,
+            this_host=self.this_host,
+            older_batches=lambda batch, now: self.batches.older_active(
+                batch, lambda lease: self.lease_live(lease, now)
+            ),
+        )
+
+    def foreground_pass(self, batch_id: str) -> StepReport | None:
+        """One dispatch pass under a short-lived lease, then hand the batch to
+        a detached worker if work remains. None: a live worker has it already."""
+        token = self.take_lease(batch_id)
+        if token is None:
+            return None
+        try:
+            report = self.scheduler(token).step(batch_id, self.clock.now())
+        except LeaseLost:
+            return None
+        if report.done:
+            self.release_lease(batch_id, token)
+        else:
+            self._hand_to_worker(batch_id, token, self._fleet_arg(None))
+        return report
+
+    def _fleet_arg(self, lease: Lease | None) -> str | None:
+        if lease is not None and lease.fleet:
+            return lease.fleet
+        return str(self.fleet_path) if self.fleet_path else None
+
+    def _hand_to_worker(self, batch_id: str, token: str, fleet: str | None) -> None:
+        """Pass a lease we hold to a new worker process. The lease names the
+        worker's pid at once, so nobody else starts a second worker meanwhile,
+        and a worker that fails to start is seen dead at once."""
+        pid = self.spawn_worker(batch_id, fleet, token)
+        self.renew_lease(batch_id, token, pid=pid)
+
+    def ensure_worker(self, batch: Batch) -> bool:
+        """Start a worker for an unfinished batch nobody serves (a takeover of a
+        dead lease). True if one was started."""
+        if self.lease_live(batch.lease):
+            return False
+        token = self.take_lease(batch.id)
+        if token is None:
+            return False
+        self._hand_to_worker(batch.id, token, self._fleet_arg(batch.lease))
+        return True

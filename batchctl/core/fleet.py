@@ -1,0 +1,160 @@
+"""The fleet: machines batchctl may dispatch to (SPEC §7).
+
+Read from ``--fleet``, else ``$BATCHCTL_FLEET``, else ``<state-dir>/fleet.yaml``;
+with none, the fleet is this host alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from batchctl.core.errors import InvalidFleet
+from batchctl.core.plan import NAME_RE, parse_yaml
+
+OsName = Literal["linux", "darwin", "windows"]
+ENTRYPOINTS: dict[str, str] = {"linux": "run.sh", "darwin": "run.sh", "windows": "run.ps1"}
+
+
+def this_os() -> OsName:
+    system = platform.system().lower()
+    if system == "darwin":
+        return "darwin"
+    if system == "windows":
+        return "windows"
+    return "linux"
+
+
+def _check_name(value: object) -> object:
+    if isinstance(value, str) and not NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return value
+
+
+FleetName = Annotated[str, BeforeValidator(_check_name)]
+
+
+class Machine(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: FleetName
+    transport: Literal["local"] = "local"
+    os: OsName = Field(default_factory=this_os)
+    tags: tuple[FleetName, ...] = ()
+    slots: Annotated[int, Field(ge=1, le=4096)] = 1
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags_from_list(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @property
+    def entrypoint(self) -> str:
+        return ENTRYPOINTS[self.os]
+
+    def matches(self, selector: str) -> bool:
+        kind, _, value = selector.partition(":")
+        if kind == "machine":
+            return self.name == value
+        return kind == "tag" and value in self.tags
+
+
+class FleetFileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    machines: list[Any]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    machines: tuple[Machine, ...]
+    source: str
+
+    def matching(self, selector: str) -> list[Machine]:
+        return [machine for machine in self.machines if machine.matches(selector)]
+
+    def get(self, name: str) -> Machine | None:
+        return next((machine for machine in self.machines if machine.name == name), None)
+
+
+def default_fleet() -> Fleet:
+    local = Machine(name="local", transport="local", tags=("local",), slots=os.cpu_count() or 1)
+    return Fleet(machines=(local,), source="default")
+
+
+def _machine_label(index: int, raw: object) -> str:
+    name = raw.get("name") if isinstance(raw, Mapping) else None
+    return f"machine {name!r} (#{index + 1})" if isinstance(name, str) else f"machine #{index + 1}"
+
+
+def _problem(path: str, label: str, error: Mapping[str, Any], fields: Sequence[str]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "-"
+    if error["type"] == "extra_forbidden":
+        message = f"unknown key (allowed: {', '.join(fields)})"
+    elif error["type"] == "missing":
+        message = "is required"
+    elif error["type"] == "literal_error" and field == "transport":
+        message = f"unsupported transport {error['input']!r} (this batchctl supports: local)"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path}: {label}: field {field!r}: {message}"
+
+
+def parse_fleet(text: str, path: str) -> Fleet:
+    try:
+        raw = parse_yaml(text, path)
+    except Exception as exc:  # parse_yaml raises InvalidPlan; the fleet has its own code
+        raise InvalidFleet(str(exc), details={"file": path}) from None
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise InvalidFleet(f"{path}: the fleet file must be a mapping with 'machines'")
+    try:
+        FleetFileSpec.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{path}: field {field!r}: {str(error['msg']).lower()}")
+        raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems}) from None
+    machines: list[Machine] = []
+    seen: dict[str, int] = {}
+    for index, raw_machine in enumerate(raw["machines"]):
+        label = _machine_label(index, raw_machine)
+        if not isinstance(raw_machine, Mapping):
+            problems.append(f"{path}: {label}: must be a mapping with at least 'name'")
+            continue
+        try:
+            machine = Machine.model_validate(raw_machine)
+        except ValidationError as exc:
+            problems.extend(
+                _problem(path, label, error, list(Machine.model_fields)) for error in exc.errors()
+            )
+            continue
+        if machine.name in seen:
+            problems.append(
+                f"{path}: {label}: field 'name': duplicate of machine #{seen[machine.name] + 1}"
+            )
+            continue
+        seen[machine.name] = index
+        machines.append(machine)
+    if not machines and not problems:
+        problems.append(f"{path}: field 'machines': lists no machine")
+    if problems:
+        raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
+    return Fleet(machines=tuple(machines), source=path)
+
+
+def load_fleet(path: Path | None) -> Fleet:
+    """The fleet at ``path``, or the default fleet when ``path`` is None."""
+    if path is None:
+        return default_fleet()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidFleet(f"{path}: cannot read fleet file: {exc.strerror}", details={"file": str(path)}) from None
+    return parse_fleet(text, str(path))

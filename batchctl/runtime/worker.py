@@ -1,0 +1,95 @@
+"""The detached backfill worker (``batchctl _batch-worker ID``), and how it is started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from batchctl.core.dispatch import Dispatcher
+from batchctl.core.errors import LeaseLost
+from batchctl.runtime.clock import utc_iso
+from batchctl.runtime.processes import spawn_detached
+
+
+LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"
+
+
+def worker_argv(batch_id: str, state_dir: Path, fleet: str | None) -> list[str]:
+    """The worker re-invokes this very batchctl with the same state and fleet."""
+    argv = [sys.executable, "-m", "batchctl", "_batch-worker", batch_id, "--state-dir", str(state_dir)]
+    if fleet:
+        argv += ["--fleet", fleet]
+    return argv
+
+
+def spawn_worker(state_dir: Path, batch_id: str, fleet: str | None, token: str) -> int:
+    """Start a detached worker that adopts the lease ``token`` (passed in its
+    environment, not its argv, so other users cannot read it from ps)."""
+    env = {**os.environ, LEASE_TOKEN_VARIABLE: token}
+    return spawn_detached(
+        worker_argv(batch_id, state_dir, fleet), state_dir / "workers" / f"{batch_id}.log", env=env
+    )
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def run_worker(
+    batch_id: str,
+    dispatcher: Dispatcher,
+    *,
+    sleep: Callable[[float], None],
+    log: Callable[[str], None],
+    handed_token: str | None = None,
+) -> int:
+    """Step the batch every tick until every item is terminal, renewing the
+    lease; stop at once if the lease is lost (a newer worker took over)."""
+    clock = dispatcher.clock
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    if handed_token and dispatcher.renew_lease(batch_id, handed_token):
+        token: str | None = handed_token
+    else:
+        token = dispatcher.take_lease(batch_id)
+    if token is None:
+        log(f"batch {batch_id} is served by another live worker; exiting")
+        return 0
+    log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
+    scheduler = dispatcher.scheduler(token)
+    last_renewal = clock.monotonic()
+    try:
+        while not stop.requested:
+            report = scheduler.step(batch_id, clock.now())
+            for label, names in (
+                ("dispatched", report.dispatched),
+                ("requeued", report.requeued),
+                ("skipped", report.skipped),
+                ("interrupted", report.interrupted),
+            ):
+                if names:
+                    log(f"{utc_iso(clock.now())} {label}: {', '.join(names)}")
+            if report.done:
+                log(f"{utc_iso(clock.now())} batch {batch_id} is done")
+                dispatcher.release_lease(batch_id, token)
+                return 0
+            if clock.monotonic() - last_renewal >= dispatcher.tuning.lease_renew_s:
+                if not dispatcher.renew_lease(batch_id, token):
+                    log("lease lost to another worker; exiting")
+                    return 0
+                last_renewal = clock.monotonic()
+            sleep(dispatcher.tuning.tick_s)
+    except LeaseLost:
+        log("lease lost to another worker; exiting")
+        return 0
+    log("stopped by SIGTERM; runs in flight continue and a later worker takes over")
+    dispatcher.release_lease(batch_id, token)
+    return 0

@@ -1,0 +1,56 @@
+"""The ``local`` transport: runs execute on this host, each under a detached
+executor process (``batchctl _run-executor``) that outlives whoever started
+it, so a killed worker or a finished ``batchctl run`` loses no run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from batchctl.core.models import Run, RunStatus
+from batchctl.runtime.clock import Clock
+from batchctl.runtime.processes import group_alive, kill_group, pid_alive, spawn_detached
+from batchctl.state.runs import RunStore
+
+
+def executor_argv(run_id: str, state_dir: Path) -> list[str]:
+    """The executor re-invokes this very batchctl, so it runs the same code."""
+    return [sys.executable, "-m", "batchctl", "_run-executor", run_id, "--state-dir", str(state_dir)]
+
+
+class LocalTransport:
+    def __init__(self, runs: RunStore, clock: Clock, *, kill_grace_s: float) -> None:
+        self.runs = runs
+        self.clock = clock
+        self.kill_grace_s = kill_grace_s
+        self.host = socket.gethostname()
+
+    def start(self, run: Run) -> None:
+        run_dir = self.runs.run_dir(run.id)
+        spawn_detached(executor_argv(run.id, self.runs.state_dir), run_dir / "executor.log")
+
+    def alive(self, run: Run) -> bool:
+        if run.executor_pid is None:
+            return False
+        if run.executor_host != self.host:
+            # Another host's executor cannot be probed from here; the caller
+            # judges it by its heartbeat instead.
+            return True
+        return pid_alive(run.executor_pid, run.executor_started)
+
+    def terminate(self, run: Run) -> None:
+        if run.status.terminal:
+            return
+        if self.alive(run) and run.executor_pid is not None:
+            try:
+                os.kill(run.executor_pid, signal.SIGTERM)
+                return
+            except ProcessLookupError:
+                pass
+        if run.pgid is not None and group_alive(run.pgid):
+            kill_group(run.pgid, grace_s=self.kill_grace_s, clock=self.clock)
+        reason = "cancelled before it started" if not run.claimed else "its executor is gone"
+        self.runs.finish(run.id, RunStatus.INTERRUPTED, now=self.clock.now(), message=reason)
