@@ -9,7 +9,7 @@ from pathlib import Path
 import freezegun
 import pytest
 
-from tests.helpers import CliRunner
+from tests.helpers import CliRunner, stop_processes_of
 
 # filelock measures its timeout with the real clock; under a frozen clock a
 # lock wait would never end.
@@ -24,9 +24,15 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("BATCHCTL_STATE_DIR", str(state_dir))
     monkeypatch.setenv("BATCHCTL_LOCK_TIMEOUT", "10")
+    # Fast timings so real workers and executors finish tests quickly.
+    monkeypatch.setenv("BATCHCTL_TICK", "0.1")
+    monkeypatch.setenv("BATCHCTL_KILL_GRACE", "2")
+    monkeypatch.setenv("BATCHCTL_LEASE_STALE", "5")
+    monkeypatch.setenv("BATCHCTL_HEARTBEAT", "1")
     for variable in ("XDG_STATE_HOME", "BATCHCTL_TAG", "BATCHCTL_STAGING", "BATCHCTL_FLEET"):
         monkeypatch.delenv(variable, raising=False)
     yield state_dir
+    stop_processes_of(state_dir)
     # Tests run as root in CI, where permissions would not stop a stray write:
     # check instead that nothing landed in HOME.
     leaked = sorted(str(path.relative_to(home)) for path in home.rglob("*"))

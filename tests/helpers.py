@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,17 @@ import pytest
 from batchctl.cli.app import main
 
 PASSING_SCRIPT = "#!/bin/sh\necho ok\n"
+
+
+def blocking_script(release: Path, before: str = "", after: str = "") -> str:
+    """A run.sh that prints ``before``, waits until ``release`` exists, then
+    prints ``after`` — so a test decides when a run ends, without sleeping."""
+    return (
+        "#!/bin/sh\n"
+        f"echo '{before}'\n"
+        f"while [ ! -e '{release}' ]; do sleep 0.05; done\n"
+        f"echo '{after}'\n"
+    )
 
 
 @dataclass
@@ -84,3 +97,57 @@ def snapshot_dir(directory: Path) -> dict[str, bytes]:
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
+
+
+def processes_of(state_dir: Path) -> list[int]:
+    """Pids of live processes working for ``state_dir``: workers and executors
+    name it on their command line, and every run inherits it in its
+    environment. Found by pid, never by process name."""
+    marker_env = f"BATCHCTL_STATE_DIR={state_dir}".encode()
+    marker_arg = str(state_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat[stat.rfind(")") + 2] in "ZX":
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker_env in environ or marker_arg in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_processes_of(state_dir: Path) -> None:
+    """Kill, by pid, whatever a test left running for its state directory,
+    then reap our own exited children."""
+    import signal
+    import time
+
+    for pid in processes_of(state_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while processes_of(state_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    assert not processes_of(state_dir), "processes of the test survived SIGKILL"
+
+
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float = 30, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -21,7 +21,8 @@ from batchctl.runtime.logs import follow_log
 WAIT_POLL_S = 0.5
 
 WaitOption = Annotated[
-    bool, typer.Option("--wait", help="Follow the batch to the end; exit 1 unless every item passed.")
+    bool,
+    typer.Option("--wait", help="Follow the batch to the end; exit 1 unless every item passed."),
 ]
 
 
@@ -52,7 +53,9 @@ def run(
             help="Label of what is under test (build id, commit, URL).",
         ),
     ] = "",
-    new: Annotated[bool, typer.Option("--new", help="Create a fresh batch even if one exists.")] = False,
+    new: Annotated[
+        bool, typer.Option("--new", help="Create a fresh batch even if one exists.")
+    ] = False,
     wait: WaitOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show what would run; write nothing.")
@@ -145,9 +148,7 @@ def logs(
     service = open_service(load_settings(state_dir))
     target = service.log_target(batch_id, item, wait=follow, poll_s=WAIT_POLL_S)
     if target is None:
-        raise NotFound(
-            f"item {item!r} of batch {batch_id} has no run yet", details={"item": item}
-        )
+        raise NotFound(f"item {item!r} of batch {batch_id} has no run yet", details={"item": item})
     chunks = follow_log(
         Path(target.log_path),
         finished=lambda: (not follow) or service.run_finished(target.run_id),

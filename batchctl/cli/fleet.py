@@ -28,7 +28,9 @@ def machines(
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir, fleet))
     listing = MachineList(source=service.dispatcher.fleet.source, machines=service.machines())
-    output.result(listing, lambda console: render_machines(console, listing.machines, listing.source))
+    output.result(
+        listing, lambda console: render_machines(console, listing.machines, listing.source)
+    )
     return ExitCode.OK
 
 

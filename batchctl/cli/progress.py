@@ -39,7 +39,9 @@ class Progress(AbstractContextManager["Progress"]):
         if self.quiet:
             return
         if self.live is not None:
-            self.live.update(batch_table(view, title=f"batch {view.id}: {counts_line(view.counts)}"))
+            self.live.update(
+                batch_table(view, title=f"batch {view.id}: {counts_line(view.counts)}")
+            )
             self.live.refresh()
             return
         line = f"batch {view.id}: {counts_line(view.counts)}"

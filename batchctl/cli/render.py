@@ -37,13 +37,28 @@ def _detail(item: ItemView) -> str:
     if item.run and item.run.error_code:
         return f"{item.run.error_code}: {item.run.message or ''}".strip()
     if item.run and item.run.exit_code not in (None, 0):
-        return f"exit {item.run.exit_code}"
+        return f"exit {item.run.exit_code}" + _took(item)
+    if item.run and item.run.message:
+        return item.run.message + _took(item)
+    if item.run and item.run.ended_at:
+        return _took(item).strip()
     return item.reason or ""
+
+
+def _took(item: ItemView) -> str:
+    run = item.run
+    if run is None or run.started_at is None or run.ended_at is None:
+        return ""
+    return f" took {(run.ended_at - run.started_at).total_seconds():.1f}s"
 
 
 def batch_table(view: BatchView, title: str | None = None) -> Table:
     table = Table(
-        show_edge=False, pad_edge=False, box=None, header_style="bold", title=title,
+        show_edge=False,
+        pad_edge=False,
+        box=None,
+        header_style="bold",
+        title=title,
         title_justify="left",
     )
     table.add_column("ITEM", no_wrap=True)

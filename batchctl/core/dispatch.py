@@ -72,7 +72,9 @@ class Dispatcher:
         """A fresh lease token if no live holder has the batch, else None."""
         token = secrets.token_hex(16)
         taken = self.batches.swap_lease(
-            batch_id, when=lambda lease: not self.lease_live(lease), new_lease=self._new_lease(token)
+            batch_id,
+            when=lambda lease: not self.lease_live(lease),
+            new_lease=self._new_lease(token),
         )
         return token if taken is not None else None
 

@@ -120,7 +120,9 @@ def parse_fleet(text: str, path: str) -> Fleet:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
             problems.append(f"{path}: field {field!r}: {str(error['msg']).lower()}")
-        raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems}) from None
+        raise InvalidFleet(
+            "\n".join(problems), details={"file": path, "problems": problems}
+        ) from None
     machines: list[Machine] = []
     seen: dict[str, int] = {}
     for index, raw_machine in enumerate(raw["machines"]):
@@ -156,5 +158,7 @@ def load_fleet(path: Path | None) -> Fleet:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidFleet(f"{path}: cannot read fleet file: {exc.strerror}", details={"file": str(path)}) from None
+        raise InvalidFleet(
+            f"{path}: cannot read fleet file: {exc.strerror}", details={"file": str(path)}
+        ) from None
     return parse_fleet(text, str(path))

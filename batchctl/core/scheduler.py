@@ -108,12 +108,18 @@ class Scheduler:
         self._retry_and_cascade(batch, runs, now, proposals, report)
         started = self._dispatch(batch, runs, now, proposals, report)
 
-        merged = self.batches.apply_items(
-            batch.id, proposals, lease_token=self.lease_token
-        ) if proposals else batch
+        merged = (
+            self.batches.apply_items(batch.id, proposals, lease_token=self.lease_token)
+            if proposals
+            else batch
+        )
         for run in started:
             item = merged.items[run.item]
-            if item.run_id == run.id and item.state is ItemState.DISPATCHED and not merged.cancelled:
+            if (
+                item.run_id == run.id
+                and item.state is ItemState.DISPATCHED
+                and not merged.cancelled
+            ):
                 self._start(run)
                 report.dispatched.append(run.item)
             else:
@@ -128,7 +134,9 @@ class Scheduler:
             self._started.add(run.id)
             transport.start(run)
 
-    def _reap(self, batch: Batch, runs: Mapping[str, Run], now: datetime, report: StepReport) -> None:
+    def _reap(
+        self, batch: Batch, runs: Mapping[str, Run], now: datetime, report: StepReport
+    ) -> None:
         for item in batch.items.values():
             run = runs.get(item.run_id or "")
             if item.state is not ItemState.DISPATCHED or run is None or run.status.terminal:
@@ -139,7 +147,9 @@ class Scheduler:
                 continue
             if not run.claimed:
                 age = now - run.created_at
-                if run.id not in self._started and age > timedelta(seconds=self.settings.launch_grace_s):
+                if run.id not in self._started and age > timedelta(
+                    seconds=self.settings.launch_grace_s
+                ):
                     self._start(run)
                 continue
             if self._executor_gone(run, now):
@@ -147,7 +157,9 @@ class Scheduler:
                     transport.terminate(run)
                 else:
                     self.runs.finish(
-                        run.id, RunStatus.INTERRUPTED, now=now,
+                        run.id,
+                        RunStatus.INTERRUPTED,
+                        now=now,
                         message=f"machine {run.machine!r} left the fleet",
                     )
                 report.interrupted.append(item.name)
@@ -193,8 +205,12 @@ class Scheduler:
                         continue
                     skip = SkipCode.DEP_FAILED, blame_of(failed)
                 items[entry.name] = proposals[entry.name] = item.model_copy(
-                    update={"state": ItemState.SKIPPED, "error_code": skip[0], "blame": skip[1],
-                            "updated_at": now}
+                    update={
+                        "state": ItemState.SKIPPED,
+                        "error_code": skip[0],
+                        "blame": skip[1],
+                        "updated_at": now,
+                    }
                 )
                 report.skipped.append(entry.name)
                 changed = True
@@ -207,9 +223,9 @@ class Scheduler:
         for needed in entry.needs:
             need_item = items[needed]
             run = runs.get(need_item.run_id or "")
-            if item_is_final(entries[needed], need_item, run, cancelled=batch.cancelled) and not item_passed(
-                need_item, run
-            ):
+            if item_is_final(
+                entries[needed], need_item, run, cancelled=batch.cancelled
+            ) and not item_passed(need_item, run):
                 return need_item
         return None
 
@@ -295,7 +311,9 @@ class Scheduler:
             older_runs = self._runs_of(older)
             for entry in older.entries:
                 item = older.items[entry.name]
-                if item.state is not ItemState.QUEUED or unmet_needs(entry, older.items, older_runs):
+                if item.state is not ItemState.QUEUED or unmet_needs(
+                    entry, older.items, older_runs
+                ):
                     continue
                 if item.not_before is not None and item.not_before > now:
                     continue

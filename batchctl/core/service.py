@@ -149,7 +149,11 @@ class BatchService:
         now = self.clock.now()
         skips = {
             name: item.model_copy(
-                update={"state": ItemState.SKIPPED, "error_code": SkipCode.CANCELLED, "updated_at": now}
+                update={
+                    "state": ItemState.SKIPPED,
+                    "error_code": SkipCode.CANCELLED,
+                    "updated_at": now,
+                }
             )
             for name, item in batch.items.items()
             if item.state is ItemState.QUEUED

@@ -199,7 +199,9 @@ def machine_views(fleet: Fleet, live_runs: list[Run]) -> list[MachineView]:
                 slots=machine.slots,
                 state="busy" if len(held) >= machine.slots else "idle",
                 runs=[
-                    MachineRunView(run_id=r.id, batch_id=r.batch_id, item=r.item, status=r.status.value)
+                    MachineRunView(
+                        run_id=r.id, batch_id=r.batch_id, item=r.item, status=r.status.value
+                    )
                     for r in held
                 ],
             )

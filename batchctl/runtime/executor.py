@@ -9,11 +9,14 @@ the whole group), heartbeats the run, and records the outcome. SIGTERM (from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -54,6 +57,10 @@ class _StopRequested:
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+
+
+def _heartbeat(now: datetime) -> Callable[[Run], Run]:
+    return lambda run: run.model_copy(update={"heartbeat_at": now})
 
 
 def execute_run(
@@ -101,13 +108,19 @@ def execute_run(
         copy_test_dir(Path(entry.abs_dir), work)
     except OSError as exc:
         return runs.finish(
-            run.id, RunStatus.ERROR, now=clock.now(), error_code="upload_failed",
+            run.id,
+            RunStatus.ERROR,
+            now=clock.now(),
+            error_code="upload_failed",
             message=f"cannot copy {entry.abs_dir}: {exc}",
         )
     script = work / entrypoint
     if not script.is_file():
         return runs.finish(
-            run.id, RunStatus.ERROR, now=clock.now(), error_code="entrypoint_missing",
+            run.id,
+            RunStatus.ERROR,
+            now=clock.now(),
+            error_code="entrypoint_missing",
             message=f"{entrypoint} not found in {entry.abs_dir}",
         )
     argv = [str(script)] if os.access(script, os.X_OK) else ["/bin/sh", str(script)]
@@ -115,12 +128,20 @@ def execute_run(
     with open(run.log_path, "ab") as log:
         try:
             process = subprocess.Popen(
-                argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                argv,
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as exc:
             return runs.finish(
-                run.id, RunStatus.ERROR, now=clock.now(), error_code="start_failed",
+                run.id,
+                RunStatus.ERROR,
+                now=clock.now(),
+                error_code="start_failed",
                 message=f"cannot start {entrypoint}: {exc}",
             )
     pgid = process.pid
@@ -138,12 +159,9 @@ def execute_run(
             break
         if clock.monotonic() >= next_heartbeat:
             next_heartbeat = clock.monotonic() + settings.heartbeat_s
-            now = clock.now()
-            runs.update(run.id, lambda current: current.model_copy(update={"heartbeat_at": now}))
-        try:
+            runs.update(run.id, _heartbeat(clock.now()))
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=WAIT_SLICE_S)
-        except subprocess.TimeoutExpired:
-            pass
 
     # Whatever the entrypoint left behind in its group goes with it.
     if outcome is not None or group_alive(pgid):
@@ -161,7 +179,10 @@ def execute_run(
         return runs.finish(run.id, RunStatus.SUCCEEDED, now=now, exit_code=0)
     if code < 0:
         return runs.finish(
-            run.id, RunStatus.FAILED, now=now, exit_code=128 - code,
+            run.id,
+            RunStatus.FAILED,
+            now=now,
+            exit_code=128 - code,
             message=f"killed by signal {-code}",
         )
     return runs.finish(run.id, RunStatus.FAILED, now=now, exit_code=code)

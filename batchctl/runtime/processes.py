@@ -68,7 +68,9 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def kill_group(pgid: int, *, grace_s: float, clock: Clock, reap: subprocess.Popen[bytes] | None = None) -> None:
+def kill_group(
+    pgid: int, *, grace_s: float, clock: Clock, reap: subprocess.Popen[bytes] | None = None
+) -> None:
     """TERM the whole group, give it ``grace_s`` to go, then KILL what is left."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
@@ -95,7 +97,7 @@ def spawn_detached(argv: Sequence[str], log_path: Path, env: dict[str, str] | No
     ``log_path``; it outlives the caller."""
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
+        log_path.chmod(0o600)
         process = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

@@ -48,7 +48,9 @@ def seconds_from_env(environ: Mapping[str, str], variable: str, default: float) 
     return value
 
 
-def resolve_fleet_path(option: str | None, environ: Mapping[str, str], state_dir: Path) -> Path | None:
+def resolve_fleet_path(
+    option: str | None, environ: Mapping[str, str], state_dir: Path
+) -> Path | None:
     """``--fleet``, else $BATCHCTL_FLEET, else <state-dir>/fleet.yaml if it
     exists; None means the default fleet (this host alone)."""
     if option:

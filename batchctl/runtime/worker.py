@@ -14,13 +14,20 @@ from batchctl.core.errors import LeaseLost
 from batchctl.runtime.clock import utc_iso
 from batchctl.runtime.processes import spawn_detached
 
-
-LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"
+LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def worker_argv(batch_id: str, state_dir: Path, fleet: str | None) -> list[str]:
     """The worker re-invokes this very batchctl with the same state and fleet."""
-    argv = [sys.executable, "-m", "batchctl", "_batch-worker", batch_id, "--state-dir", str(state_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "batchctl",
+        "_batch-worker",
+        batch_id,
+        "--state-dir",
+        str(state_dir),
+    ]
     if fleet:
         argv += ["--fleet", fleet]
     return argv

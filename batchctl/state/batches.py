@@ -132,9 +132,9 @@ class BatchStore:
         for batch_id, raw in self.file.read()["batches"].items():
             if batch_id == batch.id:
                 break
-            if not raw.get("cancelled") and raw.get("lease"):
-                if is_served(Lease.model_validate(raw["lease"])):
-                    older.append(Batch.model_validate(raw))
+            lease = raw.get("lease")
+            if not raw.get("cancelled") and lease and is_served(Lease.model_validate(lease)):
+                older.append(Batch.model_validate(raw))
         return older
 
     def remove(self, batch_ids: set[str]) -> None:

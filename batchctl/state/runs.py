@@ -166,7 +166,10 @@ class RunStore:
             if current.status.terminal:
                 return None, current
             proposed = change(current)
-            if proposed is None or RUN_STATUS_ORDER[proposed.status] < RUN_STATUS_ORDER[current.status]:
+            if (
+                proposed is None
+                or RUN_STATUS_ORDER[proposed.status] < RUN_STATUS_ORDER[current.status]
+            ):
                 return None, current
             records[current.id] = proposed.model_dump(mode="json")
             return document, proposed

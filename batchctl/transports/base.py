@@ -18,7 +18,8 @@ class Transport(Protocol):
         ...
 
     def alive(self, run: Run) -> bool:
-        """Is the executor of a claimed run still there to record its end?"""
+        """Is the executor of a claimed run still there to record its end?
+        (False once the run is terminal: its end is recorded.)"""
         ...
 
     def terminate(self, run: Run) -> None:

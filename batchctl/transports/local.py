@@ -18,7 +18,15 @@ from batchctl.state.runs import RunStore
 
 def executor_argv(run_id: str, state_dir: Path) -> list[str]:
     """The executor re-invokes this very batchctl, so it runs the same code."""
-    return [sys.executable, "-m", "batchctl", "_run-executor", run_id, "--state-dir", str(state_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "batchctl",
+        "_run-executor",
+        run_id,
+        "--state-dir",
+        str(state_dir),
+    ]
 
 
 class LocalTransport:
@@ -33,7 +41,7 @@ class LocalTransport:
         spawn_detached(executor_argv(run.id, self.runs.state_dir), run_dir / "executor.log")
 
     def alive(self, run: Run) -> bool:
-        if run.executor_pid is None:
+        if run.executor_pid is None or run.status.terminal:
             return False
         if run.executor_host != self.host:
             # Another host's executor cannot be probed from here; the caller

@@ -123,10 +123,11 @@ entries:
 
 @pytest.fixture
 def existing_state(workdir: Path, cli: CliRunner, state_dir: Path) -> dict[str, bytes]:
-    """A state directory holding one batch, snapshotted, so 'no change' means something."""
+    """A state directory holding one finished batch, snapshotted, so 'no
+    change' means something (finished: no worker writes behind our back)."""
     make_suite(workdir / "suites", "build")
     write_plan(workdir, "version: 1\nentries:" + GOOD_ENTRIES, name="good.yaml")
-    assert cli("run", "good.yaml", "--staging", "s1").code == 0
+    assert cli("run", "good.yaml", "--staging", "s1", "--wait", "--quiet").code == 0
     return snapshot_dir(state_dir)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchctl.core.service import BatchService
-from tests.helpers import CliRunner, make_suite, snapshot_dir, write_plan
+from tests.helpers import CliRunner, blocking_script, make_suite, snapshot_dir, write_plan
 
 PLAN = """
 version: 1
@@ -25,8 +25,11 @@ entries:
 
 @pytest.fixture
 def plan(workdir: Path) -> Path:
-    make_suite(workdir / "suites", "build")
-    make_suite(workdir / "suites", "test")
+    # Runs block until the test ends (the autouse fixture stops them), so the
+    # batch stays at a known point: build running, test waiting on it.
+    never = workdir / "never-released"
+    make_suite(workdir / "suites", "build", blocking_script(never))
+    make_suite(workdir / "suites", "test", blocking_script(never))
     return write_plan(workdir, PLAN)
 
 
@@ -49,11 +52,12 @@ def test_run_creates_then_resumes_the_same_batch(plan: Path, cli: CliRunner) -> 
     assert batch["created_at"].endswith("Z")
     assert batch["done"] is False
     assert [(i["name"], i["state"], i["outcome"], i["selector"]) for i in batch["items"]] == [
-        ("build", "queued", "queued", "tag:local"),
+        ("build", "dispatched", "running", "tag:local"),
         ("test", "queued", "waiting", "tag:local"),
     ]
+    assert batch["items"][0]["machine"] == "local"
     assert batch["items"][1]["reason"] == "waiting on build"
-    assert batch["counts"] == {"queued": 1, "waiting": 1}
+    assert batch["counts"] == {"running": 1, "waiting": 1}
 
 
 def test_edited_plan_makes_a_new_batch_and_new_flag_forces_one(plan: Path, cli: CliRunner) -> None:
@@ -93,7 +97,7 @@ def test_status_and_list_show_the_batch(plan: Path, cli: CliRunner) -> None:
     assert by_prefix.json()["data"]["id"] == batch_id
     batches = listing.json()["data"]["batches"]
     assert [(b["id"], b["staging"], b["done"]) for b in batches] == [(batch_id, "x", False)]
-    assert batches[0]["counts"] == {"queued": 1, "waiting": 1}
+    assert batches[0]["counts"] == {"running": 1, "waiting": 1}
 
 
 def test_list_is_newest_first(plan: Path, cli: CliRunner) -> None:
@@ -141,9 +145,13 @@ def test_json_mode_prints_exactly_one_document(
 
 
 def test_unreadable_state_is_exit_4_and_left_untouched(
-    plan: Path, cli: CliRunner, state_dir: Path
+    workdir: Path, cli: CliRunner, state_dir: Path
 ) -> None:
-    batch_id = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
+    make_suite(workdir / "suites", "build")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: build, dir: suites/build}\n")
+    finished = cli("run", "plan.yaml", "--wait", "--json")
+    assert finished.code == 0
+    batch_id = finished.json()["data"]["batch"]["id"]
     (state_dir / "batches.json").write_bytes(b'{"schema_version": 1, "batches": {"trunc')
     before = snapshot_dir(state_dir)
 

@@ -1,0 +1,101 @@
+"""The fleet file and `batchctl machines`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CliRunner, blocking_script, make_suite, snapshot_dir, write_plan
+
+
+def test_default_fleet_is_this_host(cli: CliRunner) -> None:
+    result = cli("machines", "--json")
+
+    assert result.code == 0
+    [machine] = result.json()["data"]["machines"]
+    assert machine["name"] == "local"
+    assert machine["tags"] == ["local"]
+    assert machine["slots"] == os.cpu_count()
+    assert (machine["state"], machine["runs"]) == ("idle", [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "machines:\n  - {name: a, slots: 0}\n",
+            ["fleet.yaml", "machine 'a' (#1)", "field 'slots'"],
+        ),
+        (
+            "machines:\n  - {name: a, transport: telnet}\n",
+            ["machine 'a' (#1)", "field 'transport'", "telnet"],
+        ),
+        (
+            "machines:\n  - {name: a, tagz: [x]}\n",
+            ["machine 'a' (#1)", "field 'tagz'", "unknown key"],
+        ),
+        (
+            "machines:\n  - {name: a}\n  - {name: a}\n",
+            ["machine 'a' (#2)", "duplicate of machine #1"],
+        ),
+        ("machines:\n  - {name: a, os: beos}\n", ["machine 'a' (#1)", "field 'os'"]),
+        ("machines: [\n", ["fleet.yaml:", "malformed YAML"]),
+        ("machines: []\n", ["fleet.yaml", "lists no machine"]),
+        ("hosts: []\n", ["fleet.yaml", "'hosts'"]),
+    ],
+)
+def test_bad_fleet_file_is_exit_2_naming_file_machine_and_field(
+    workdir: Path, cli: CliRunner, state_dir: Path, text: str, expected: list[str]
+) -> None:
+    (workdir / "fleet.yaml").write_text(text)
+    make_suite(workdir / "suites", "a")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/a}\n")
+
+    for args in (("machines",), ("run", "plan.yaml")):
+        result = cli(*args, "--fleet", "fleet.yaml")
+        assert result.code == 2, result.stderr
+        for fragment in expected:
+            assert fragment in result.stderr, (fragment, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert snapshot_dir(state_dir) == {}
+
+
+def test_machines_shows_busy_machines_and_their_runs(workdir: Path, cli: CliRunner) -> None:
+    (workdir / "fleet.yaml").write_text(
+        "machines:\n"
+        "  - {name: box-1, transport: local, tags: [linux], slots: 1}\n"
+        "  - {name: box-2, transport: local, tags: [linux, gpu], slots: 2}\n"
+    )
+    make_suite(workdir / "suites", "t", blocking_script(workdir / "never"))
+    write_plan(workdir, "version: 1\nentries:\n  - {name: on-gpu, dir: suites/t, tag: gpu}\n")
+    batch_id = cli("run", "plan.yaml", "--fleet", "fleet.yaml", "--json").json()["data"]["batch"][
+        "id"
+    ]
+
+    result = cli("machines", "--fleet", "fleet.yaml", "--json")
+
+    machines = {m["name"]: m for m in result.json()["data"]["machines"]}
+    assert (machines["box-1"]["state"], machines["box-1"]["runs"]) == ("idle", [])
+    assert machines["box-2"]["tags"] == ["linux", "gpu"]
+    [held] = machines["box-2"]["runs"]
+    assert (held["batch_id"], held["item"]) == (batch_id, "on-gpu")
+    human = cli("machines", "--fleet", "fleet.yaml")
+    assert "box-2" in human.stdout
+    assert f"{batch_id}/on-gpu" in human.stdout
+
+
+def test_a_full_machine_is_busy(workdir: Path, cli: CliRunner) -> None:
+    (workdir / "fleet.yaml").write_text("machines:\n  - {name: solo, tags: [local], slots: 1}\n")
+    make_suite(workdir / "suites", "t", blocking_script(workdir / "never"))
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n  - {name: a, dir: suites/t}\n  - {name: b, dir: suites/t}\n",
+    )
+    view = cli("run", "plan.yaml", "--fleet", "fleet.yaml", "--json").json()["data"]["batch"]
+
+    machines = cli("machines", "--fleet", "fleet.yaml", "--json").json()["data"]["machines"]
+
+    assert machines[0]["state"] == "busy"
+    assert [item["outcome"] for item in view["items"]] == ["running", "queued"]

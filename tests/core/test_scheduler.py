@@ -1,0 +1,295 @@
+"""The scheduler's step, driven tick by tick: fake clock, fake transport, no
+processes, no sleeps. Stores are the real ones on a temp directory."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from batchctl.core.errors import LeaseLost
+from batchctl.core.fleet import Fleet, Machine
+from batchctl.core.models import Batch, Item, ItemState, Lease, RunStatus, SkipCode
+from batchctl.core.plan import load_plan_text
+from batchctl.core.scheduler import Scheduler, SchedulerSettings
+from batchctl.core.views import batch_view
+from batchctl.runtime.testdir import hash_test_dir
+from batchctl.state.batches import BatchStore
+from batchctl.state.runs import RunStore
+from tests.fakes import FakeClock, FakeTransport
+from tests.helpers import make_suite
+
+
+@dataclass
+class World:
+    tmp: Path
+    clock: FakeClock
+    batches: BatchStore
+    runs: RunStore
+    transport: FakeTransport
+    fleet: Fleet
+
+    def batch(self, plan: str, batch_id: str = "b1", staging: str = "s") -> Batch:
+        for name in ("ok", "other"):
+            make_suite(self.tmp / "suites", name)
+        (self.tmp / "suites" / "no-entrypoint").mkdir(exist_ok=True)
+        loaded = load_plan_text(
+            textwrap.dedent(plan),
+            path="plan.yaml",
+            base_dir=self.tmp,
+            source="inline",
+            env_tag=None,
+        )
+        now = self.clock.now()
+        batch = Batch(
+            id=batch_id,
+            plan_hash=loaded.plan_hash,
+            staging=staging,
+            created_by="t@h",
+            created_at=now,
+            expected_count=len(loaded.entries),
+            source="inline",
+            entries=loaded.entries,
+            items={e.name: Item(name=e.name, updated_at=now) for e in loaded.entries},
+        )
+        created, _ = self.batches.create_or_get(
+            loaded.plan_hash, staging, force_new=True, new_batch=lambda: batch
+        )
+        return created
+
+    def scheduler(self, token: str | None = None, older: bool = False) -> Scheduler:
+        return Scheduler(
+            batches=self.batches,
+            runs=self.runs,
+            fleet=self.fleet,
+            transports={"local": self.transport},
+            lease_token=token,
+            settings=SchedulerSettings(launch_grace_s=30, executor_stale_s=60),
+            hash_dir=hash_test_dir,
+            this_host="fake",
+            older_batches=(lambda b, now: self.batches.older_active(b, lambda lease: True))
+            if older
+            else None,
+        )
+
+    def outcomes(self, batch_id: str = "b1") -> dict[str, str]:
+        batch = self.batches.get(batch_id)
+        runs = self.runs.get_many(i.run_id for i in batch.items.values() if i.run_id)
+        return {item.name: item.outcome for item in batch_view(batch, runs).items}
+
+    def run_of(self, item: str, batch_id: str = "b1") -> str:
+        run_id = self.batches.get(batch_id).items[item].run_id
+        assert run_id is not None
+        return run_id
+
+
+@pytest.fixture
+def world(tmp_path: Path, state_dir: Path) -> World:
+    clock = FakeClock()
+    runs = RunStore(state_dir)
+    return World(
+        tmp=tmp_path,
+        clock=clock,
+        batches=BatchStore(state_dir),
+        runs=runs,
+        transport=FakeTransport(runs, clock),
+        fleet=Fleet(machines=(Machine(name="m1", tags=("local",), slots=4),), source="test"),
+    )
+
+
+def entries(*lines: str) -> str:
+    return "version: 1\nentries:\n" + "".join(f"  - {line}\n" for line in lines)
+
+
+def test_items_wait_for_needs_and_independent_chains_do_not_wait(world: World) -> None:
+    world.batch(
+        entries(
+            "{name: a, dir: suites/ok}",
+            "{name: b, dir: suites/ok, needs: [a]}",
+            "{name: x, dir: suites/ok}",
+            "{name: y, dir: suites/ok, needs: [x]}",
+        )
+    )
+    scheduler = world.scheduler()
+
+    first = scheduler.step("b1", world.clock.now())
+    assert sorted(first.dispatched) == ["a", "x"]
+    assert world.outcomes() == {"a": "running", "b": "waiting", "x": "running", "y": "waiting"}
+
+    world.transport.finish(world.run_of("x"))
+    second = scheduler.step("b1", world.clock.advance(1))
+    assert second.dispatched == ["y"]  # x's chain moves on while a still runs
+    assert world.outcomes()["b"] == "waiting"
+
+    world.transport.settle()
+    scheduler.step("b1", world.clock.advance(1))
+    world.transport.settle()
+    last = scheduler.step("b1", world.clock.advance(1))
+    assert last.done
+    assert set(world.outcomes().values()) == {"passed"}
+
+
+def test_a_machine_never_holds_more_runs_than_its_slots(world: World) -> None:
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
+    world.batch(entries(*(f"{{name: i{n}, dir: suites/ok}}" for n in range(3))))
+    scheduler = world.scheduler()
+
+    for tick in range(3):
+        report = scheduler.step("b1", world.clock.advance(1))
+        assert len(report.dispatched) == 1, tick
+        assert len(world.runs.non_terminal()) == 1
+        scheduler.step("b1", world.clock.advance(1))  # busy: nothing more
+        assert len(world.runs.non_terminal()) == 1
+        world.transport.settle()
+    assert scheduler.step("b1", world.clock.advance(1)).done
+
+
+def test_unrunnable_items_are_skipped_with_their_code(world: World) -> None:
+    world.batch(
+        entries(
+            "{name: nomachine, dir: suites/ok, tag: gpu}",
+            "{name: noentry, dir: suites/no-entrypoint}",
+            "{name: gone, dir: suites/vanished}",
+        )
+    )
+    report = world.scheduler().step("b1", world.clock.now())
+
+    batch = world.batches.get("b1")
+    assert {n: batch.items[n].error_code for n in ("nomachine", "noentry", "gone")} == {
+        "nomachine": SkipCode.NO_MATCHING_MACHINE,
+        "noentry": SkipCode.ENTRYPOINT_MISSING,
+        "gone": SkipCode.DIR_MISSING,
+    }
+    assert report.done
+
+
+def test_a_failed_need_skips_dependents_transitively_with_blame(world: World) -> None:
+    world.batch(
+        entries(
+            "{name: a, dir: suites/ok}",
+            "{name: b, dir: suites/ok, needs: [a]}",
+            "{name: c, dir: suites/ok, needs: [b]}",
+            "{name: free, dir: suites/ok}",
+        )
+    )
+    world.transport.outcomes["a"] = (RunStatus.FAILED, 1)
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    world.transport.settle()
+
+    report = scheduler.step("b1", world.clock.advance(1))
+
+    batch = world.batches.get("b1")
+    assert sorted(report.skipped) == ["b", "c"]
+    assert (batch.items["b"].error_code, batch.items["b"].blame) == (SkipCode.DEP_FAILED, "a#1")
+    assert (batch.items["c"].error_code, batch.items["c"].blame) == (SkipCode.DEP_FAILED, "a#1")
+    assert world.outcomes() == {"a": "failed", "b": "skipped", "c": "skipped", "free": "passed"}
+    assert report.done
+
+
+def test_lost_executor_is_interrupted_and_retried_as_a_new_attempt(world: World) -> None:
+    world.batch(entries("{name: a, dir: suites/ok, retries: 1}"))
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    first_run = world.run_of("a")
+    world.transport.dead_executors.add(first_run)
+
+    # One tick reaps the lost run, re-queues the item and dispatches attempt 2.
+    retried = scheduler.step("b1", world.clock.advance(1))
+    assert retried.interrupted == ["a"]
+    assert world.runs.get(first_run).status is RunStatus.INTERRUPTED
+    item = world.batches.get("b1").items["a"]
+    assert retried.requeued == ["a"]
+    assert retried.dispatched == ["a"]
+    assert (item.attempt, item.history) == (2, (first_run,))
+    assert item.run_id != first_run
+    world.transport.settle()
+    assert scheduler.step("b1", world.clock.advance(1)).done
+    assert world.outcomes() == {"a": "passed"}
+
+
+def test_a_failed_run_is_not_retried_unless_failed_is_listed(world: World) -> None:
+    world.batch(
+        entries(
+            "{name: plain, dir: suites/ok, retries: 2}",
+            "{name: listed, dir: suites/ok, retries: 2, retry_on: [failed]}",
+        )
+    )
+    world.transport.outcomes = {"plain": (RunStatus.FAILED, 3), "listed": (RunStatus.FAILED, 3)}
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    world.transport.settle()
+    report = scheduler.step("b1", world.clock.advance(1))
+
+    assert report.requeued == ["listed"]
+    items = world.batches.get("b1").items
+    assert (items["plain"].attempt, items["listed"].attempt) == (1, 2)
+
+
+def test_a_step_without_the_lease_writes_nothing(world: World) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}"))
+    world.batches.swap_lease(
+        "b1",
+        when=lambda lease: True,
+        new_lease=Lease(token="theirs", pid=1, host="h", heartbeat_at=world.clock.now()),
+    )
+
+    with pytest.raises(LeaseLost):
+        world.scheduler(token="mine").step("b1", world.clock.now())
+
+    assert world.batches.get("b1").items["a"].state is ItemState.QUEUED
+    assert world.transport.started == []
+
+
+def test_a_pending_run_whose_starter_died_is_started_once_after_the_grace(world: World) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}"))
+    dying = world.scheduler()
+    dying.transports = {}  # prepares and records, but never starts the run
+    dying.step("b1", world.clock.now())
+    run_id = world.run_of("a")
+
+    successor = world.scheduler()
+    successor.step("b1", world.clock.advance(5))
+    assert world.transport.started == []  # within the grace: its starter may be slow
+    successor.step("b1", world.clock.advance(30))
+    successor.step("b1", world.clock.advance(1))
+    assert world.transport.started == [run_id]
+    assert world.transport.executions == [run_id]
+
+
+def test_older_batches_are_served_first(world: World) -> None:
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
+    world.batch(entries("{name: old1, dir: suites/ok}", "{name: old2, dir: suites/ok}"), "old")
+    world.batch(entries("{name: new1, dir: suites/other}"), "new", staging="other")
+    for batch_id in ("old", "new"):
+        world.batches.swap_lease(
+            batch_id,
+            when=lambda lease: True,
+            new_lease=Lease(token=batch_id, pid=1, host="h", heartbeat_at=world.clock.now()),
+        )
+    old, new = world.scheduler("old", older=True), world.scheduler("new", older=True)
+
+    old.step("old", world.clock.now())
+    world.transport.settle()
+    # The slot is free, but the old batch still has a ready item: new yields.
+    assert new.step("new", world.clock.advance(1)).dispatched == []
+    assert old.step("old", world.clock.advance(1)).dispatched == ["old2"]
+    world.transport.settle()
+    assert old.step("old", world.clock.advance(1)).done
+    assert new.step("new", world.clock.advance(1)).dispatched == ["new1"]
+
+
+def test_cancelled_batch_skips_queued_items_and_stops_runs(world: World) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}", "{name: b, dir: suites/ok, needs: [a]}"))
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    world.batches.apply_items("b1", {}, cancel=True)
+
+    report = scheduler.step("b1", world.clock.advance(1))
+
+    assert report.skipped == ["b"]
+    assert world.batches.get("b1").items["b"].error_code is SkipCode.CANCELLED
+    assert world.runs.get(world.run_of("a")).status is RunStatus.INTERRUPTED
+    assert world.outcomes() == {"a": "interrupted", "b": "skipped"}

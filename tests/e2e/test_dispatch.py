@@ -1,0 +1,292 @@
+"""Whole-CLI tests with real workers, executors and test processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from batchctl.runtime.processes import group_alive, pid_alive
+from tests.helpers import (
+    blocking_script,
+    make_suite,
+    processes_of,
+    run_batchctl,
+    wait_until,
+    write_plan,
+)
+
+ARTIFACT_SCRIPT = (
+    "#!/bin/sh\n"
+    'echo "output of $BATCHCTL_ITEM attempt $BATCHCTL_ATTEMPT on $BATCHCTL_MACHINE"\n'
+    'echo "$BATCHCTL_STAGING" > "$BATCHCTL_ARTIFACTS_DIR/staging.txt"\n'
+)
+FAILING_SCRIPT = "#!/bin/sh\necho 'about to fail' >&2\nexit 3\n"
+
+
+def runs_json(state_dir: Path) -> dict[str, Any]:
+    runs: dict[str, Any] = json.loads((state_dir / "runs.json").read_text())["runs"]
+    return runs
+
+
+def batch_json(state_dir: Path, batch_id: str) -> dict[str, Any]:
+    batch: dict[str, Any] = json.loads((state_dir / "batches.json").read_text())["batches"][
+        batch_id
+    ]
+    return batch
+
+
+def test_passing_and_failing_items_give_outcomes_exit_codes_logs_and_artifacts(
+    workdir: Path, state_dir: Path
+) -> None:
+    make_suite(workdir / "suites", "good", ARTIFACT_SCRIPT)
+    make_suite(workdir / "suites", "bad", FAILING_SCRIPT)
+    write_plan(
+        workdir,
+        """
+        version: 1
+        entries:
+          - {name: good, dir: suites/good}
+          - {name: bad, dir: suites/bad}
+          - {name: after-bad, dir: suites/good, needs: [bad]}
+        """,
+    )
+
+    result = run_batchctl(
+        "run", "plan.yaml", "--staging", "build-7", "--wait", "--json", cwd=workdir
+    )
+
+    assert result.code == 1, result.stderr
+    batch = result.json()["data"]["batch"]
+    items = {item["name"]: item for item in batch["items"]}
+    assert batch["done"] is True
+    assert {name: item["outcome"] for name, item in items.items()} == {
+        "good": "passed",
+        "bad": "failed",
+        "after-bad": "skipped",
+    }
+    assert items["bad"]["run"]["exit_code"] == 3
+    assert (items["after-bad"]["error_code"], items["after-bad"]["blame"]) == (
+        "dep_failed",
+        "bad#1",
+    )
+
+    good_run = items["good"]["run"]
+    run_dir = state_dir / "runs" / items["good"]["run_id"]
+    assert good_run["log_path"] == str(run_dir / "output.log")
+    assert "output of good attempt 1 on local" in (run_dir / "output.log").read_text()
+    assert (run_dir / "artifacts" / "staging.txt").read_text().strip() == "build-7"
+    assert "about to fail" in Path(items["bad"]["run"]["log_path"]).read_text()
+
+    logs = run_batchctl("logs", batch["id"], "good", cwd=workdir)
+    assert logs.code == 0
+    assert "output of good attempt 1 on local" in logs.stdout
+
+    again = run_batchctl("status", batch["id"], "--wait", "--quiet", cwd=workdir)
+    assert again.code == 1
+
+
+def test_all_passing_batch_exits_0_and_worker_is_gone(workdir: Path, state_dir: Path) -> None:
+    for name in ("a", "b", "c"):
+        make_suite(workdir / "suites", name, ARTIFACT_SCRIPT)
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n  - {name: a, dir: suites/a}\n"
+        "  - {name: b, dir: suites/b, needs: [a]}\n  - {name: c, dir: suites/c, needs: [b]}\n",
+    )
+
+    result = run_batchctl("run", "plan.yaml", "--wait", cwd=workdir)
+
+    assert result.code == 0, result.stderr
+    assert "3 passed" in result.stdout
+    wait_until(lambda: not processes_of(state_dir), timeout=20, what="the worker to exit")
+
+
+def test_logs_follow_shows_output_while_the_run_is_going(workdir: Path, state_dir: Path) -> None:
+    release = workdir / "release"
+    make_suite(
+        workdir / "suites", "slow", blocking_script(release, before="first line", after="last line")
+    )
+    write_plan(workdir, "version: 1\nentries:\n  - {name: slow, dir: suites/slow}\n")
+    batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "batchctl", "logs", batch_id, "slow", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=workdir,
+    )
+    try:
+        assert follower.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(follower.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=30), "no output from logs --follow"
+        assert follower.stdout.readline().strip() == "first line"
+        status = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]
+        assert status["items"][0]["outcome"] == "running"  # still going while we read
+
+        release.touch()
+        rest, errors = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, errors
+    assert rest.strip() == "last line"
+
+
+def test_cancel_leaves_no_process_of_the_batch_alive(workdir: Path, state_dir: Path) -> None:
+    never = workdir / "never"
+    # The entrypoint starts children in its group, one of which ignores TERM.
+    script = (
+        "#!/bin/sh\n"
+        "sh -c 'trap \"\" TERM; while :; do sleep 0.1; done' &\n"
+        "sleep 300 &\n" + blocking_script(never).split("\n", 1)[1]
+    )
+    make_suite(workdir / "suites", "long", script)
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        "  - {name: one, dir: suites/long}\n  - {name: two, dir: suites/long}\n"
+        "  - {name: later, dir: suites/long, needs: [one]}\n",
+    )
+    batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
+    wait_until(
+        lambda: sum(1 for r in runs_json(state_dir).values() if r.get("pgid")) == 2,
+        what="both runs to start",
+    )
+    pgids = [run["pgid"] for run in runs_json(state_dir).values()]
+    assert all(group_alive(pgid) for pgid in pgids)
+
+    cancelled = run_batchctl("cancel", batch_id, "--json", cwd=workdir)
+
+    assert cancelled.code == 0, cancelled.stderr
+    view = cancelled.json()["data"]
+    assert view["cancelled"] is True
+    assert {item["name"]: item["outcome"] for item in view["items"]} == {
+        "one": "interrupted",
+        "two": "interrupted",
+        "later": "skipped",
+    }
+    assert view["items"][2]["error_code"] == "cancelled"
+    assert not any(group_alive(pgid) for pgid in pgids)
+    wait_until(lambda: not processes_of(state_dir), timeout=20, what="every batch process to exit")
+
+
+def test_killed_worker_is_taken_over_and_the_batch_completes(
+    workdir: Path, state_dir: Path
+) -> None:
+    gate = workdir / "gate"
+    (workdir / "fleet.yaml").write_text(
+        "machines:\n  - {name: solo, transport: local, tags: [local], slots: 1}\n"
+    )
+    for name in ("a", "b", "c", "d"):
+        make_suite(workdir / "suites", name, blocking_script(gate, before=f"{name} ran"))
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        + "".join(f"  - {{name: {n}, dir: suites/{n}}}\n" for n in ("a", "b", "c", "d")),
+    )
+    env = {"BATCHCTL_FLEET": str(workdir / "fleet.yaml")}
+    batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir, env=env).json()["data"][
+        "batch"
+    ]["id"]
+
+    def worker_pid() -> int | None:
+        lease = batch_json(state_dir, batch_id).get("lease")
+        return lease["pid"] if lease and pid_alive(lease["pid"]) else None
+
+    wait_until(lambda: worker_pid() is not None, what="the worker to hold the lease")
+    victim = worker_pid()
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(victim), what="the worker to die")
+    gate.touch()  # let the runs finish while no worker is alive
+
+    final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=120)
+
+    assert final.code == 0, final.stderr
+    view = final.json()["data"]
+    assert {item["outcome"] for item in view["items"]} == {"passed"}
+    runs = runs_json(state_dir)
+    attempts = [(run["item"], run["attempt"]) for run in runs.values()]
+    assert sorted(attempts) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]  # none ran twice
+    assert all(run["status"] == "succeeded" for run in runs.values())
+    for run in runs.values():
+        assert Path(run["log_path"]).read_text().count(" ran") == 1
+    assert batch_json(state_dir, batch_id)["lease"] is None or not pid_alive(
+        batch_json(state_dir, batch_id)["lease"]["pid"]
+    )
+
+
+def test_killed_executor_is_interrupted_and_its_test_process_terminated(
+    workdir: Path, state_dir: Path
+) -> None:
+    make_suite(workdir / "suites", "long", blocking_script(workdir / "never"))
+    write_plan(workdir, "version: 1\nentries:\n  - {name: long, dir: suites/long}\n")
+    batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
+    wait_until(lambda: any(r.get("pgid") for r in runs_json(state_dir).values()), what="the run")
+    [run] = runs_json(state_dir).values()
+    os.kill(run["executor_pid"], signal.SIGKILL)
+
+    final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, timeout=120)
+
+    assert final.code == 1
+    item = final.json()["data"]["items"][0]
+    assert item["outcome"] == "interrupted"
+    assert "executor is gone" in item["run"]["message"]
+    assert not group_alive(run["pgid"])
+
+
+def test_two_batches_on_a_one_slot_fleet_never_overlap(workdir: Path, state_dir: Path) -> None:
+    (workdir / "fleet.yaml").write_text(
+        "machines:\n  - {name: solo, transport: local, tags: [local], slots: 1}\n"
+    )
+    make_suite(workdir / "suites", "t", "#!/bin/sh\necho start; sleep 0.2; echo end\n")
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        + "".join(f"  - {{name: i{n}, dir: suites/t}}\n" for n in range(3)),
+    )
+    env = {**os.environ, "BATCHCTL_FLEET": str(workdir / "fleet.yaml")}
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "batchctl",
+                "run",
+                "plan.yaml",
+                "--staging",
+                label,
+                "--wait",
+                "--quiet",
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for label in ("first", "second")
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+
+    runs = list(runs_json(state_dir).values())
+    assert len(runs) == 6
+    assert len({run["batch_id"] for run in runs}) == 2
+    spans = [
+        (datetime.fromisoformat(run["started_at"]), datetime.fromisoformat(run["ended_at"]))
+        for run in runs
+    ]
+    for (start_a, end_a), (start_b, end_b) in combinations(spans, 2):
+        assert end_a <= start_b or end_b <= start_a, (start_a, end_a, start_b, end_b)

@@ -1,0 +1,90 @@
+"""Fakes for what the fast tests do not run for real: time, and a transport.
+
+The fake transport obeys the same contract as the real ones
+(tests/transports/test_contract.py runs against both)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from batchctl.core.models import Run, RunStatus
+from batchctl.state.runs import RunStore
+
+FAKE_EXECUTOR_PID = 999_999
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
+        self.mono = 1000.0
+
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> datetime:
+        self.current += timedelta(seconds=seconds)
+        self.mono += seconds
+        return self.current
+
+
+@dataclass
+class FakeTransport:
+    """Runs "execute" when the test says so: ``finish`` or ``settle``.
+
+    ``outcomes`` maps item names to (status, exit code); items in ``hold``
+    keep running until finished or terminated."""
+
+    runs: RunStore
+    clock: FakeClock
+    outcomes: dict[str, tuple[RunStatus, int | None]] = field(default_factory=dict)
+    hold: set[str] = field(default_factory=set)
+    started: list[str] = field(default_factory=list)
+    executions: list[str] = field(default_factory=list)
+    dead_executors: set[str] = field(default_factory=set)
+
+    def start(self, run: Run) -> None:
+        self.started.append(run.id)
+
+        def claim(current: Run) -> Run | None:
+            if current.status is not RunStatus.PENDING or current.claimed:
+                return None
+            return current.model_copy(
+                update={
+                    "status": RunStatus.RUNNING,
+                    "started_at": self.clock.now(),
+                    "executor_pid": FAKE_EXECUTOR_PID,
+                    "executor_host": "fake",
+                }
+            )
+
+        claimed = self.runs.update(run.id, claim)
+        if claimed.executor_pid == FAKE_EXECUTOR_PID and claimed.status is RunStatus.RUNNING:
+            self.executions.append(run.id)
+            log = Path(run.log_path)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"hello from {run.item}\n")
+            Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)
+            (Path(run.artifacts_path) / "result.txt").write_text(run.item)
+
+    def alive(self, run: Run) -> bool:
+        return run.claimed and not run.status.terminal and run.id not in self.dead_executors
+
+    def terminate(self, run: Run) -> None:
+        self.runs.finish(run.id, RunStatus.INTERRUPTED, now=self.clock.now(), message="terminated")
+
+    def finish(
+        self, run_id: str, status: RunStatus = RunStatus.SUCCEEDED, exit_code: int | None = 0
+    ) -> Run:
+        return self.runs.finish(run_id, status, now=self.clock.now(), exit_code=exit_code)
+
+    def settle(self) -> None:
+        """Every started, running, not-held run ends with its item's outcome."""
+        for run in self.runs.get_many(self.executions).values():
+            if run.status is RunStatus.RUNNING and run.item not in self.hold:
+                status, code = self.outcomes.get(run.item, (RunStatus.SUCCEEDED, 0))
+                self.finish(run.id, status, code)

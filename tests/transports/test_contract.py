@@ -1,0 +1,187 @@
+"""The transport contract, run against the fake the scheduler tests use and
+against the real local transport (real executor processes)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from batchctl.core.models import Batch, Item, Run, RunStatus
+from batchctl.core.plan import load_plan_text
+from batchctl.runtime.clock import SystemClock
+from batchctl.runtime.processes import group_alive
+from batchctl.state.batches import BatchStore
+from batchctl.state.runs import PrepareRequest, RunStore
+from batchctl.transports.base import Transport
+from batchctl.transports.local import LocalTransport
+from tests.fakes import FakeClock, FakeTransport
+from tests.helpers import blocking_script, make_suite, wait_until
+
+SCRIPTS = {
+    "pass": (
+        "#!/bin/sh\necho hello from $BATCHCTL_ITEM\n"
+        'echo $BATCHCTL_ITEM > "$BATCHCTL_ARTIFACTS_DIR/result.txt"\n'
+    ),
+    "fail": "#!/bin/sh\necho hello from $BATCHCTL_ITEM\nexit 3\n",
+}
+
+
+class Harness:
+    """Prepares runs of real test directories and waits for their end."""
+
+    def __init__(self, kind: str, tmp: Path, state_dir: Path) -> None:
+        self.kind = kind
+        self.tmp = tmp
+        self.release = tmp / "release"
+        self.runs = RunStore(state_dir)
+        self.batches = BatchStore(state_dir)
+        self.transport: Transport
+        if kind == "fake":
+            self.fake = FakeTransport(self.runs, FakeClock())
+            self.fake.outcomes["fail"] = (RunStatus.FAILED, 3)
+            self.fake.hold.add("hold")
+            self.transport = self.fake
+        else:
+            self.transport = LocalTransport(self.runs, SystemClock(), kill_grace_s=2)
+        make_suite(tmp / "suites", "pass", SCRIPTS["pass"])
+        make_suite(tmp / "suites", "fail", SCRIPTS["fail"])
+        make_suite(tmp / "suites", "hold", blocking_script(self.release, before="started"))
+        plan = load_plan_text(
+            "version: 1\nentries:\n"
+            + "".join(f"  - {{name: {n}, dir: suites/{n}}}\n" for n in ("pass", "fail", "hold")),
+            path="plan.yaml",
+            base_dir=tmp,
+            source="inline",
+            env_tag=None,
+        )
+        now = datetime.now(UTC)
+        batch = Batch(
+            id="b1",
+            plan_hash=plan.plan_hash,
+            staging="s",
+            created_by="t@h",
+            created_at=now,
+            expected_count=3,
+            source="inline",
+            entries=plan.entries,
+            items={e.name: Item(name=e.name) for e in plan.entries},
+        )
+        self.batches.create_or_get(plan.plan_hash, "s", force_new=True, new_batch=lambda: batch)
+
+    def prepare(self, item: str) -> Run:
+        [result] = self.runs.prepare_many(
+            [PrepareRequest("b1", item, 1, ["m1"], str(self.tmp / "suites" / item), "h")],
+            slots={"m1": 8},
+            now=datetime.now(UTC),
+        )
+        assert result.run is not None
+        return result.run
+
+    def wait_for(self, run_id: str, done: Callable[[Run], bool], what: str) -> Run:
+        if self.kind == "fake":
+            self.fake.settle()
+        wait_until(lambda: done(self.runs.get(run_id)), timeout=30, what=what)
+        return self.runs.get(run_id)
+
+    def settle(self, run_id: str) -> Run:
+        return self.wait_for(run_id, lambda run: run.status.terminal, "the run to end")
+
+
+@pytest.fixture(params=["fake", "local"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path, state_dir: Path) -> Harness:
+    return Harness(str(request.param), tmp_path, state_dir)
+
+
+def test_a_passing_run_succeeds_with_its_output_and_artifacts(harness: Harness) -> None:
+    run = harness.prepare("pass")
+    harness.transport.start(run)
+
+    ended = harness.settle(run.id)
+
+    assert (ended.status, ended.exit_code) == (RunStatus.SUCCEEDED, 0)
+    assert ended.started_at is not None
+    assert ended.ended_at is not None
+    assert "hello from pass" in Path(ended.log_path).read_text()
+    assert (Path(ended.artifacts_path) / "result.txt").read_text().strip() == "pass"
+
+
+def test_a_failing_run_keeps_its_exit_code(harness: Harness) -> None:
+    run = harness.prepare("fail")
+    harness.transport.start(run)
+
+    ended = harness.settle(run.id)
+
+    assert (ended.status, ended.exit_code) == (RunStatus.FAILED, 3)
+
+
+def test_starting_a_run_twice_executes_it_once(harness: Harness) -> None:
+    run = harness.prepare("pass")
+    harness.transport.start(run)
+    harness.transport.start(run)
+
+    ended = harness.settle(run.id)
+
+    assert ended.status is RunStatus.SUCCEEDED
+    assert Path(ended.log_path).read_text().count("hello from pass") == 1
+
+
+def test_terminate_stops_a_running_run_as_interrupted(harness: Harness) -> None:
+    run = harness.prepare("hold")
+    harness.transport.start(run)
+    running = harness.wait_for(
+        run.id,
+        lambda r: r.status is RunStatus.RUNNING and (harness.kind == "fake" or r.pgid is not None),
+        "the run to be running",
+    )
+    assert harness.transport.alive(running)
+
+    harness.transport.terminate(running)
+    ended = harness.settle(run.id)
+
+    assert ended.status is RunStatus.INTERRUPTED
+    assert not harness.transport.alive(ended)
+    if ended.pgid is not None:
+        assert not group_alive(ended.pgid)
+
+
+def test_terminate_before_start_means_it_never_runs(harness: Harness) -> None:
+    run = harness.prepare("pass")
+    harness.transport.terminate(run)
+    harness.transport.start(run)
+
+    ended = harness.settle(run.id)
+
+    assert ended.status is RunStatus.INTERRUPTED
+    assert not Path(ended.log_path).exists() or "hello" not in Path(ended.log_path).read_text()
+
+
+def test_a_lost_executor_is_noticed(harness: Harness) -> None:
+    run = harness.prepare("hold")
+    harness.transport.start(run)
+    running = harness.wait_for(
+        run.id,
+        lambda r: r.status is RunStatus.RUNNING and (harness.kind == "fake" or r.pgid is not None),
+        "the run to be running",
+    )
+    if harness.kind == "fake":
+        harness.fake.dead_executors.add(run.id)
+    else:
+        assert running.executor_pid is not None
+        import os
+
+        os.kill(running.executor_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while harness.transport.alive(running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert not harness.transport.alive(running)
+    harness.transport.terminate(running)
+    ended = harness.settle(run.id)
+    assert ended.status is RunStatus.INTERRUPTED
+    if ended.pgid is not None:
+        assert not group_alive(ended.pgid)  # the orphaned test process was killed too
