@@ -292,18 +292,27 @@ def test_two_batches_on_a_one_slot_fleet_never_overlap(workdir: Path, state_dir:
         assert end_a <= start_b or end_b <= start_a, (start_a, end_a, start_b, end_b)
 
 
-def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(workdir: Path, state_dir: Path) -> None:
+def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
+    workdir: Path, state_dir: Path
+) -> None:
     release = workdir / "release"
     make_suite(workdir / "suites", "slow", blocking_script(release))
     write_plan(workdir, "version: 1\nentries:\n  - {name: slow, dir: suites/slow}\n")
     waiter = subprocess.Popen(
         [sys.executable, "-m", "batchctl", "run", "plan.yaml", "--wait"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        wait_until(lambda: (state_dir / "runs.json").exists() and any(
-            r.get("pgid") for r in runs_json(state_dir).values()
-        ), what="the run to start")
+        wait_until(
+            lambda: (
+                (state_dir / "runs.json").exists()
+                and any(r.get("pgid") for r in runs_json(state_dir).values())
+            ),
+            what="the run to start",
+        )
         waiter.send_signal(signal.SIGINT)
         _, errors = waiter.communicate(timeout=30)
     finally:
