@@ -29,6 +29,8 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setenv("BATCHCTL_KILL_GRACE", "2")
     monkeypatch.setenv("BATCHCTL_LEASE_STALE", "5")
     monkeypatch.setenv("BATCHCTL_HEARTBEAT", "1")
+    monkeypatch.setenv("BATCHCTL_RETRY_BASE", "0.1")
+    monkeypatch.setenv("BATCHCTL_RETRY_CAP", "0.5")
     for variable in ("XDG_STATE_HOME", "BATCHCTL_TAG", "BATCHCTL_STAGING", "BATCHCTL_FLEET"):
         monkeypatch.delenv(variable, raising=False)
     yield state_dir

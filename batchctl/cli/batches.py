@@ -11,9 +11,16 @@ from batchctl.cli.context import load_settings, open_service
 from batchctl.cli.options import FleetOption, JsonOption, QuietOption, StateDirOption
 from batchctl.cli.output import Output
 from batchctl.cli.progress import Progress
-from batchctl.cli.render import render_batch, render_dry_run, render_list, render_submit
-from batchctl.core.errors import ExitCode, NotFound
-from batchctl.core.plan import load_plan
+from batchctl.cli.render import (
+    render_batch,
+    render_dry_run,
+    render_item,
+    render_list,
+    render_retry,
+    render_submit,
+)
+from batchctl.core.errors import ExitCode, InvalidInput, NotFound
+from batchctl.core.plan import load_plan, parse_duration
 from batchctl.core.service import BatchService, LogTarget
 from batchctl.core.views import BatchList, BatchView
 from batchctl.runtime.logs import follow_log
@@ -43,6 +50,13 @@ def _waited_exit_code(view: BatchView) -> int:
     return int(ExitCode.OK if all_passed else ExitCode.NOT_ALL_PASSED)
 
 
+def _duration_option(name: str, value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name}: {exc}", details={"option": name}) from None
+
+
 def run(
     plan: Annotated[str, typer.Argument(help="Plan file (YAML), or - to read it from stdin.")],
     staging: Annotated[
@@ -56,6 +70,13 @@ def run(
     new: Annotated[
         bool, typer.Option("--new", help="Create a fresh batch even if one exists.")
     ] = False,
+    queue_timeout: Annotated[
+        str,
+        typer.Option(
+            "--queue-timeout",
+            help="Skip items no matching machine takes within this time (90s, 10m, 24h).",
+        ),
+    ] = "24h",
     wait: WaitOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show what would run; write nothing.")
@@ -68,13 +89,14 @@ def run(
     """Create the batch for PLAN and STAGING, or resume it if it exists."""
     output = Output(json_mode=json_output, quiet=quiet)
     settings = load_settings(state_dir, fleet)
+    queue_timeout_s = _duration_option("--queue-timeout", queue_timeout)
     loaded = load_plan(plan, env_tag=settings.env_tag)
     service = open_service(settings)
     if dry_run:
         preview = service.dry_run(loaded, staging=staging)
         output.result(preview, lambda console: render_dry_run(console, preview))
         return ExitCode.OK
-    result = service.submit(loaded, staging=staging, force_new=new)
+    result = service.submit(loaded, staging=staging, force_new=new, queue_timeout_s=queue_timeout_s)
     if not wait:
         output.result(result, lambda console: render_submit(console, result))
         if not result.batch.done:
@@ -89,6 +111,9 @@ def run(
 
 def status(
     batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    item: Annotated[
+        str | None, typer.Argument(help="Show this item in full: attempts, runs, blame, reason.")
+    ] = None,
     wait: WaitOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -98,6 +123,12 @@ def status(
     """Show a batch: every item's decision joined with its latest run."""
     output = Output(json_mode=json_output, quiet=quiet)
     service = open_service(load_settings(state_dir, fleet))
+    if item is not None:
+        if wait:
+            _wait(service, output, batch_id)
+        detail = service.item_detail(batch_id, item)
+        output.result(detail, lambda console: render_item(console, detail))
+        return ExitCode.OK
     view = _wait(service, output, batch_id) if wait else service.status(batch_id)
     output.result(view, lambda console: render_batch(console, view))
     return _waited_exit_code(view) if wait else ExitCode.OK
@@ -128,6 +159,27 @@ def cancel(
     view = service.cancel(batch_id, settle_s=settings.tuning.kill_grace_s + 10)
     output.result(view, lambda console: render_batch(console, view))
     return ExitCode.OK
+
+
+def retry(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    wait: WaitOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
+) -> int:
+    """Re-run every item that did not pass (and the dependents skipped because of it)."""
+    output = Output(json_mode=json_output, quiet=quiet)
+    service = open_service(load_settings(state_dir, fleet))
+    result = service.retry(batch_id)
+    if not wait:
+        output.result(result.batch, lambda console: render_retry(console, result))
+        return ExitCode.OK
+    output.note(f"re-queued: {', '.join(result.requeued) or 'nothing'}")
+    final = _wait(service, output, result.batch.id)
+    output.result(final, lambda console: render_batch(console, final))
+    return _waited_exit_code(final)
 
 
 class LogOutput(LogTarget):

@@ -5,8 +5,8 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-from batchctl.core.service import DryRunResult, SubmitResult
-from batchctl.core.views import BatchSummary, BatchView, ItemView, MachineView
+from batchctl.core.service import DryRunResult, RetryResult, SubmitResult
+from batchctl.core.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
 
 OUTCOME_STYLE = {
     "passed": "green",
@@ -161,3 +161,52 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+
+
+def render_retry(console: Console, result: RetryResult) -> None:
+    if result.requeued:
+        console.print(f"re-queued: {', '.join(result.requeued)}", markup=False)
+    else:
+        console.print("nothing to retry: every finished item passed", markup=False)
+    render_batch(console, result.batch)
+
+
+def render_item(console: Console, item: ItemDetail) -> None:
+    lines = [
+        ("item", f"{item.name}  (batch {item.batch_id})"),
+        ("outcome", item.outcome + (f" ({item.error_code})" if item.error_code else "")),
+        ("dir", item.dir),
+        ("selector", item.selector),
+        ("needs", ", ".join(item.needs) or "-"),
+        (
+            "policy",
+            f"timeout {item.timeout_s}s, {item.retries} retries on {'/'.join(item.retry_on)}",
+        ),
+        ("attempt", str(item.attempt)),
+    ]
+    if item.blame:
+        lines.append(("blame", f"{item.blame} did not pass"))
+    if item.reason:
+        lines.append(("reason", item.reason))
+    for label, value in lines:
+        console.print(f"{label:9}{value}", markup=False)
+    if not item.attempts:
+        return
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("TRY", "RUN", "MACHINE", "STATUS", "EXIT", "STARTED", "ENDED", "MESSAGE"):
+        table.add_column(column, no_wrap=column != "MESSAGE", overflow="fold")
+    for attempt in item.attempts:
+        table.add_row(
+            str(attempt.attempt),
+            attempt.run_id,
+            attempt.machine,
+            attempt.status,
+            "-" if attempt.exit_code is None else str(attempt.exit_code),
+            _when(attempt.started_at),
+            _when(attempt.ended_at),
+            attempt.error_code or attempt.message or "",
+        )
+    console.print()
+    console.print(table)
+    console.print()
+    console.print(f"log      {item.attempts[-1].log_path}", markup=False)

@@ -13,6 +13,7 @@ from batchctl.core.errors import LeaseLost
 from batchctl.core.fleet import Fleet
 from batchctl.core.lease import lease_is_live
 from batchctl.core.models import Batch, Lease
+from batchctl.core.policy import Backoff
 from batchctl.core.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.runtime.clock import Clock
 from batchctl.state.batches import BatchStore
@@ -28,6 +29,8 @@ class Tuning:
     lease_stale_s: float = 30.0
     kill_grace_s: float = 10.0
     heartbeat_s: float = 10.0
+    retry_base_s: float = 5.0
+    retry_cap_s: float = 300.0
 
     @property
     def lease_renew_s(self) -> float:
@@ -102,6 +105,7 @@ class Dispatcher:
             settings=SchedulerSettings(
                 launch_grace_s=self.tuning.lease_stale_s,
                 executor_stale_s=max(self.tuning.lease_stale_s, 3 * self.tuning.heartbeat_s),
+                backoff=Backoff(base_s=self.tuning.retry_base_s, cap_s=self.tuning.retry_cap_s),
             ),
             hash_dir=self.hash_dir,
             this_host=self.this_host,

@@ -123,6 +123,8 @@ class Batch(Record):
     items: dict[str, Item]
     cancelled: bool = False
     lease: Lease | None = None
+    # Items ready this long without a machine taking them are skipped.
+    queue_timeout_s: int = 86_400
 
 
 class Run(Record):

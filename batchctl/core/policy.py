@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from batchctl.core.models import Entry, Item, ItemState, Run, RunStatus
 
@@ -65,3 +67,41 @@ def item_outcome(
         return "waiting" if unmet_needs(entry, items, runs) else "queued"
     run = runs.get(item.run_id or "")
     return RUN_OUTCOME[run.status] if run is not None else "running"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before a retry: ``base_s * 2**(failed attempts - 1)``, capped at
+    ``cap_s``, with equal jitter (half of it fixed, half random) so retries of
+    many items spread out instead of hitting the fleet at the same instant."""
+
+    base_s: float = 5.0
+    cap_s: float = 300.0
+
+
+def retry_delay(
+    failed_attempt: int, backoff: Backoff, uniform: Callable[[float, float], float]
+) -> float:
+    ceiling = min(backoff.cap_s, backoff.base_s * 2.0 ** max(failed_attempt - 1, 0))
+    return ceiling / 2 + uniform(0.0, ceiling / 2)
+
+
+def ready_since(
+    entry: Entry, item: Item, items: Mapping[str, Item], runs: Mapping[str, Run]
+) -> datetime | None:
+    """When a queued item became ready to dispatch — its needs all passed and
+    its retry backoff over — derived from stored times, so it needs no write
+    of its own. None while it is not ready."""
+    if item.state is not ItemState.QUEUED or unmet_needs(entry, items, runs):
+        return None
+    moments = [moment for moment in (item.updated_at, item.not_before) if moment is not None]
+    for needed in entry.needs:
+        run = runs.get(items[needed].run_id or "")
+        if run is not None and run.ended_at is not None:
+            moments.append(run.ended_at)
+    return max(moments) if moments else None
+
+
+def prefer_fresh_machines(candidates: Sequence[str], failed_on: Collection[str]) -> list[str]:
+    """Machines the item has not failed on first; the others stay as a fallback."""
+    return [m for m in candidates if m not in failed_on] + [m for m in candidates if m in failed_on]

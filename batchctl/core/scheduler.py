@@ -18,6 +18,7 @@ Order within a step, and why:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +26,16 @@ from pathlib import Path
 
 from batchctl.core.fleet import Fleet, Machine
 from batchctl.core.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
-from batchctl.core.policy import item_is_final, item_passed, retry_due, unmet_needs
+from batchctl.core.policy import (
+    Backoff,
+    item_is_final,
+    item_passed,
+    prefer_fresh_machines,
+    ready_since,
+    retry_delay,
+    retry_due,
+    unmet_needs,
+)
 from batchctl.core.views import batch_done
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
@@ -48,6 +58,7 @@ class SchedulerSettings:
     launch_grace_s: float = 30.0
     # Another host's executor that has not heartbeated for this long is gone.
     executor_stale_s: float = 60.0
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 def blame_of(item: Item) -> str:
@@ -70,6 +81,7 @@ class Scheduler:
         hash_dir: Callable[[Path], str],
         this_host: str,
         older_batches: Callable[[Batch, datetime], list[Batch]] | None = None,
+        uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.batches = batches
         self.runs = runs
@@ -80,6 +92,7 @@ class Scheduler:
         self.hash_dir = hash_dir
         self.this_host = this_host
         self.older_batches = older_batches or (lambda batch, now: [])
+        self.uniform = uniform
         self._started: set[str] = set()
 
     def _transport(self, machine_name: str) -> Transport | None:
@@ -182,7 +195,10 @@ class Scheduler:
                     name=item.name,
                     attempt=item.attempt + 1,
                     history=(*item.history, run.id),
-                    not_before=now,
+                    not_before=now
+                    + timedelta(
+                        seconds=retry_delay(item.attempt, self.settings.backoff, self.uniform)
+                    ),
                     updated_at=now,
                 )
                 report.requeued.append(entry.name)
@@ -271,7 +287,9 @@ class Scheduler:
                     batch_id=batch.id,
                     item=entry.name,
                     attempt=item.attempt,
-                    candidates=[m.name for m in machines],
+                    candidates=prefer_fresh_machines(
+                        [m.name for m in machines], self._failed_on(item)
+                    ),
                     test_dir=entry.abs_dir,
                     test_dir_hash=self.hash_dir(Path(entry.abs_dir)),
                 )
@@ -287,6 +305,7 @@ class Scheduler:
         to_start: list[Run] = []
         for request, result in zip(requests, results, strict=True):
             if result.answer is Answer.BUSY or result.run is None:
+                self._expire(batch, request.item, items, runs, now, proposals, report)
                 continue
             run = result.run
             proposals[request.item] = items[request.item].model_copy(
@@ -302,6 +321,36 @@ class Scheduler:
             ):
                 to_start.append(run)
         return to_start
+
+    def _failed_on(self, item: Item) -> set[str]:
+        """Machines where earlier attempts of this item did not pass."""
+        if not item.history:
+            return set()
+        earlier = self.runs.get_many(item.history).values()
+        return {run.machine for run in earlier if run.status is not RunStatus.SUCCEEDED}
+
+    def _expire(
+        self,
+        batch: Batch,
+        name: str,
+        items: Mapping[str, Item],
+        runs: Mapping[str, Run],
+        now: datetime,
+        proposals: dict[str, Item],
+        report: StepReport,
+    ) -> None:
+        """Skip an item no machine took within the batch's queue timeout."""
+        entry = next(e for e in batch.entries if e.name == name)
+        since = ready_since(entry, items[name], items, runs)
+        if since is not None and now - since >= timedelta(seconds=batch.queue_timeout_s):
+            proposals[name] = items[name].model_copy(
+                update={
+                    "state": ItemState.SKIPPED,
+                    "error_code": SkipCode.QUEUE_TIMEOUT,
+                    "updated_at": now,
+                }
+            )
+            report.skipped.append(name)
 
     def _held_back(self, batch: Batch, now: datetime) -> list[SlotClaim]:
         """Older batches are served first: each of their ready items holds back

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from batchctl.core.dispatch import Dispatcher
 from batchctl.core.errors import InvalidPlan, NotFound
-from batchctl.core.models import Batch, Item, ItemState, Run, SkipCode
+from batchctl.core.models import Batch, Entry, Item, ItemState, Run, SkipCode
 from batchctl.core.plan import Plan, missing_dir_problems
+from batchctl.core.policy import item_is_final, item_passed
 from batchctl.core.views import (
     BatchSummary,
     BatchView,
+    FleetContext,
+    ItemDetail,
     MachineView,
     View,
+    attempt_view,
     batch_summary,
     batch_view,
+    item_view,
     machine_views,
 )
 from batchctl.runtime.clock import Clock
@@ -47,9 +53,17 @@ class DryRunResult(View):
     items: list[DryRunItem]
 
 
+DEFAULT_QUEUE_TIMEOUT_S = 86_400
+
+
 def new_batch_id(clock: Clock) -> str:
     """Sortable by creation time, unique by its random tail."""
     return f"{clock.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class RetryResult(View):
+    requeued: list[str]
+    batch: BatchView
 
 
 class LogTarget(View):
@@ -75,10 +89,21 @@ class BatchService:
             item.run_id for batch in batches for item in batch.items.values() if item.run_id
         )
 
-    def view(self, batch: Batch) -> BatchView:
-        return batch_view(batch, self._runs_of([batch]))
+    def _fleet_context(self) -> FleetContext:
+        held = Counter(run.machine for run in self.runs.non_terminal())
+        return FleetContext(fleet=self.dispatcher.fleet, held=held, now=self.clock.now())
 
-    def submit(self, plan: Plan, *, staging: str, force_new: bool) -> SubmitResult:
+    def view(self, batch: Batch) -> BatchView:
+        return batch_view(batch, self._runs_of([batch]), self._fleet_context())
+
+    def submit(
+        self,
+        plan: Plan,
+        *,
+        staging: str,
+        force_new: bool,
+        queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S,
+    ) -> SubmitResult:
         existing = None if force_new else self.batches.find_newest(plan.plan_hash, staging)
         if existing is None:
             # Directories are checked only when a batch is made: resuming must
@@ -99,6 +124,7 @@ class BatchService:
                 source=plan.source,
                 entries=plan.entries,
                 items={entry.name: Item(name=entry.name, updated_at=now) for entry in plan.entries},
+                queue_timeout_s=queue_timeout_s,
             )
 
         batch, resumed = self.batches.create_or_get(
@@ -158,7 +184,7 @@ class BatchService:
             for name, item in batch.items.items()
             if item.state is ItemState.QUEUED
         }
-        batch = self.batches.apply_items(batch.id, skips, cancel=True)
+        batch = self.batches.apply_items(batch.id, skips, cancelled=True)
         deadline = self.clock.monotonic() + settle_s
         for run in self._live_runs(batch):
             transport = self.dispatcher.transports.get(self._transport_kind(run))
@@ -167,6 +193,58 @@ class BatchService:
         while self._live_runs(batch) and self.clock.monotonic() < deadline:
             self.sleep(0.05)
         return self.view(batch)
+
+    def item_detail(self, batch_id: str, item_name: str) -> ItemDetail:
+        """One item in full: its decision, every attempt's run, blame, reason."""
+        batch = self.batches.get(batch_id)
+        entry = self._entry(batch, item_name)
+        item = batch.items[item_name]
+        run_ids = [*item.history, *([item.run_id] if item.run_id else [])]
+        runs = self._runs_of([batch]) | self.runs.get_many(item.history)
+        view = item_view(entry, item, batch, runs, self._fleet_context())
+        return ItemDetail(
+            **view.model_dump(),
+            batch_id=batch.id,
+            dir=entry.dir,
+            timeout_s=entry.timeout_s,
+            retries=entry.retries,
+            retry_on=list(entry.retry_on),
+            attempts=[attempt_view(runs[run_id]) for run_id in run_ids if run_id in runs],
+        )
+
+    def _entry(self, batch: Batch, item_name: str) -> Entry:
+        for entry in batch.entries:
+            if entry.name == item_name:
+                return entry
+        raise NotFound(
+            f"batch {batch.id} has no item {item_name!r} (items: {', '.join(batch.items)})",
+            details={"batch": batch.id, "item": item_name},
+        )
+
+    def retry(self, batch_id: str) -> RetryResult:
+        """Re-queue, as new attempts, every item that ended without passing
+        (dependents skipped because of them included), and restart the worker."""
+        batch = self.batches.get(batch_id)
+        runs = self._runs_of([batch])
+        now = self.clock.now()
+        requeued: dict[str, Item] = {}
+        for entry in batch.entries:
+            item = batch.items[entry.name]
+            run = runs.get(item.run_id or "")
+            if not item_is_final(entry, item, run, cancelled=batch.cancelled) or item_passed(
+                item, run
+            ):
+                continue
+            requeued[entry.name] = Item(
+                name=item.name,
+                attempt=item.attempt + 1,
+                history=(*item.history, item.run_id) if item.run_id else item.history,
+                updated_at=now,
+            )
+        if requeued:
+            self.batches.apply_items(batch.id, requeued, cancelled=False)
+            self.dispatcher.foreground_pass(batch.id)
+        return RetryResult(requeued=list(requeued), batch=self.view(self.batches.get(batch.id)))
 
     def wait(
         self, batch_id: str, *, on_progress: Callable[[BatchView], None], poll_s: float
@@ -202,11 +280,7 @@ class BatchService:
 
     def _log_target(self, batch_id: str, item_name: str) -> LogTarget | None:
         batch = self.batches.get(batch_id)
-        if item_name not in batch.items:
-            raise NotFound(
-                f"batch {batch.id} has no item {item_name!r} (items: {', '.join(batch.items)})",
-                details={"batch": batch.id, "item": item_name},
-            )
+        self._entry(batch, item_name)
         item = batch.items[item_name]
         run_id = item.run_id or (item.history[-1] if item.history else None)
         if run_id is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from batchctl.core.fleet import Fleet
 from batchctl.core.models import Batch, Entry, Item, ItemState, Run
 from batchctl.core.policy import item_is_final, item_outcome, unmet_needs
+from batchctl.runtime.clock import utc_iso
 
 
 class View(BaseModel):
@@ -47,6 +49,29 @@ class ItemView(View):
     blame: str | None
     history: list[str]
     run: RunView | None
+
+
+class AttemptView(View):
+    run_id: str
+    attempt: int
+    machine: str
+    status: str
+    exit_code: int | None
+    error_code: str | None
+    message: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    log_path: str
+    artifacts_path: str
+
+
+class ItemDetail(ItemView):
+    batch_id: str
+    dir: str
+    timeout_s: int
+    retries: int
+    retry_on: list[str]
+    attempts: list[AttemptView]
 
 
 class BatchView(View):
@@ -91,19 +116,72 @@ def run_view(run: Run) -> RunView:
     )
 
 
+@dataclass(frozen=True)
+class FleetContext:
+    """What explaining a queued item needs beyond the batch: the fleet, how
+    many slots each machine has taken, and the time."""
+
+    fleet: Fleet
+    held: Mapping[str, int]
+    now: datetime
+
+
+def attempt_view(run: Run) -> AttemptView:
+    return AttemptView(
+        run_id=run.id,
+        attempt=run.attempt,
+        machine=run.machine,
+        status=run.status.value,
+        exit_code=run.exit_code,
+        error_code=run.error_code,
+        message=run.message,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        log_path=run.log_path,
+        artifacts_path=run.artifacts_path,
+    )
+
+
 def _reason(
-    entry: Entry, item: Item, items: Mapping[str, Item], runs: Mapping[str, Run]
+    entry: Entry,
+    item: Item,
+    batch: Batch,
+    runs: Mapping[str, Run],
+    context: FleetContext | None,
 ) -> str | None:
+    """Why a queued item is not running yet, in words."""
     if item.state is not ItemState.QUEUED:
         return None
+    items = batch.items
     waiting_on = unmet_needs(entry, items, runs)
     if waiting_on:
-        return "waiting on " + ", ".join(waiting_on)
-    return "ready; waiting for a matching machine"
+        entries = {e.name: e for e in batch.entries}
+        return "waiting on " + ", ".join(
+            f"{name} ({item_outcome(entries[name], items[name], items, runs)})"
+            for name in waiting_on
+        )
+    if context is None:
+        return "ready; waiting for a matching machine"
+    if item.not_before is not None and item.not_before > context.now:
+        return f"retry backoff until {utc_iso(item.not_before)}"
+    kind, _, value = entry.selector.partition(":")
+    matching = context.fleet.matching(entry.selector)
+    if not matching:
+        return f"no machine matches {entry.selector}"
+    if all(context.held.get(m.name, 0) >= m.slots for m in matching):
+        if kind == "machine":
+            return f"machine {value} busy"
+        count = len(matching)
+        return f"all {count} machine{'s' if count != 1 else ''} with tag {value} busy"
+    return "ready; dispatching on the next tick"
 
 
 def item_view(
-    entry: Entry, item: Item, items: Mapping[str, Item], runs: Mapping[str, Run]
+    entry: Entry,
+    item: Item,
+    batch: Batch,
+    runs: Mapping[str, Run],
+    context: FleetContext | None = None,
 ) -> ItemView:
     run = runs.get(item.run_id or "")
     return ItemView(
@@ -111,12 +189,12 @@ def item_view(
         selector=entry.selector,
         needs=list(entry.needs),
         state=item.state.value,
-        outcome=item_outcome(entry, item, items, runs),
+        outcome=item_outcome(entry, item, batch.items, runs),
         attempt=item.attempt,
         run_id=item.run_id,
         machine=item.machine,
         error_code=item.error_code.value if item.error_code else None,
-        reason=_reason(entry, item, items, runs),
+        reason=_reason(entry, item, batch, runs, context),
         blame=item.blame,
         history=list(item.history),
         run=run_view(run) if run is not None else None,
@@ -132,9 +210,11 @@ def batch_done(batch: Batch, runs: Mapping[str, Run]) -> bool:
     )
 
 
-def batch_view(batch: Batch, runs: Mapping[str, Run]) -> BatchView:
+def batch_view(
+    batch: Batch, runs: Mapping[str, Run], context: FleetContext | None = None
+) -> BatchView:
     items = [
-        item_view(entry, batch.items[entry.name], batch.items, runs) for entry in batch.entries
+        item_view(entry, batch.items[entry.name], batch, runs, context) for entry in batch.entries
     ]
     return BatchView(
         id=batch.id,

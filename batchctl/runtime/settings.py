@@ -68,6 +68,8 @@ def resolve_tuning(environ: Mapping[str, str]) -> Tuning:
         lease_stale_s=seconds_from_env(environ, "BATCHCTL_LEASE_STALE", defaults.lease_stale_s),
         kill_grace_s=seconds_from_env(environ, "BATCHCTL_KILL_GRACE", defaults.kill_grace_s),
         heartbeat_s=seconds_from_env(environ, "BATCHCTL_HEARTBEAT", defaults.heartbeat_s),
+        retry_base_s=seconds_from_env(environ, "BATCHCTL_RETRY_BASE", defaults.retry_base_s),
+        retry_cap_s=seconds_from_env(environ, "BATCHCTL_RETRY_CAP", defaults.retry_cap_s),
     )
 
 

@@ -79,12 +79,13 @@ class BatchStore:
         proposed: Mapping[str, Item],
         *,
         lease_token: str | None = None,
-        cancel: bool = False,
+        cancelled: bool | None = None,
     ) -> Batch:
         """Merge proposed item versions into the stored batch (never backwards).
 
         With ``lease_token`` the write is fenced: a worker that lost its lease
-        gets LeaseLost and changes nothing.
+        gets LeaseLost and changes nothing. ``cancelled`` is set only by
+        ``cancel`` (True) and ``retry`` (False); other writers leave it.
         """
 
         def change(document: Document) -> tuple[Document | None, Batch]:
@@ -94,7 +95,7 @@ class BatchStore:
             merged = stored.model_copy(
                 update={
                     "items": merge_items(stored.items, proposed),
-                    "cancelled": stored.cancelled or cancel,
+                    "cancelled": stored.cancelled if cancelled is None else cancelled,
                 }
             )
             if merged == stored:

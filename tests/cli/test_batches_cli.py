@@ -56,7 +56,7 @@ def test_run_creates_then_resumes_the_same_batch(plan: Path, cli: CliRunner) -> 
         ("test", "queued", "waiting", "tag:local"),
     ]
     assert batch["items"][0]["machine"] == "local"
-    assert batch["items"][1]["reason"] == "waiting on build"
+    assert batch["items"][1]["reason"] == "waiting on build (running)"
     assert batch["counts"] == {"running": 1, "waiting": 1}
 
 

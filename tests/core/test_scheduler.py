@@ -13,6 +13,7 @@ from batchctl.core.errors import LeaseLost
 from batchctl.core.fleet import Fleet, Machine
 from batchctl.core.models import Batch, Item, ItemState, Lease, RunStatus, SkipCode
 from batchctl.core.plan import load_plan_text
+from batchctl.core.policy import Backoff
 from batchctl.core.scheduler import Scheduler, SchedulerSettings
 from batchctl.core.views import batch_view
 from batchctl.runtime.testdir import hash_test_dir
@@ -66,12 +67,15 @@ class World:
             fleet=self.fleet,
             transports={"local": self.transport},
             lease_token=token,
-            settings=SchedulerSettings(launch_grace_s=30, executor_stale_s=60),
+            settings=SchedulerSettings(
+                launch_grace_s=30, executor_stale_s=60, backoff=Backoff(base_s=4, cap_s=60)
+            ),
             hash_dir=hash_test_dir,
             this_host="fake",
             older_batches=(lambda b, now: self.batches.older_active(b, lambda lease: True))
             if older
             else None,
+            uniform=lambda low, high: low,  # no jitter: the backoff is exactly half its ceiling
         )
 
     def outcomes(self, batch_id: str = "b1") -> dict[str, str]:
@@ -196,13 +200,17 @@ def test_lost_executor_is_interrupted_and_retried_as_a_new_attempt(world: World)
     first_run = world.run_of("a")
     world.transport.dead_executors.add(first_run)
 
-    # One tick reaps the lost run, re-queues the item and dispatches attempt 2.
+    # One tick reaps the lost run and re-queues the item behind its backoff.
     retried = scheduler.step("b1", world.clock.advance(1))
     assert retried.interrupted == ["a"]
     assert world.runs.get(first_run).status is RunStatus.INTERRUPTED
-    item = world.batches.get("b1").items["a"]
     assert retried.requeued == ["a"]
-    assert retried.dispatched == ["a"]
+    assert retried.dispatched == []
+    assert world.outcomes() == {"a": "queued"}
+
+    assert scheduler.step("b1", world.clock.advance(1.5)).dispatched == []  # backoff is 2s
+    assert scheduler.step("b1", world.clock.advance(0.5)).dispatched == ["a"]
+    item = world.batches.get("b1").items["a"]
     assert (item.attempt, item.history) == (2, (first_run,))
     assert item.run_id != first_run
     world.transport.settle()
@@ -285,7 +293,7 @@ def test_cancelled_batch_skips_queued_items_and_stops_runs(world: World) -> None
     world.batch(entries("{name: a, dir: suites/ok}", "{name: b, dir: suites/ok, needs: [a]}"))
     scheduler = world.scheduler()
     scheduler.step("b1", world.clock.now())
-    world.batches.apply_items("b1", {}, cancel=True)
+    world.batches.apply_items("b1", {}, cancelled=True)
 
     report = scheduler.step("b1", world.clock.advance(1))
 
@@ -293,3 +301,47 @@ def test_cancelled_batch_skips_queued_items_and_stops_runs(world: World) -> None
     assert world.batches.get("b1").items["b"].error_code is SkipCode.CANCELLED
     assert world.runs.get(world.run_of("a")).status is RunStatus.INTERRUPTED
     assert world.outcomes() == {"a": "interrupted", "b": "skipped"}
+
+
+def test_a_retry_prefers_a_machine_the_item_has_not_failed_on(world: World) -> None:
+    world.fleet = Fleet(
+        machines=(
+            Machine(name="m1", tags=("local",), slots=1),
+            Machine(name="m2", tags=("local",), slots=1),
+        ),
+        source="t",
+    )
+    world.batch(entries("{name: a, dir: suites/ok, retries: 2, retry_on: [failed]}"))
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    assert world.batches.get("b1").items["a"].machine == "m1"  # first in fleet order
+    world.transport.finish(world.run_of("a"), RunStatus.FAILED, 1)
+
+    scheduler.step("b1", world.clock.advance(1))  # re-queued behind its backoff
+    scheduler.step("b1", world.clock.advance(10))
+
+    item = world.batches.get("b1").items["a"]
+    assert (item.attempt, item.machine) == (2, "m2")
+
+
+def test_items_no_machine_takes_in_time_are_skipped_queue_timeout(world: World) -> None:
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
+    batch = world.batch(entries("{name: hog, dir: suites/ok}", "{name: starved, dir: suites/ok}"))
+    world.batches.remove({batch.id})
+    world.batches.create_or_get(
+        batch.plan_hash,
+        "s",
+        force_new=True,
+        new_batch=lambda: batch.model_copy(update={"queue_timeout_s": 60}),
+    )
+    world.transport.hold.add("hog")
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    world.transport.settle()
+
+    assert scheduler.step("b1", world.clock.advance(59)).skipped == []
+    report = scheduler.step("b1", world.clock.advance(1))
+
+    assert report.skipped == ["starved"]
+    assert world.batches.get("b1").items["starved"].error_code is SkipCode.QUEUE_TIMEOUT
+    assert world.outcomes() == {"hog": "running", "starved": "skipped"}
