@@ -93,7 +93,8 @@ def test_a_flaky_item_passes_on_its_second_attempt(workdir: Path, state_dir: Pat
     )
     write_plan(
         workdir,
-        "version: 1\nentries:\n  - {name: flaky, dir: suites/flaky, retries: 1, retry_on: [failed]}\n",
+        "version: 1\nentries:\n"
+        "  - {name: flaky, dir: suites/flaky, retries: 1, retry_on: [failed]}\n",
     )
 
     result = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir)
