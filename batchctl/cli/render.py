@@ -32,24 +32,22 @@ def counts_line(counts: dict[str, int]) -> str:
 
 
 def _detail(item: ItemView) -> str:
+    """One short line: why it was skipped, how it ended, or why it waits."""
     if item.error_code:
         return item.error_code + (f" ({item.blame})" if item.blame else "")
-    if item.run and item.run.error_code:
-        return f"{item.run.error_code}: {item.run.message or ''}".strip()
-    if item.run and item.run.exit_code not in (None, 0):
-        return f"exit {item.run.exit_code}" + _took(item)
-    if item.run and item.run.message:
-        return item.run.message + _took(item)
-    if item.run and item.run.ended_at:
-        return _took(item).strip()
-    return item.reason or ""
-
-
-def _took(item: ItemView) -> str:
     run = item.run
-    if run is None or run.started_at is None or run.ended_at is None:
-        return ""
-    return f" took {(run.ended_at - run.started_at).total_seconds():.1f}s"
+    if run is None or item.state == "queued":
+        return item.reason or ""
+    parts = []
+    if run.error_code:
+        parts.append(f"{run.error_code}: {run.message or ''}".strip())
+    elif run.exit_code not in (None, 0):
+        parts.append(f"exit {run.exit_code}")
+    elif run.message:
+        parts.append(run.message)
+    if run.started_at is not None and run.ended_at is not None:
+        parts.append(f"took {(run.ended_at - run.started_at).total_seconds():.1f}s")
+    return ", ".join(parts)
 
 
 def batch_table(view: BatchView, title: str | None = None) -> Table:
