@@ -132,3 +132,29 @@ def test_reasons_explain_why_an_item_waits() -> None:
         "backoff": "retry backoff until 2026-11-22T05:00:30Z",
         "free": "ready; dispatching on the next tick",
     }
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "retry_on", "due"),
+    [
+        (RunStatus.ERROR, 1, ("error",), True),
+        (RunStatus.FAILED, 1, ("error", "timeout", "interrupted"), False),
+        (RunStatus.FAILED, 1, ("failed",), True),
+        (RunStatus.TIMEOUT, 2, ("timeout",), True),
+        (RunStatus.TIMEOUT, 3, ("timeout",), False),  # retries: 2 -> attempts 1..3
+        (RunStatus.SUCCEEDED, 1, ("error", "failed"), False),
+        (RunStatus.RUNNING, 1, ("error",), False),
+    ],
+)
+def test_retry_is_due_only_for_listed_statuses_with_attempts_left(
+    status: RunStatus, attempt: int, retry_on: tuple[str, ...], due: bool
+) -> None:
+    from batchctl.core.policy import item_is_final, retry_due
+
+    retried = entry("a").model_copy(update={"retries": 2, "retry_on": retry_on})
+    item = Item(name="a", state=ItemState.DISPATCHED, attempt=attempt, run_id="r")
+    the_run = run("r", "a", status)
+    assert retry_due(retried, item, the_run) is due
+    assert item_is_final(retried, item, the_run) is (status.terminal and not due)
+    # A cancelled batch retries nothing: a finished run is final there.
+    assert item_is_final(retried, item, the_run, cancelled=True) is status.terminal
