@@ -34,7 +34,7 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     for variable in ("XDG_STATE_HOME", "BATCHCTL_TAG", "BATCHCTL_STAGING", "BATCHCTL_FLEET"):
         monkeypatch.delenv(variable, raising=False)
     yield state_dir
-    stop_processes_of(state_dir)
+    stop_processes_of(tmp_path)
     # Tests run as root in CI, where permissions would not stop a stray write:
     # check instead that nothing landed in HOME.
     leaked = sorted(str(path.relative_to(home)) for path in home.rglob("*"))

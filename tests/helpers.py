@@ -99,12 +99,12 @@ def snapshot_dir(directory: Path) -> dict[str, bytes]:
     }
 
 
-def processes_of(state_dir: Path) -> list[int]:
-    """Pids of live processes working for ``state_dir``: workers and executors
-    name it on their command line, and every run inherits it in its
-    environment. Found by pid, never by process name."""
-    marker_env = f"BATCHCTL_STATE_DIR={state_dir}".encode()
-    marker_arg = str(state_dir).encode()
+def processes_of(root: Path) -> list[int]:
+    """Pids of live processes working for a test whose files are all under
+    ``root``: workers and executors name it on their command line, local runs
+    inherit it in $BATCHCTL_STATE_DIR, and every run (local or "remote") has
+    its working directory below it. Found by pid, never by process name."""
+    prefix = str(root)
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -113,18 +113,23 @@ def processes_of(state_dir: Path) -> list[int]:
             stat = (entry / "stat").read_text()
             if stat[stat.rfind(")") + 2] in "ZX":
                 continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if marker_env in environ or marker_arg in cmdline:
+        if (
+            cwd.startswith(prefix)
+            or any(arg.startswith(prefix) for arg in cmdline)
+            or any(var.startswith(f"BATCHCTL_STATE_DIR={prefix}") for var in environ)
+        ):
             found.append(int(entry.name))
     return found
 
 
 def stop_processes_of(state_dir: Path) -> None:
-    """Kill, by pid, whatever a test left running for its state directory,
-    then reap our own exited children."""
+    """Kill, by pid, whatever a test left running under its directory, then
+    reap our own exited children."""
     import signal
     import time
 

@@ -14,21 +14,27 @@ from batchctl.runtime.testdir import hash_test_dir
 from batchctl.runtime.worker import spawn_worker
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
-from batchctl.transports.local import LocalTransport
+from batchctl.transports.detached import DetachedTransport
 
 
 def open_dispatcher(settings: Settings) -> Dispatcher:
     clock = SystemClock()
     batches = BatchStore(settings.state_dir, lock_timeout=settings.lock_timeout)
     runs = RunStore(settings.state_dir, lock_timeout=settings.lock_timeout)
+    fleet = load_fleet(settings.fleet_path)
+    transport = DetachedTransport(
+        runs,
+        clock,
+        kill_grace_s=settings.tuning.kill_grace_s,
+        fleet_path=settings.fleet_path,
+        fleet=fleet,
+    )
     return Dispatcher(
         batches=batches,
         runs=runs,
-        fleet=load_fleet(settings.fleet_path),
+        fleet=fleet,
         fleet_path=settings.fleet_path,
-        transports={
-            "local": LocalTransport(runs, clock, kill_grace_s=settings.tuning.kill_grace_s)
-        },
+        transports={"local": transport, "ssh": transport},
         clock=clock,
         tuning=settings.tuning,
         this_host=socket.gethostname(),

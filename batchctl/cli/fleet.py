@@ -13,9 +13,11 @@ from batchctl.cli.options import FleetOption, JsonOption, StateDirOption
 from batchctl.cli.output import Output
 from batchctl.cli.render import render_machines
 from batchctl.core.errors import ExitCode
+from batchctl.core.fleet import Machine
 from batchctl.core.views import MachineList
 from batchctl.runtime.clock import SystemClock
 from batchctl.runtime.executor import ExecutorSettings, execute_run
+from batchctl.runtime.runners import make_runner
 from batchctl.runtime.worker import LEASE_TOKEN_VARIABLE, run_worker
 
 
@@ -52,17 +54,29 @@ def batch_worker(
 def run_executor(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID")],
     state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
 ) -> int:
-    """Execute one prepared local run and record its outcome."""
-    settings = load_settings(state_dir)
+    """Execute one prepared run and record its outcome."""
+    settings = load_settings(state_dir, fleet)
     dispatcher = open_dispatcher(settings)
+    clock = SystemClock()
+    grace = settings.tuning.kill_grace_s
+
+    def machine_of(name: str) -> Machine:
+        machine = dispatcher.fleet.get(name)
+        if machine is None:
+            raise LookupError(name)
+        return machine
+
     run = execute_run(
         run_id,
         runs=dispatcher.runs,
         batches=dispatcher.batches,
-        clock=SystemClock(),
-        settings=ExecutorSettings(
-            kill_grace_s=settings.tuning.kill_grace_s, heartbeat_s=settings.tuning.heartbeat_s
+        clock=clock,
+        settings=ExecutorSettings(kill_grace_s=grace, heartbeat_s=settings.tuning.heartbeat_s),
+        machine_of=machine_of,
+        make_runner=lambda run, entry, machine, env: make_runner(
+            run, entry, machine, env, state_dir=settings.state_dir, clock=clock, kill_grace_s=grace
         ),
     )
     print(f"{socket.gethostname()}: run {run.id} is {run.status.value}", file=sys.stderr)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from batchctl.core.errors import InvalidFleet
 from batchctl.core.plan import NAME_RE, parse_yaml
@@ -44,15 +52,54 @@ class Machine(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: FleetName
-    transport: Literal["local"] = "local"
+    transport: Literal["local", "ssh"] = "local"
     os: OsName = Field(default_factory=this_os)
     tags: tuple[FleetName, ...] = ()
     slots: Annotated[int, Field(ge=1, le=4096)] = 1
+    # ssh only
+    host: str | None = None
+    user: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    identity_file: str | None = None
+    workdir: str | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: Literal["accept-new", "yes", "no"] = "accept-new"
+    ssh_options: tuple[str, ...] = ()
+    keep_remote: bool = False
+    max_artifacts_mb: Annotated[int, Field(ge=1)] = 1024
+    # Set for machines discovered through an inventory; never in a fleet file.
+    source: str = "file"
+    online: bool | None = None
 
-    @field_validator("tags", mode="before")
+    @field_validator("tags", "ssh_options", mode="before")
     @classmethod
-    def _tags_from_list(cls, value: object) -> object:
+    def _tuple_from_list(cls, value: object) -> object:
         return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> Machine:
+        if self.transport == "ssh" and not self.host:
+            raise ValueError("an ssh machine needs 'host'")
+        if self.transport == "local":
+            given = [
+                name
+                for name in ("host", "user", "port", "identity_file", "workdir", "known_hosts")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for ssh machines (transport: ssh)")
+        return self
+
+    @property
+    def remote_workdir(self) -> str:
+        if self.workdir:
+            return self.workdir
+        return "C:/Windows/Temp/batchctl" if self.os == "windows" else "/var/tmp/batchctl"
+
+    @property
+    def dispatchable(self) -> bool:
+        """Offline machines (as an inventory reports them) receive no runs."""
+        return self.online is not False
 
     @property
     def entrypoint(self) -> str:
@@ -94,13 +141,13 @@ def _machine_label(index: int, raw: object) -> str:
 
 
 def _problem(path: str, label: str, error: Mapping[str, Any], fields: Sequence[str]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "-"
+    field = ".".join(str(part) for part in error["loc"]) or "transport"
     if error["type"] == "extra_forbidden":
         message = f"unknown key (allowed: {', '.join(fields)})"
     elif error["type"] == "missing":
         message = "is required"
     elif error["type"] == "literal_error" and field == "transport":
-        message = f"unsupported transport {error['input']!r} (this batchctl supports: local)"
+        message = f"unsupported transport {error['input']!r} (supported: local, ssh)"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     return f"{path}: {label}: field {field!r}: {message}"
@@ -129,6 +176,10 @@ def parse_fleet(text: str, path: str) -> Fleet:
         label = _machine_label(index, raw_machine)
         if not isinstance(raw_machine, Mapping):
             problems.append(f"{path}: {label}: must be a mapping with at least 'name'")
+            continue
+        reserved = sorted(set(raw_machine) & {"source", "online"})
+        if reserved:
+            problems.append(f"{path}: {label}: field {reserved[0]!r}: set by inventories only")
             continue
         try:
             machine = Machine.model_validate(raw_machine)

@@ -246,6 +246,8 @@ class Scheduler:
         return None
 
     def _candidates(self, entry: Entry) -> tuple[list[Machine], SkipCode | None]:
+        """Machines that may take the entry now, or why it can never run.
+        No machines and no code: every match is offline, so the item waits."""
         matching = self.fleet.matching(entry.selector)
         if not matching:
             return [], SkipCode.NO_MATCHING_MACHINE
@@ -255,7 +257,7 @@ class Scheduler:
         usable = [m for m in matching if (directory / m.entrypoint).is_file()]
         if not usable:
             return [], SkipCode.ENTRYPOINT_MISSING
-        return usable, None
+        return [m for m in usable if m.dispatchable], None
 
     def _dispatch(
         self,
@@ -281,6 +283,9 @@ class Scheduler:
                     update={"state": ItemState.SKIPPED, "error_code": skip, "updated_at": now}
                 )
                 report.skipped.append(entry.name)
+                continue
+            if not machines:
+                self._expire(batch, entry.name, items, runs, now, proposals, report)
                 continue
             requests.append(
                 PrepareRequest(

@@ -168,6 +168,8 @@ def _reason(
     matching = context.fleet.matching(entry.selector)
     if not matching:
         return f"no machine matches {entry.selector}"
+    if not any(m.dispatchable for m in matching):
+        return f"every machine matching {entry.selector} is offline"
     if all(context.held.get(m.name, 0) >= m.slots for m in matching):
         if kind == "machine":
             return f"machine {value} busy"

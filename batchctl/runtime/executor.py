@@ -1,30 +1,28 @@
-"""The executor of one local run (``batchctl _run-executor RUN_ID``).
+"""The executor of one run (``batchctl _run-executor RUN_ID``).
 
-It claims the run (so a run started twice executes once), runs the entrypoint
-in a fresh copy of the test directory in its own process group with output
-going straight to ``output.log``, enforces the timeout (TERM, grace, KILL of
-the whole group), heartbeats the run, and records the outcome. SIGTERM (from
-``cancel``) stops the test and ends the run ``interrupted``.
+It claims the run (so a run started twice executes once), has a runner put
+the test in place and start it (locally, or over ssh), enforces the timeout
+(TERM, grace, KILL of the whole tree), heartbeats the run, collects the
+artifacts and records the outcome. SIGTERM (from ``cancel``) stops the test
+and ends the run ``interrupted``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from batchctl.core.fleet import ENTRYPOINTS, this_os
+from batchctl.core.fleet import Machine
 from batchctl.core.models import Batch, Entry, Run, RunStatus
 from batchctl.runtime.clock import Clock
-from batchctl.runtime.processes import group_alive, kill_group, process_start_time
-from batchctl.runtime.testdir import copy_test_dir
+from batchctl.runtime.processes import process_start_time
+from batchctl.runtime.runners.base import Ended, Runner
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 
@@ -37,9 +35,10 @@ class ExecutorSettings:
     heartbeat_s: float
 
 
-def run_environment(batch: Batch, entry: Entry, run: Run, base: dict[str, str]) -> dict[str, str]:
+def run_environment(batch: Batch, entry: Entry, run: Run) -> dict[str, str]:
+    """The entry's env plus batchctl's variables (SPEC §2). Local runs add the
+    controller's environment; remote runs get the remote login environment."""
     return {
-        **base,
         **entry.env,
         "BATCHCTL_BATCH_ID": batch.id,
         "BATCHCTL_ITEM": run.item,
@@ -70,6 +69,8 @@ def execute_run(
     batches: BatchStore,
     clock: Clock,
     settings: ExecutorSettings,
+    machine_of: Callable[[str], Machine],
+    make_runner: Callable[[Run, Entry, Machine, dict[str, str]], Runner],
 ) -> Run:
     stop = _StopRequested()
     signal.signal(signal.SIGTERM, stop)
@@ -100,89 +101,65 @@ def execute_run(
 
     batch = batches.get(run.batch_id)
     entry = next(e for e in batch.entries if e.name == run.item)
-    run_dir = runs.run_dir(run.id)
-    work = run_dir / "work"
-    Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)
-    entrypoint = ENTRYPOINTS[this_os()]
     try:
-        copy_test_dir(Path(entry.abs_dir), work)
-    except OSError as exc:
-        return runs.finish(
+        machine = machine_of(run.machine)
+    except LookupError:
+        return _record(
+            runs,
             run.id,
-            RunStatus.ERROR,
-            now=clock.now(),
-            error_code="upload_failed",
-            message=f"cannot copy {entry.abs_dir}: {exc}",
-        )
-    script = work / entrypoint
-    if not script.is_file():
-        return runs.finish(
-            run.id,
-            RunStatus.ERROR,
-            now=clock.now(),
-            error_code="entrypoint_missing",
-            message=f"{entrypoint} not found in {entry.abs_dir}",
-        )
-    argv = [str(script)] if os.access(script, os.X_OK) else ["/bin/sh", str(script)]
-    env = run_environment(batch, entry, run, dict(os.environ))
-    with open(run.log_path, "ab") as log:
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return runs.finish(
-                run.id,
+            Ended(
                 RunStatus.ERROR,
-                now=clock.now(),
-                error_code="start_failed",
-                message=f"cannot start {entrypoint}: {exc}",
-            )
-    pgid = process.pid
-    runs.update(run.id, lambda current: current.model_copy(update={"pgid": pgid}))
+                error_code="machine_unknown",
+                message=f"machine {run.machine!r} is no longer in the fleet",
+            ),
+            clock,
+        )
+    env = run_environment(batch, entry, run)
+    runner = make_runner(run, entry, machine, env)
+    Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)
+
+    with open(run.log_path, "ab") as log:
+        failed = runner.start(log)
+    if failed is not None:
+        return _record(runs, run.id, failed, clock)
+    if runner.pgid is not None:
+        pgid = runner.pgid
+        runs.update(run.id, lambda current: current.model_copy(update={"pgid": pgid}))
 
     deadline = clock.monotonic() + entry.timeout_s
     next_heartbeat = clock.monotonic() + settings.heartbeat_s
-    outcome: RunStatus | None = None
-    while process.poll() is None:
+    ended: Ended | None = None
+    while not runner.wait(WAIT_SLICE_S):
         if stop.requested:
-            outcome = RunStatus.INTERRUPTED
-            break
-        if clock.monotonic() >= deadline:
-            outcome = RunStatus.TIMEOUT
+            ended = Ended(RunStatus.INTERRUPTED, message="cancelled")
+        elif clock.monotonic() >= deadline:
+            ended = Ended(RunStatus.TIMEOUT, message=f"timed out after {entry.timeout_s}s")
+        if ended is not None:
+            runner.stop()
             break
         if clock.monotonic() >= next_heartbeat:
             next_heartbeat = clock.monotonic() + settings.heartbeat_s
             runs.update(run.id, _heartbeat(clock.now()))
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=WAIT_SLICE_S)
+    if ended is None:
+        ended = runner.result()
+    collect_failure = runner.collect()
+    runner.cleanup()
+    if collect_failure is not None:
+        if ended.status is RunStatus.SUCCEEDED:
+            ended = collect_failure
+        else:
+            ended = replace(
+                ended, message=f"{ended.message or ''}; {collect_failure.message}".lstrip("; ")
+            )
+    return _record(runs, run.id, ended, clock)
 
-    # Whatever the entrypoint left behind in its group goes with it.
-    if outcome is not None or group_alive(pgid):
-        kill_group(pgid, grace_s=settings.kill_grace_s, clock=clock, reap=process)
-    process.wait()
-    now = clock.now()
-    if outcome is RunStatus.TIMEOUT:
-        return runs.finish(
-            run.id, RunStatus.TIMEOUT, now=now, message=f"timed out after {entry.timeout_s}s"
-        )
-    if outcome is RunStatus.INTERRUPTED:
-        return runs.finish(run.id, RunStatus.INTERRUPTED, now=now, message="cancelled")
-    code = process.returncode
-    if code == 0:
-        return runs.finish(run.id, RunStatus.SUCCEEDED, now=now, exit_code=0)
-    if code < 0:
-        return runs.finish(
-            run.id,
-            RunStatus.FAILED,
-            now=now,
-            exit_code=128 - code,
-            message=f"killed by signal {-code}",
-        )
-    return runs.finish(run.id, RunStatus.FAILED, now=now, exit_code=code)
+
+def _record(runs: RunStore, run_id: str, ended: Ended, clock: Clock) -> Run:
+    return runs.finish(
+        run_id,
+        ended.status,
+        now=clock.now(),
+        exit_code=ended.exit_code,
+        error_code=ended.error_code,
+        message=ended.message,
+    )

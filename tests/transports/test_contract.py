@@ -3,6 +3,8 @@ against the real local transport (real executor processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from batchctl.core.fleet import load_fleet
 from batchctl.core.models import Batch, Item, Run, RunStatus
 from batchctl.core.plan import load_plan_text
 from batchctl.runtime.clock import SystemClock
@@ -18,9 +21,10 @@ from batchctl.runtime.processes import group_alive
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.base import Transport
-from batchctl.transports.local import LocalTransport
+from batchctl.transports.detached import DetachedTransport
 from tests.fakes import FakeClock, FakeTransport
-from tests.helpers import blocking_script, make_suite, wait_until
+from tests.helpers import blocking_script, make_suite, processes_of, wait_until
+from tests.sshd import Sshd, sshd  # noqa: F401 - the fixture
 
 SCRIPTS = {
     "pass": (
@@ -34,7 +38,7 @@ SCRIPTS = {
 class Harness:
     """Prepares runs of real test directories and waits for their end."""
 
-    def __init__(self, kind: str, tmp: Path, state_dir: Path) -> None:
+    def __init__(self, kind: str, tmp: Path, state_dir: Path, sshd: Sshd | None = None) -> None:
         self.kind = kind
         self.tmp = tmp
         self.release = tmp / "release"
@@ -47,7 +51,20 @@ class Harness:
             self.fake.hold.add("hold")
             self.transport = self.fake
         else:
-            self.transport = LocalTransport(self.runs, SystemClock(), kill_grace_s=2)
+            machine = (
+                sshd.machine("m1", slots=8)
+                if sshd is not None
+                else "  - {name: m1, transport: local, tags: [local], slots: 8}\n"
+            )
+            fleet_file = tmp / "fleet.yaml"
+            fleet_file.write_text("machines:\n" + machine)
+            self.transport = DetachedTransport(
+                self.runs,
+                SystemClock(),
+                kill_grace_s=2,
+                fleet_path=fleet_file,
+                fleet=load_fleet(fleet_file),
+            )
         make_suite(tmp / "suites", "pass", SCRIPTS["pass"])
         make_suite(tmp / "suites", "fail", SCRIPTS["fail"])
         make_suite(tmp / "suites", "hold", blocking_script(self.release, before="started"))
@@ -92,9 +109,39 @@ class Harness:
         return self.wait_for(run_id, lambda run: run.status.terminal, "the run to end")
 
 
-@pytest.fixture(params=["fake", "local"])
+@pytest.fixture(params=["fake", "local", "ssh"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path, state_dir: Path) -> Harness:
-    return Harness(str(request.param), tmp_path, state_dir)
+    kind = str(request.param)
+    server = request.getfixturevalue("sshd") if kind == "ssh" else None
+    return Harness(kind, tmp_path, state_dir, server)
+
+
+def assert_no_test_process_left(harness: Harness) -> None:
+    """No process runs in a copy of the test (local run dirs and the "remote"
+    workdir are both under the test's directory)."""
+
+    def leftovers() -> list[int]:
+        found = []
+        for pid in processes_of(harness.tmp):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/cwd").endswith("/work"):
+                    found.append(pid)
+        return found
+
+    # The remote wrapper shell exits a moment after its test is killed.
+    wait_until(lambda: not leftovers(), timeout=10, what="no test process left")
+
+
+def running(harness: Harness, run_id: str) -> Run:
+    """Wait until the test itself is running (it printed 'started')."""
+    return harness.wait_for(
+        run_id,
+        lambda r: (
+            r.status is RunStatus.RUNNING
+            and (harness.kind == "fake" or "started" in Path(r.log_path).read_text())
+        ),
+        "the run to be running",
+    )
 
 
 def test_a_passing_run_succeeds_with_its_output_and_artifacts(harness: Harness) -> None:
@@ -133,20 +180,17 @@ def test_starting_a_run_twice_executes_it_once(harness: Harness) -> None:
 def test_terminate_stops_a_running_run_as_interrupted(harness: Harness) -> None:
     run = harness.prepare("hold")
     harness.transport.start(run)
-    running = harness.wait_for(
-        run.id,
-        lambda r: r.status is RunStatus.RUNNING and (harness.kind == "fake" or r.pgid is not None),
-        "the run to be running",
-    )
-    assert harness.transport.alive(running)
+    running_run = running(harness, run.id)
+    assert harness.transport.alive(running_run)
 
-    harness.transport.terminate(running)
+    harness.transport.terminate(running_run)
     ended = harness.settle(run.id)
 
     assert ended.status is RunStatus.INTERRUPTED
     assert not harness.transport.alive(ended)
     if ended.pgid is not None:
         assert not group_alive(ended.pgid)
+    assert_no_test_process_left(harness)
 
 
 def test_terminate_before_start_means_it_never_runs(harness: Harness) -> None:
@@ -163,25 +207,20 @@ def test_terminate_before_start_means_it_never_runs(harness: Harness) -> None:
 def test_a_lost_executor_is_noticed(harness: Harness) -> None:
     run = harness.prepare("hold")
     harness.transport.start(run)
-    running = harness.wait_for(
-        run.id,
-        lambda r: r.status is RunStatus.RUNNING and (harness.kind == "fake" or r.pgid is not None),
-        "the run to be running",
-    )
+    running_run = running(harness, run.id)
     if harness.kind == "fake":
         harness.fake.dead_executors.add(run.id)
     else:
-        assert running.executor_pid is not None
-        import os
-
-        os.kill(running.executor_pid, signal.SIGKILL)
+        assert running_run.executor_pid is not None
+        os.kill(running_run.executor_pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while harness.transport.alive(running) and time.monotonic() < deadline:
+        while harness.transport.alive(running_run) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    assert not harness.transport.alive(running)
-    harness.transport.terminate(running)
+    assert not harness.transport.alive(running_run)
+    harness.transport.terminate(running_run)
     ended = harness.settle(run.id)
     assert ended.status is RunStatus.INTERRUPTED
     if ended.pgid is not None:
-        assert not group_alive(ended.pgid)  # the orphaned test process was killed too
+        assert not group_alive(ended.pgid)
+    assert_no_test_process_left(harness)  # the orphaned test process was killed too

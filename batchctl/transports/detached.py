@@ -1,6 +1,8 @@
-"""The ``local`` transport: runs execute on this host, each under a detached
-executor process (``batchctl _run-executor``) that outlives whoever started
-it, so a killed worker or a finished ``batchctl run`` loses no run."""
+"""The transport behind both ``local`` and ``ssh`` machines: each run gets a
+detached executor process on this host (``batchctl _run-executor``) that
+outlives whoever started it, so a killed worker or a finished ``batchctl
+run`` loses no run. The executor runs the test here (local) or drives it
+over ssh (runtime/runners)."""
 
 from __future__ import annotations
 
@@ -10,35 +12,42 @@ import socket
 import sys
 from pathlib import Path
 
+from batchctl.core.fleet import Fleet
 from batchctl.core.models import Run, RunStatus
 from batchctl.runtime.clock import Clock
 from batchctl.runtime.processes import group_alive, kill_group, pid_alive, spawn_detached
+from batchctl.runtime.runners.ssh import kill_remote_run
 from batchctl.state.runs import RunStore
 
 
-def executor_argv(run_id: str, state_dir: Path) -> list[str]:
+def executor_argv(run_id: str, state_dir: Path, fleet: Path | None) -> list[str]:
     """The executor re-invokes this very batchctl, so it runs the same code."""
-    return [
-        sys.executable,
-        "-m",
-        "batchctl",
-        "_run-executor",
-        run_id,
-        "--state-dir",
-        str(state_dir),
-    ]
+    argv = [sys.executable, "-m", "batchctl", "_run-executor", run_id]
+    argv += ["--state-dir", str(state_dir)]
+    return argv + ["--fleet", str(fleet)] if fleet else argv
 
 
-class LocalTransport:
-    def __init__(self, runs: RunStore, clock: Clock, *, kill_grace_s: float) -> None:
+class DetachedTransport:
+    def __init__(
+        self,
+        runs: RunStore,
+        clock: Clock,
+        *,
+        kill_grace_s: float,
+        fleet_path: Path | None = None,
+        fleet: Fleet | None = None,
+    ) -> None:
+        self.fleet = fleet
         self.runs = runs
         self.clock = clock
         self.kill_grace_s = kill_grace_s
+        self.fleet_path = fleet_path
         self.host = socket.gethostname()
 
     def start(self, run: Run) -> None:
         run_dir = self.runs.run_dir(run.id)
-        spawn_detached(executor_argv(run.id, self.runs.state_dir), run_dir / "executor.log")
+        argv = executor_argv(run.id, self.runs.state_dir, self.fleet_path)
+        spawn_detached(argv, run_dir / "executor.log")
 
     def alive(self, run: Run) -> bool:
         if run.executor_pid is None or run.status.terminal:
@@ -60,5 +69,14 @@ class LocalTransport:
                 pass
         if run.pgid is not None and group_alive(run.pgid):
             kill_group(run.pgid, grace_s=self.kill_grace_s, clock=self.clock)
+        machine = self.fleet.get(run.machine) if self.fleet else None
+        if run.claimed and machine is not None and machine.transport == "ssh":
+            # The remote tree outlives a dead executor: end it over a new connection.
+            kill_remote_run(
+                machine,
+                run.id,
+                known_hosts=self.runs.state_dir / "ssh" / "known_hosts",
+                grace_s=self.kill_grace_s,
+            )
         reason = "cancelled before it started" if not run.claimed else "its executor is gone"
         self.runs.finish(run.id, RunStatus.INTERRUPTED, now=self.clock.now(), message=reason)

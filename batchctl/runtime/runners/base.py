@@ -1,0 +1,58 @@
+"""The runner interface the executor drives, one implementation per transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from batchctl.core.models import RunStatus
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a run ended, as the runs store records it."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    error_code: str | None = None
+    message: str | None = None
+
+
+def from_exit_code(code: int) -> Ended:
+    if code == 0:
+        return Ended(RunStatus.SUCCEEDED, exit_code=0)
+    if code < 0:
+        return Ended(RunStatus.FAILED, exit_code=128 - code, message=f"killed by signal {-code}")
+    return Ended(RunStatus.FAILED, exit_code=code)
+
+
+class Runner(Protocol):
+    def start(self, log: BinaryIO) -> Ended | None:
+        """Put the test in place and launch the entrypoint, its output going to
+        ``log``. An Ended means it failed before the test could run."""
+        ...
+
+    @property
+    def pgid(self) -> int | None:
+        """The local process group to record (None for remote runs)."""
+        ...
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True once the entrypoint has exited."""
+        ...
+
+    def stop(self) -> None:
+        """Terminate the run's whole process tree: TERM, grace, KILL."""
+        ...
+
+    def result(self) -> Ended:
+        """After the entrypoint exited: the outcome its exit status means."""
+        ...
+
+    def collect(self) -> Ended | None:
+        """Bring the artifacts back; an Ended (error) if that failed."""
+        ...
+
+    def cleanup(self) -> None:
+        """Remove what the run left on the machine."""
+        ...
