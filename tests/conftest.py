@@ -15,6 +15,9 @@ from tests.helpers import CliRunner, stop_processes_of
 # lock wait would never end.
 freezegun.configure(extend_ignore_list=["filelock"])
 
+# The `sshd` fixture: a real OpenSSH server on loopback.
+pytest_plugins = ["tests.sshd"]
+
 
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

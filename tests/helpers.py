@@ -115,7 +115,7 @@ def processes_of(root: Path) -> list[int]:
                 continue
             environ = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
             cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            cwd = os.readlink(entry / "cwd")
+            cwd = str((entry / "cwd").readlink())
         except OSError:
             continue
         if (

@@ -94,7 +94,8 @@ class Machine(BaseModel):
     def remote_workdir(self) -> str:
         if self.workdir:
             return self.workdir
-        return "C:/Windows/Temp/batchctl" if self.os == "windows" else "/var/tmp/batchctl"
+        # On the remote machine, where runs get a directory each under it.
+        return "C:/Windows/Temp/batchctl" if self.os == "windows" else "/var/tmp/batchctl"  # noqa: S108
 
     @property
     def dispatchable(self) -> bool:

@@ -24,7 +24,7 @@ def executor_argv(run_id: str, state_dir: Path, fleet: Path | None) -> list[str]
     """The executor re-invokes this very batchctl, so it runs the same code."""
     argv = [sys.executable, "-m", "batchctl", "_run-executor", run_id]
     argv += ["--state-dir", str(state_dir)]
-    return argv + ["--fleet", str(fleet)] if fleet else argv
+    return [*argv, "--fleet", str(fleet)] if fleet else argv
 
 
 class DetachedTransport:

@@ -142,14 +142,18 @@ class WindowsCommands:
         # -EncodedCommand takes base64 of UTF-16LE: the script crosses ssh and
         # cmd.exe with nothing in it left for either to interpret.
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
-        return f"powershell -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encoded}"
+        return (
+            "powershell -NoProfile -NonInteractive -ExecutionPolicy Bypass "
+            f"-EncodedCommand {encoded}"
+        )
 
     def upload(self, layout: RemoteLayout) -> str:
         q = ps_quote
         return self._ps(
             f"$ErrorActionPreference='Stop'; "
             f"Remove-Item -Recurse -Force -ErrorAction SilentlyContinue {q(layout.root)}; "
-            f"New-Item -ItemType Directory -Force {q(layout.work)},{q(layout.artifacts)} | Out-Null; "
+            f"New-Item -ItemType Directory -Force {q(layout.work)},{q(layout.artifacts)} "
+            "| Out-Null; "
             f"tar -xf - -C {q(layout.work)}; exit $LASTEXITCODE"
         )
 

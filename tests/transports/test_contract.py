@@ -24,7 +24,7 @@ from batchctl.transports.base import Transport
 from batchctl.transports.detached import DetachedTransport
 from tests.fakes import FakeClock, FakeTransport
 from tests.helpers import blocking_script, make_suite, processes_of, wait_until
-from tests.sshd import Sshd, sshd  # noqa: F401 - the fixture
+from tests.sshd import Sshd
 
 SCRIPTS = {
     "pass": (
@@ -124,7 +124,7 @@ def assert_no_test_process_left(harness: Harness) -> None:
         found = []
         for pid in processes_of(harness.tmp):
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/cwd").endswith("/work"):
+                if str(Path(f"/proc/{pid}/cwd").readlink()).endswith("/work"):
                     found.append(pid)
         return found
 

@@ -85,7 +85,8 @@ class SshRunner:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        assert upload.stdin is not None and upload.stderr is not None
+        assert upload.stdin is not None
+        assert upload.stderr is not None
         try:
             with tarfile.open(fileobj=upload.stdin, mode="w|") as archive:
                 archive.add(self.test_dir, arcname=".")
@@ -169,7 +170,8 @@ class SshRunner:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert collect.stdout is not None and collect.stderr is not None
+        assert collect.stdout is not None
+        assert collect.stderr is not None
         try:
             safe_extract(
                 collect.stdout,
