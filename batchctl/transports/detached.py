@@ -17,6 +17,7 @@ from batchctl.core.models import Run, RunStatus
 from batchctl.runtime.clock import Clock
 from batchctl.runtime.processes import group_alive, kill_group, pid_alive, spawn_detached
 from batchctl.runtime.runners.ssh import kill_remote_run
+from batchctl.transports.remote import RemoteLayout
 from batchctl.state.runs import RunStore
 
 
@@ -74,7 +75,7 @@ class DetachedTransport:
             # The remote tree outlives a dead executor: end it over a new connection.
             kill_remote_run(
                 machine,
-                run.id,
+                RemoteLayout.for_run(machine, run.id),
                 known_hosts=self.runs.state_dir / "ssh" / "known_hosts",
                 grace_s=self.kill_grace_s,
             )

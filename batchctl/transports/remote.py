@@ -109,12 +109,14 @@ class PosixCommands:
         """TERM the run's process group, wait up to the grace, then KILL."""
         q = shlex.quote
         ticks = max(int(grace_s * 10), 1)
+        # `kill -TERM -PGID` (no "--": dash's kill refuses it) signals the group;
+        # without setsid there is no group, and the pid alone is signalled.
         return self._sh(
             f"pg=$(cat {q(layout.pid_file)} 2>/dev/null) || exit 0; "
-            'kill -TERM -- "-$pg" 2>/dev/null || kill -TERM "$pg" 2>/dev/null; '
-            f'i=0; while [ $i -lt {ticks} ] && kill -0 -- "-$pg" 2>/dev/null; '
+            'kill -TERM -"$pg" 2>/dev/null || kill -TERM "$pg" 2>/dev/null; '
+            f'i=0; while [ $i -lt {ticks} ] && kill -0 -"$pg" 2>/dev/null; '
             "do sleep 0.1; i=$((i+1)); done; "
-            'kill -KILL -- "-$pg" 2>/dev/null || kill -KILL "$pg" 2>/dev/null; exit 0'
+            'kill -KILL -"$pg" 2>/dev/null || kill -KILL "$pg" 2>/dev/null; exit 0'
         )
 
     def read_exit(self, layout: RemoteLayout) -> str:

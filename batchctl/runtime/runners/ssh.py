@@ -28,6 +28,7 @@ AUTH_MARKERS = (
     "no such identity",
 )
 CONTROL_TIMEOUT_S = 60
+SSH_EXIT_AFTER_KILL_S = 10
 
 
 def classify_ssh_failure(stderr: str) -> str:
@@ -136,12 +137,15 @@ class SshRunner:
 
     def stop(self) -> None:
         """Kill the remote tree; the remote wrapper then exits and so does ssh."""
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-            self._control(self.commands.kill(self.layout, self.kill_grace_s))
+        kill_remote_run(
+            self.machine, self.layout, known_hosts=self.known_hosts, grace_s=self.kill_grace_s
+        )
         if self.process is not None:
             try:
-                self.process.wait(timeout=CONTROL_TIMEOUT_S)
+                self.process.wait(timeout=SSH_EXIT_AFTER_KILL_S)
             except subprocess.TimeoutExpired:
+                # The connection did not end with the remote tree (a process
+                # that escaped its session keeps the channel open): drop it.
                 self.process.kill()
                 self.process.wait()
 
@@ -202,10 +206,11 @@ class SshRunner:
                 self._control(self.commands.cleanup(self.layout))
 
 
-def kill_remote_run(machine: Machine, run_id: str, *, known_hosts: Path, grace_s: float) -> bool:
-    """Best effort: terminate a run's remote process tree over a new
-    connection (its executor is gone). True if the machine answered."""
-    layout = RemoteLayout.for_run(machine, run_id)
+def kill_remote_run(
+    machine: Machine, layout: RemoteLayout, *, known_hosts: Path, grace_s: float
+) -> bool:
+    """Terminate a run's remote process tree over a new connection (TERM,
+    grace, KILL). Best effort: True if the machine answered."""
     argv = ssh_argv(
         machine, known_hosts=known_hosts, remote_command=commands_for(machine).kill(layout, grace_s)
     )
