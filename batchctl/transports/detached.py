@@ -17,8 +17,8 @@ from batchctl.core.models import Run, RunStatus
 from batchctl.runtime.clock import Clock
 from batchctl.runtime.processes import group_alive, kill_group, pid_alive, spawn_detached
 from batchctl.runtime.runners.ssh import kill_remote_run
-from batchctl.transports.remote import RemoteLayout
 from batchctl.state.runs import RunStore
+from batchctl.transports.remote import RemoteLayout
 
 
 def executor_argv(run_id: str, state_dir: Path, fleet: Path | None) -> list[str]:
