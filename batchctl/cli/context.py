@@ -2,12 +2,14 @@
 
 import os
 import socket
+import sys
 import time
 
 from batchctl.core.dispatch import Dispatcher
-from batchctl.core.fleet import load_fleet
+from batchctl.core.fleet import Fleet, FleetSource, load_fleet
 from batchctl.core.service import BatchService
-from batchctl.runtime.clock import SystemClock
+from batchctl.inventory.resolve import InventoryResolver
+from batchctl.runtime.clock import Clock, SystemClock
 from batchctl.runtime.processes import pid_alive
 from batchctl.runtime.settings import Settings, load_settings, user_at_host
 from batchctl.runtime.testdir import hash_test_dir
@@ -17,11 +19,22 @@ from batchctl.state.runs import RunStore
 from batchctl.transports.detached import DetachedTransport
 
 
+def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
+    """The fleet file (or the default fleet) with inventory machines merged in."""
+    resolver = InventoryResolver(
+        settings.state_dir / "inventory-cache.json",
+        clock,
+        env=os.environ,
+        warn=lambda message: print(f"batchctl: warning: {message}", file=sys.stderr),
+    )
+    return resolver.resolve(load_fleet(settings.fleet_path))
+
+
 def open_dispatcher(settings: Settings) -> Dispatcher:
     clock = SystemClock()
     batches = BatchStore(settings.state_dir, lock_timeout=settings.lock_timeout)
     runs = RunStore(settings.state_dir, lock_timeout=settings.lock_timeout)
-    fleet = load_fleet(settings.fleet_path)
+    fleet = FleetSource(lambda: resolve_fleet(settings, clock))
     transport = DetachedTransport(
         runs,
         clock,
@@ -32,7 +45,7 @@ def open_dispatcher(settings: Settings) -> Dispatcher:
     return Dispatcher(
         batches=batches,
         runs=runs,
-        fleet=fleet,
+        fleet_source=fleet,
         fleet_path=settings.fleet_path,
         transports={"local": transport, "ssh": transport},
         clock=clock,

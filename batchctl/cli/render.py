@@ -146,12 +146,24 @@ def render_list(console: Console, summaries: list[BatchSummary]) -> None:
 def render_machines(console: Console, machines: list[MachineView], source: str) -> None:
     console.print(f"fleet: {source}", markup=False)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for column in ("MACHINE", "TRANSPORT", "OS", "TAGS", "SLOTS", "STATE", "RUNS"):
+    for column in (
+        "MACHINE",
+        "SOURCE",
+        "TRANSPORT",
+        "HOST",
+        "OS",
+        "TAGS",
+        "SLOTS",
+        "STATE",
+        "RUNS",
+    ):
         table.add_column(column, no_wrap=column != "RUNS", overflow="fold")
     for machine in machines:
         table.add_row(
             machine.name,
+            machine.source,
             machine.transport,
+            machine.host or "-",
             machine.os,
             ", ".join(machine.tags) or "-",
             f"{len(machine.runs)}/{machine.slots}",

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from batchctl.core.errors import LeaseLost
-from batchctl.core.fleet import Fleet
+from batchctl.core.fleet import Fleet, FleetSource
 from batchctl.core.lease import lease_is_live
 from batchctl.core.models import Batch, Lease
 from batchctl.core.policy import Backoff
@@ -41,7 +41,7 @@ class Tuning:
 class Dispatcher:
     batches: BatchStore
     runs: RunStore
-    fleet: Fleet
+    fleet_source: FleetSource
     fleet_path: Path | None
     transports: Mapping[str, Transport]
     clock: Clock
@@ -52,6 +52,10 @@ class Dispatcher:
     hash_dir: Callable[[Path], str]
     # (batch id, fleet file, lease token) -> pid of the started worker
     spawn_worker: Callable[[str, str | None, str], int]
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.fleet_source.get()
 
     def lease_live(self, lease: Lease | None, now: datetime | None = None) -> bool:
         return lease_is_live(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from batchctl.core.errors import InvalidFleet
-from batchctl.core.plan import NAME_RE, parse_yaml
+from batchctl.core.errors import InvalidFleet, InvalidPlan
+from batchctl.core.plan import NAME_RE, parse_duration, parse_yaml
 
 OsName = Literal["linux", "darwin", "windows"]
 ENTRYPOINTS: dict[str, str] = {"linux": "run.sh", "darwin": "run.sh", "windows": "run.ps1"}
@@ -113,16 +113,62 @@ class Machine(BaseModel):
         return kind == "tag" and value in self.tags
 
 
+class InventorySpec(BaseModel):
+    """Machines discovered over HTTP (SPEC §7 ``inventory:``), with the
+    connection settings every discovered machine gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    kind: Literal["tailscale", "http"]
+    # kind: tailscale -- the Tailscale devices API
+    tailnet: str | None = None
+    tag: str | None = None
+    api_url: str = "https://api.tailscale.com"
+    # kind: http -- any URL answering with a JSON list of machines
+    url: str | None = None
+    # for every discovered machine
+    transport: Literal["ssh"] = "ssh"
+    user: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    identity_file: str | None = None
+    workdir: str | None = None
+    known_hosts: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    slots: Annotated[int, Field(ge=1, le=4096)] = 1
+    os: OsName = "linux"
+    timeout: Annotated[int, BeforeValidator(parse_duration)] = 10
+    cache_ttl: Annotated[int, BeforeValidator(parse_duration)] = 60
+
+    @field_validator("ssh_options", mode="before")
+    @classmethod
+    def _tuple_from_list(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> InventorySpec:
+        if self.kind == "tailscale" and not self.tailnet:
+            raise ValueError("a tailscale inventory needs 'tailnet'")
+        if self.kind == "http" and not self.url:
+            raise ValueError("an http inventory needs 'url'")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"inventory {self.kind} ({self.tailnet or self.url})"
+
+
 class FleetFileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    machines: list[Any]
+    machines: list[Any] = []
+    inventory: list[Any] = []
 
 
 @dataclass(frozen=True)
 class Fleet:
     machines: tuple[Machine, ...]
     source: str
+    inventories: tuple[InventorySpec, ...] = ()
 
     def matching(self, selector: str) -> list[Machine]:
         return [machine for machine in self.machines if machine.matches(selector)]
@@ -131,8 +177,29 @@ class Fleet:
         return next((machine for machine in self.machines if machine.name == name), None)
 
 
+class FleetSource:
+    """The fleet, resolved on first use and then kept: commands that never
+    look at machines (`list`, `logs`) never read the fleet file or call an
+    inventory API."""
+
+    def __init__(self, load: Callable[[], Fleet]) -> None:
+        self._load = load
+        self._fleet: Fleet | None = None
+
+    def get(self) -> Fleet:
+        if self._fleet is None:
+            self._fleet = self._load()
+        return self._fleet
+
+
 def default_fleet() -> Fleet:
-    local = Machine(name="local", transport="local", tags=("local",), slots=os.cpu_count() or 1)
+    local = Machine(
+        name="local",
+        transport="local",
+        tags=("local",),
+        slots=os.cpu_count() or 1,
+        source="default",
+    )
     return Fleet(machines=(local,), source="default")
 
 
@@ -141,8 +208,12 @@ def _machine_label(index: int, raw: object) -> str:
     return f"machine {name!r} (#{index + 1})" if isinstance(name, str) else f"machine #{index + 1}"
 
 
-def _problem(path: str, label: str, error: Mapping[str, Any], fields: Sequence[str]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "transport"
+def _problem(
+    path: str, label: str, error: Mapping[str, Any], fields: Sequence[str], whole: str = "transport"
+) -> str:
+    """One readable line for a pydantic error; ``whole`` names the field a
+    model-wide rule is about."""
+    field = ".".join(str(part) for part in error["loc"]) or whole
     if error["type"] == "extra_forbidden":
         message = f"unknown key (allowed: {', '.join(fields)})"
     elif error["type"] == "missing":
@@ -157,8 +228,8 @@ def _problem(path: str, label: str, error: Mapping[str, Any], fields: Sequence[s
 def parse_fleet(text: str, path: str) -> Fleet:
     try:
         raw = parse_yaml(text, path)
-    except Exception as exc:  # parse_yaml raises InvalidPlan; the fleet has its own code
-        raise InvalidFleet(str(exc), details={"file": path}) from None
+    except InvalidPlan as exc:  # the YAML reader speaks of plans; this is a fleet
+        raise InvalidFleet(exc.message.split("\n", 1)[-1].strip(), details={"file": path}) from None
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise InvalidFleet(f"{path}: the fleet file must be a mapping with 'machines'")
@@ -173,7 +244,7 @@ def parse_fleet(text: str, path: str) -> Fleet:
         ) from None
     machines: list[Machine] = []
     seen: dict[str, int] = {}
-    for index, raw_machine in enumerate(raw["machines"]):
+    for index, raw_machine in enumerate(raw.get("machines") or []):
         label = _machine_label(index, raw_machine)
         if not isinstance(raw_machine, Mapping):
             problems.append(f"{path}: {label}: must be a mapping with at least 'name'")
@@ -196,11 +267,21 @@ def parse_fleet(text: str, path: str) -> Fleet:
             continue
         seen[machine.name] = index
         machines.append(machine)
-    if not machines and not problems:
+    inventories: list[InventorySpec] = []
+    for index, raw_inventory in enumerate(raw.get("inventory") or []):
+        label = f"inventory #{index + 1}"
+        try:
+            inventories.append(InventorySpec.model_validate(raw_inventory))
+        except ValidationError as exc:
+            problems.extend(
+                _problem(path, label, error, list(InventorySpec.model_fields), whole="kind")
+                for error in exc.errors()
+            )
+    if not machines and not inventories and not problems:
         problems.append(f"{path}: field 'machines': lists no machine")
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
-    return Fleet(machines=tuple(machines), source=path)
+    return Fleet(machines=tuple(machines), source=path, inventories=tuple(inventories))
 
 
 def load_fleet(path: Path | None) -> Fleet:

@@ -104,6 +104,8 @@ class BatchService:
         force_new: bool,
         queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S,
     ) -> SubmitResult:
+        # Resolve the fleet first: a bad fleet file must fail before anything is written.
+        _ = self.dispatcher.fleet
         existing = None if force_new else self.batches.find_newest(plan.plan_hash, staging)
         if existing is None:
             # Directories are checked only when a batch is made: resuming must

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from batchctl.core.fleet import Fleet
+from batchctl.core.fleet import Fleet, Machine
 from batchctl.core.models import Batch, Entry, Item, ItemState, Run
 from batchctl.core.policy import item_is_final, item_outcome, unmet_needs
 from batchctl.runtime.clock import utc_iso
@@ -254,7 +254,9 @@ class MachineRunView(View):
 
 class MachineView(View):
     name: str
+    source: str
     transport: str
+    host: str | None
     os: str
     tags: list[str]
     slots: int
@@ -267,19 +269,33 @@ class MachineList(View):
     machines: list[MachineView]
 
 
+def machine_state(machine: Machine, held: int) -> str:
+    """``offline`` when an inventory says so (it gets no runs), ``unknown``
+    when a discovered machine's state was not reported, else ``busy`` when
+    every slot holds a run and ``idle`` while one is free."""
+    if machine.online is False:
+        return "offline"
+    if held >= machine.slots:
+        return "busy"
+    if machine.online is None and machine.source.startswith("inventory"):
+        return "unknown"
+    return "idle"
+
+
 def machine_views(fleet: Fleet, live_runs: list[Run]) -> list[MachineView]:
-    """``idle`` while a slot is free, ``busy`` when every slot holds a run."""
     views = []
     for machine in fleet.machines:
         held = [run for run in live_runs if run.machine == machine.name]
         views.append(
             MachineView(
                 name=machine.name,
+                source=machine.source,
                 transport=machine.transport,
+                host=machine.host,
                 os=machine.os,
                 tags=list(machine.tags),
                 slots=machine.slots,
-                state="busy" if len(held) >= machine.slots else "idle",
+                state=machine_state(machine, len(held)),
                 runs=[
                     MachineRunView(
                         run_id=r.id, batch_id=r.batch_id, item=r.item, status=r.status.value

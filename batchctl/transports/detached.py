@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from batchctl.core.fleet import Fleet
+from batchctl.core.fleet import FleetSource
 from batchctl.core.models import Run, RunStatus
 from batchctl.runtime.clock import Clock
 from batchctl.runtime.processes import group_alive, kill_group, pid_alive, spawn_detached
@@ -36,7 +36,7 @@ class DetachedTransport:
         *,
         kill_grace_s: float,
         fleet_path: Path | None = None,
-        fleet: Fleet | None = None,
+        fleet: FleetSource | None = None,
     ) -> None:
         self.fleet = fleet
         self.runs = runs
@@ -70,7 +70,7 @@ class DetachedTransport:
                 pass
         if run.pgid is not None and group_alive(run.pgid):
             kill_group(run.pgid, grace_s=self.kill_grace_s, clock=self.clock)
-        machine = self.fleet.get(run.machine) if self.fleet else None
+        machine = self.fleet.get().get(run.machine) if self.fleet else None
         if run.claimed and machine is not None and machine.transport == "ssh":
             # The remote tree outlives a dead executor: end it over a new connection.
             kill_remote_run(

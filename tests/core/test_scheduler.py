@@ -15,7 +15,7 @@ from batchctl.core.models import Batch, Item, ItemState, Lease, RunStatus, SkipC
 from batchctl.core.plan import load_plan_text
 from batchctl.core.policy import Backoff
 from batchctl.core.scheduler import Scheduler, SchedulerSettings
-from batchctl.core.views import batch_view
+from batchctl.core.views import FleetContext, batch_view
 from batchctl.runtime.testdir import hash_test_dir
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
@@ -345,3 +345,25 @@ def test_items_no_machine_takes_in_time_are_skipped_queue_timeout(world: World) 
     assert report.skipped == ["starved"]
     assert world.batches.get("b1").items["starved"].error_code is SkipCode.QUEUE_TIMEOUT
     assert world.outcomes() == {"hog": "running", "starved": "skipped"}
+
+
+def test_offline_machines_receive_no_runs_and_items_wait_for_them(world: World) -> None:
+    world.fleet = Fleet(
+        machines=(
+            Machine(name="up", tags=("local",), slots=1),
+            Machine(name="down", tags=("gpu",), slots=4, online=False, source="inventory:http"),
+        ),
+        source="t",
+    )
+    world.batch(entries("{name: cpu, dir: suites/ok}", "{name: gpu, dir: suites/ok, tag: gpu}"))
+
+    report = world.scheduler().step("b1", world.clock.now())
+
+    assert report.dispatched == ["cpu"]
+    assert report.skipped == []  # waiting for the machine to come back, not skipped
+    batch = world.batches.get("b1")
+    assert batch.items["gpu"].state is ItemState.QUEUED
+    runs = world.runs.get_many(i.run_id for i in batch.items.values() if i.run_id)
+    context = FleetContext(fleet=world.fleet, held={"up": 1}, now=world.clock.now())
+    reasons = {i.name: i.reason for i in batch_view(batch, runs, context).items}
+    assert reasons["gpu"] == "every machine matching tag:gpu is offline"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.core.fleet import load_fleet
+from batchctl.core.fleet import FleetSource, load_fleet
 from batchctl.core.models import Batch, Item, Run, RunStatus
 from batchctl.core.plan import load_plan_text
 from batchctl.runtime.clock import SystemClock
@@ -63,7 +63,7 @@ class Harness:
                 SystemClock(),
                 kill_grace_s=2,
                 fleet_path=fleet_file,
-                fleet=load_fleet(fleet_file),
+                fleet=FleetSource(lambda: load_fleet(fleet_file)),
             )
         make_suite(tmp / "suites", "pass", SCRIPTS["pass"])
         make_suite(tmp / "suites", "fail", SCRIPTS["fail"])
@@ -132,13 +132,17 @@ def assert_no_test_process_left(harness: Harness) -> None:
     wait_until(lambda: not leftovers(), timeout=10, what="no test process left")
 
 
+def read_if_there(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def running(harness: Harness, run_id: str) -> Run:
     """Wait until the test itself is running (it printed 'started')."""
     return harness.wait_for(
         run_id,
         lambda r: (
             r.status is RunStatus.RUNNING
-            and (harness.kind == "fake" or "started" in Path(r.log_path).read_text())
+            and (harness.kind == "fake" or "started" in read_if_there(Path(r.log_path)))
         ),
         "the run to be running",
     )

@@ -1,0 +1,1 @@
+"""Machines discovered over HTTP, merged into the fleet (SPEC §7)."""
