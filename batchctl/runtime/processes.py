@@ -68,6 +68,25 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of live processes whose environment has ``name=value`` (Linux)."""
+    marker = f"{name}={value}".encode()
+    found: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def kill_group(
     pgid: int, *, grace_s: float, clock: Clock, reap: subprocess.Popen[bytes] | None = None
 ) -> None:

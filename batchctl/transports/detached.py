@@ -6,6 +6,7 @@ over ssh (runtime/runners)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +16,13 @@ from pathlib import Path
 from batchctl.core.fleet import FleetSource
 from batchctl.core.models import Run, RunStatus
 from batchctl.runtime.clock import Clock
-from batchctl.runtime.processes import group_alive, kill_group, pid_alive, spawn_detached
+from batchctl.runtime.processes import (
+    group_alive,
+    kill_group,
+    pid_alive,
+    processes_with_env,
+    spawn_detached,
+)
 from batchctl.runtime.runners.ssh import kill_remote_run
 from batchctl.state.runs import RunStore
 from batchctl.transports.remote import RemoteLayout
@@ -70,6 +77,12 @@ class DetachedTransport:
                 pass
         if run.pgid is not None and group_alive(run.pgid):
             kill_group(run.pgid, grace_s=self.kill_grace_s, clock=self.clock)
+        elif run.claimed and run.executor_host == self.host:
+            # The executor died between starting the test and recording its
+            # group: find the test by the run id in its environment.
+            for pid in processes_with_env("BATCHCTL_RUN_ID", run.id):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill_group(os.getpgid(pid), grace_s=self.kill_grace_s, clock=self.clock)
         machine = self.fleet.get().get(run.machine) if self.fleet else None
         if run.claimed and machine is not None and machine.transport == "ssh":
             # The remote tree outlives a dead executor: end it over a new connection.
