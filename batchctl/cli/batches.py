@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from batchctl.cli.context import load_settings, open_service
-from batchctl.cli.options import FleetOption, JsonOption, QuietOption, StateDirOption
+from batchctl.cli.options import (
+    BatchIdArgument,
+    FleetOption,
+    JsonOption,
+    QuietOption,
+    StateDirOption,
+)
 from batchctl.cli.output import Output
 from batchctl.cli.progress import Progress
 from batchctl.cli.render import (
@@ -110,7 +116,7 @@ def run(
 
 
 def status(
-    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    batch_id: BatchIdArgument,
     item: Annotated[
         str | None, typer.Argument(help="Show this item in full: attempts, runs, blame, reason.")
     ] = None,
@@ -147,7 +153,7 @@ def list_batches(
 
 
 def cancel(
-    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    batch_id: BatchIdArgument,
     json_output: JsonOption = False,
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
@@ -162,7 +168,7 @@ def cancel(
 
 
 def retry(
-    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    batch_id: BatchIdArgument,
     wait: WaitOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -187,7 +193,7 @@ class LogOutput(LogTarget):
 
 
 def logs(
-    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    batch_id: BatchIdArgument,
     item: Annotated[str, typer.Argument(help="Item name.")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing output until the run ends.")

@@ -25,3 +25,6 @@ FleetOption = Annotated[
         show_default=False,
     ),
 ]
+BatchIdArgument = Annotated[
+    str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix of 4+ characters).")
+]

@@ -208,7 +208,7 @@ def render_item(console: Console, item: ItemDetail) -> None:
     for attempt in item.attempts:
         table.add_row(
             str(attempt.attempt),
-            attempt.run_id,
+            attempt.id,
             attempt.machine,
             attempt.status,
             "-" if attempt.exit_code is None else str(attempt.exit_code),

@@ -99,6 +99,27 @@ class Item(Record):
     not_before: datetime | None = None
     updated_at: datetime | None = None
 
+    def skipped(self, code: SkipCode, now: datetime, blame: str | None = None) -> Item:
+        """This attempt will not run."""
+        return self.model_copy(
+            update={
+                "state": ItemState.SKIPPED,
+                "error_code": code,
+                "blame": blame,
+                "updated_at": now,
+            }
+        )
+
+    def next_attempt(self, now: datetime, not_before: datetime | None = None) -> Item:
+        """Queued again as a new attempt; the current run joins the history."""
+        return Item(
+            name=self.name,
+            attempt=self.attempt + 1,
+            history=(*self.history, self.run_id) if self.run_id else self.history,
+            not_before=not_before,
+            updated_at=now,
+        )
+
 
 class Lease(Record):
     """A worker's claim on a batch. ``fleet`` is the fleet file it serves, so a

@@ -190,16 +190,9 @@ class Scheduler:
             item = items[entry.name]
             run = runs.get(item.run_id or "")
             if not batch.cancelled and retry_due(entry, item, run):
-                assert run is not None
-                items[entry.name] = proposals[entry.name] = Item(
-                    name=item.name,
-                    attempt=item.attempt + 1,
-                    history=(*item.history, run.id),
-                    not_before=now
-                    + timedelta(
-                        seconds=retry_delay(item.attempt, self.settings.backoff, self.uniform)
-                    ),
-                    updated_at=now,
+                delay = retry_delay(item.attempt, self.settings.backoff, self.uniform)
+                items[entry.name] = proposals[entry.name] = item.next_attempt(
+                    now, not_before=now + timedelta(seconds=delay)
                 )
                 report.requeued.append(entry.name)
 
@@ -220,14 +213,7 @@ class Scheduler:
                     if failed is None:
                         continue
                     skip = SkipCode.DEP_FAILED, blame_of(failed)
-                items[entry.name] = proposals[entry.name] = item.model_copy(
-                    update={
-                        "state": ItemState.SKIPPED,
-                        "error_code": skip[0],
-                        "blame": skip[1],
-                        "updated_at": now,
-                    }
-                )
+                items[entry.name] = proposals[entry.name] = item.skipped(skip[0], now, skip[1])
                 report.skipped.append(entry.name)
                 changed = True
 
@@ -279,9 +265,7 @@ class Scheduler:
                 continue
             machines, skip = self._candidates(entry)
             if skip is not None:
-                proposals[entry.name] = item.model_copy(
-                    update={"state": ItemState.SKIPPED, "error_code": skip, "updated_at": now}
-                )
+                proposals[entry.name] = item.skipped(skip, now)
                 report.skipped.append(entry.name)
                 continue
             if not machines:
@@ -348,13 +332,7 @@ class Scheduler:
         entry = next(e for e in batch.entries if e.name == name)
         since = ready_since(entry, items[name], items, runs)
         if since is not None and now - since >= timedelta(seconds=batch.queue_timeout_s):
-            proposals[name] = items[name].model_copy(
-                update={
-                    "state": ItemState.SKIPPED,
-                    "error_code": SkipCode.QUEUE_TIMEOUT,
-                    "updated_at": now,
-                }
-            )
+            proposals[name] = items[name].skipped(SkipCode.QUEUE_TIMEOUT, now)
             report.skipped.append(name)
 
     def _held_back(self, batch: Batch, now: datetime) -> list[SlotClaim]:

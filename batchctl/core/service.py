@@ -176,13 +176,7 @@ class BatchService:
             return self.view(batch)
         now = self.clock.now()
         skips = {
-            name: item.model_copy(
-                update={
-                    "state": ItemState.SKIPPED,
-                    "error_code": SkipCode.CANCELLED,
-                    "updated_at": now,
-                }
-            )
+            name: item.skipped(SkipCode.CANCELLED, now)
             for name, item in batch.items.items()
             if item.state is ItemState.QUEUED
         }
@@ -237,12 +231,7 @@ class BatchService:
                 item, run
             ):
                 continue
-            requeued[entry.name] = Item(
-                name=item.name,
-                attempt=item.attempt + 1,
-                history=(*item.history, item.run_id) if item.run_id else item.history,
-                updated_at=now,
-            )
+            requeued[entry.name] = item.next_attempt(now)
         if requeued:
             self.batches.apply_items(batch.id, requeued, cancelled=False)
             self.dispatcher.foreground_pass(batch.id)

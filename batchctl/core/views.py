@@ -51,18 +51,11 @@ class ItemView(View):
     run: RunView | None
 
 
-class AttemptView(View):
-    run_id: str
+class AttemptView(RunView):
+    """One attempt's run, as `status ID ITEM` lists them."""
+
     attempt: int
     machine: str
-    status: str
-    exit_code: int | None
-    error_code: str | None
-    message: str | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    log_path: str
-    artifacts_path: str
 
 
 class ItemDetail(ItemView):
@@ -127,19 +120,7 @@ class FleetContext:
 
 
 def attempt_view(run: Run) -> AttemptView:
-    return AttemptView(
-        run_id=run.id,
-        attempt=run.attempt,
-        machine=run.machine,
-        status=run.status.value,
-        exit_code=run.exit_code,
-        error_code=run.error_code,
-        message=run.message,
-        started_at=run.started_at,
-        ended_at=run.ended_at,
-        log_path=run.log_path,
-        artifacts_path=run.artifacts_path,
-    )
+    return AttemptView(**run_view(run).model_dump(), attempt=run.attempt, machine=run.machine)
 
 
 def _reason(

@@ -13,6 +13,7 @@ from pathlib import Path
 from batchctl.runtime.clock import Clock
 
 POLL_S = 0.05
+KILL_SETTLE_S = 5.0
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -91,24 +92,16 @@ def kill_group(
     pgid: int, *, grace_s: float, clock: Clock, reap: subprocess.Popen[bytes] | None = None
 ) -> None:
     """TERM the whole group, give it ``grace_s`` to go, then KILL what is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = clock.monotonic() + grace_s
-    while clock.monotonic() < deadline:
-        if reap is not None:
-            reap.poll()
-        if not group_alive(pgid):
-            return
-        time.sleep(POLL_S)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    deadline = clock.monotonic() + 5
-    while clock.monotonic() < deadline:
-        if reap is not None:
-            reap.poll()
-        if not group_alive(pgid):
-            return
-        time.sleep(POLL_S)
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_SETTLE_S)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        deadline = clock.monotonic() + wait_s
+        while clock.monotonic() < deadline:
+            if reap is not None:
+                reap.poll()  # our own child would otherwise linger as a zombie
+            if not group_alive(pgid):
+                return
+            time.sleep(POLL_S)
 
 
 def spawn_detached(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> int:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from batchctl.core.service import BatchService
-from tests.helpers import CliRunner, blocking_script, make_suite, snapshot_dir, write_plan
+from tests.helpers import (
+    CliRunner,
+    blocking_script,
+    lock_held_elsewhere,
+    make_suite,
+    snapshot_dir,
+    write_plan,
+)
 
 PLAN = """
 version: 1
@@ -169,25 +174,11 @@ def test_lock_timeout_is_exit_4_with_the_lock_named(
 ) -> None:
     state_dir.mkdir()
     lock_path = state_dir / "batches.json.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from filelock import FileLock\n"
-            f"lock = FileLock({str(lock_path)!r}); lock.acquire()\n"
-            "print('held', flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setenv("BATCHCTL_LOCK_TIMEOUT", "0.2")
+    monkeypatch.setenv("BATCHCTL_LOCK_TIMEOUT", "0.2")
+
+    with lock_held_elsewhere(lock_path):
         result = cli("run", "plan.yaml", "--json")
-    finally:
-        holder.communicate(input="", timeout=10)
+
     assert result.code == 4
     error = result.error()["error"]
     assert error["code"] == "lock_timeout"

@@ -107,7 +107,7 @@ def test_a_flaky_item_passes_on_its_second_attempt(workdir: Path, state_dir: Pat
     detail = run_batchctl("status", batch["id"], "flaky", "--json", cwd=workdir).json()["data"]
     attempts = [(a["attempt"], a["status"], a["exit_code"]) for a in detail["attempts"]]
     assert attempts == [(1, "failed", 1), (2, "succeeded", 0)]
-    assert detail["attempts"][0]["run_id"] == item["history"][0]
+    assert detail["attempts"][0]["id"] == item["history"][0]
     assert "attempt 1" in Path(detail["attempts"][0]["log_path"]).read_text()
     assert "attempt 2" in Path(detail["attempts"][1]["log_path"]).read_text()
     human = run_batchctl("status", batch["id"], "flaky", cwd=workdir)

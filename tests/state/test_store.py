@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from batchctl.core.errors import LockTimeout, StateTooNew, StateUnreadable
 from batchctl.core.models import Batch, Entry, Item, ItemState
 from batchctl.state.batches import BatchStore
+from tests.helpers import lock_held_elsewhere
 
 NOW = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
 
@@ -113,25 +112,9 @@ def test_newer_schema_is_refused_and_left_untouched(state_dir: Path) -> None:
 def test_lock_wait_is_bounded_and_names_the_lock(state_dir: Path) -> None:
     state_dir.mkdir()
     lock_path = state_dir / "batches.json.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from filelock import FileLock\n"
-            f"lock = FileLock({str(lock_path)!r}); lock.acquire()\n"
-            "print('held', flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        store = BatchStore(state_dir, lock_timeout=0.3)
-        with pytest.raises(LockTimeout) as caught:
-            store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
-        assert str(lock_path) in caught.value.message
-    finally:
-        holder.communicate(input="", timeout=10)
-    assert holder.returncode == 0
+    store = BatchStore(state_dir, lock_timeout=0.3)
+
+    with lock_held_elsewhere(lock_path), pytest.raises(LockTimeout) as caught:
+        store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
+
+    assert str(lock_path) in caught.value.message

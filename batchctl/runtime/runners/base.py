@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -56,3 +58,11 @@ class Runner(Protocol):
     def cleanup(self) -> None:
         """Remove what the run left on the machine."""
         ...
+
+
+def wait_for_exit(process: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``process``; True once it has exited."""
+    assert process is not None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    return process.poll() is not None

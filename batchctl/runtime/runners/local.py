@@ -3,7 +3,6 @@ process group, output straight into the log."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import BinaryIO
 from batchctl.core.models import RunStatus
 from batchctl.runtime.clock import Clock
 from batchctl.runtime.processes import group_alive, kill_group
-from batchctl.runtime.runners.base import Ended, from_exit_code
+from batchctl.runtime.runners.base import Ended, from_exit_code, wait_for_exit
 from batchctl.runtime.testdir import copy_test_dir
 
 
@@ -75,10 +74,7 @@ class LocalRunner:
         return self.process.pid if self.process else None
 
     def wait(self, timeout: float) -> bool:
-        assert self.process is not None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=timeout)
-        return self.process.poll() is not None
+        return wait_for_exit(self.process, timeout)
 
     def stop(self) -> None:
         if self.process is not None:

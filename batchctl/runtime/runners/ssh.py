@@ -17,7 +17,7 @@ from typing import BinaryIO
 from batchctl.core.fleet import Machine
 from batchctl.core.models import RunStatus
 from batchctl.runtime.archive import UnsafeArchive, safe_extract
-from batchctl.runtime.runners.base import Ended, from_exit_code
+from batchctl.runtime.runners.base import Ended, from_exit_code, wait_for_exit
 from batchctl.transports.remote import RemoteLayout, commands_for, ssh_argv
 
 SSH_FAILED = 255  # what ssh exits with when ssh itself, not the command, failed
@@ -130,10 +130,7 @@ class SshRunner:
         return None
 
     def wait(self, timeout: float) -> bool:
-        assert self.process is not None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=timeout)
-        return self.process.poll() is not None
+        return wait_for_exit(self.process, timeout)
 
     def stop(self) -> None:
         """Kill the remote tree; the remote wrapper then exits and so does ssh."""
