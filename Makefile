@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_STATE ?= .demo-state
 
 .DEFAULT_GOAL := help
-.PHONY: help install fmt lint type test check demo clean
+.PHONY: help install fmt lint type test check demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,12 +21,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install batchctl with its dev tools
 
 fmt: $(STAMP) ## format and auto-fix
-	$(VENV)/bin/ruff format batchctl tests
-	$(VENV)/bin/ruff check --fix batchctl tests
+	$(VENV)/bin/ruff format batchctl tests bench
+	$(VENV)/bin/ruff check --fix batchctl tests bench
 
 lint: $(STAMP) ## ruff lint and format check
-	$(VENV)/bin/ruff check batchctl tests
-	$(VENV)/bin/ruff format --check batchctl tests
+	$(VENV)/bin/ruff check batchctl tests bench
+	$(VENV)/bin/ruff format --check batchctl tests bench
 
 type: $(STAMP) ## mypy strict
 	$(VENV)/bin/mypy
@@ -38,6 +38,10 @@ check: lint type test ## lint, type-check and test
 
 demo: $(STAMP) ## run the example plan on this machine (state in .demo-state/)
 	BATCHCTL_STATE_DIR=$(DEMO_STATE) ./demo.sh $(BATCHCTL)
+
+bench: $(STAMP) ## measure state at scale (results: bench/RESULTS.md)
+	$(PY) bench/state_scale.py --items 10000
+	$(PY) bench/state_scale.py --items 100000
 
 clean: ## remove the venv, caches and demo state
 	rm -rf $(VENV) $(DEMO_STATE) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
