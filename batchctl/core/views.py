@@ -77,6 +77,7 @@ class BatchView(View):
     expected_count: int
     done: bool
     cancelled: bool
+    queue_timeout_s: int
     counts: dict[str, int]
     items: list[ItemView]
 
@@ -209,6 +210,7 @@ def batch_view(
         expected_count=batch.expected_count,
         done=batch_done(batch, runs),
         cancelled=batch.cancelled,
+        queue_timeout_s=batch.queue_timeout_s,
         counts=dict(Counter(item.outcome for item in items)),
         items=items,
     )

@@ -99,3 +99,31 @@ def test_a_full_machine_is_busy(workdir: Path, cli: CliRunner) -> None:
 
     assert machines[0]["state"] == "busy"
     assert [item["outcome"] for item in view["items"]] == ["running", "queued"]
+
+
+def test_the_fleet_file_in_the_state_dir_is_used_when_none_is_named(
+    workdir: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    state_dir.mkdir()
+    (state_dir / "fleet.yaml").write_text("machines:\n  - {name: resident, tags: [x], slots: 3}\n")
+
+    machines = cli("machines", "--json").json()["data"]
+
+    assert machines["source"] == str(state_dir / "fleet.yaml")
+    assert [m["name"] for m in machines["machines"]] == ["resident"]
+
+
+def test_a_bad_queue_timeout_is_invalid_input(
+    workdir: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    make_suite(workdir / "suites", "a")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/a}\n")
+
+    result = cli("run", "plan.yaml", "--queue-timeout", "soon", "--json")
+
+    assert result.code == 2
+    assert "--queue-timeout" in result.error()["error"]["message"]
+    assert not state_dir.exists()
+
+    accepted = cli("run", "plan.yaml", "--queue-timeout", "90m", "--json")
+    assert accepted.json()["data"]["batch"]["queue_timeout_s"] == 5400
