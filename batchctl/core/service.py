@@ -26,6 +26,7 @@ from batchctl.core.views import (
     machine_views,
 )
 from batchctl.runtime.clock import Clock
+from batchctl.runtime.memory import without_gc
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 
@@ -94,7 +95,8 @@ class BatchService:
         return FleetContext(fleet=self.dispatcher.fleet, held=held, now=self.clock.now())
 
     def view(self, batch: Batch) -> BatchView:
-        return batch_view(batch, self._runs_of([batch]), self._fleet_context())
+        with without_gc():
+            return batch_view(batch, self._runs_of([batch]), self._fleet_context())
 
     def submit(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 from batchctl.core.errors import LeaseLost, NotFound
 from batchctl.core.models import Batch, Item, Lease
+from batchctl.runtime.memory import without_gc
 from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S, Document, JsonStateFile
 from batchctl.state.merge import merge_items
 
@@ -47,11 +48,11 @@ class BatchStore:
 
     def get(self, batch_id: str) -> Batch:
         records = self.file.read()["batches"]
-        return Batch.model_validate(records[resolve_id(records, batch_id, "batch")])
+        return _validate(records[resolve_id(records, batch_id, "batch")])
 
     def all(self) -> list[Batch]:
         """Every batch, oldest first."""
-        return [Batch.model_validate(raw) for raw in self.file.read()["batches"].values()]
+        return [_validate(raw) for raw in self.file.read()["batches"].values()]
 
     def find_newest(self, plan_hash: str, staging: str) -> Batch | None:
         return _newest_with_key(self.file.read()["batches"], plan_hash, staging)
@@ -90,7 +91,7 @@ class BatchStore:
 
         def change(document: Document) -> tuple[Document | None, Batch]:
             records = document["batches"]
-            stored = Batch.model_validate(records[resolve_id(records, batch_id, "batch")])
+            stored = _validate(records[resolve_id(records, batch_id, "batch")])
             _check_fence(stored, lease_token)
             merged = stored.model_copy(
                 update={
@@ -117,7 +118,7 @@ class BatchStore:
 
         def change(document: Document) -> tuple[Document | None, Batch | None]:
             records = document["batches"]
-            stored = Batch.model_validate(records[resolve_id(records, batch_id, "batch")])
+            stored = _validate(records[resolve_id(records, batch_id, "batch")])
             if not when(stored.lease):
                 return None, None
             updated = stored.model_copy(update={"lease": new_lease})
@@ -135,7 +136,7 @@ class BatchStore:
                 break
             lease = raw.get("lease")
             if not raw.get("cancelled") and lease and is_served(Lease.model_validate(lease)):
-                older.append(Batch.model_validate(raw))
+                older.append(_validate(raw))
         return older
 
     def remove(self, batch_ids: set[str]) -> None:
@@ -146,6 +147,11 @@ class BatchStore:
             return document, None
 
         self.file.update(change)
+
+
+def _validate(raw: Any) -> Batch:
+    with without_gc():
+        return Batch.model_validate(raw)
 
 
 def _check_fence(stored: Batch, lease_token: str | None) -> None:
@@ -163,4 +169,4 @@ def _newest_with_key(records: Mapping[str, Any], plan_hash: str, staging: str) -
     for raw in records.values():
         if raw["plan_hash"] == plan_hash and raw["staging"] == staging:
             newest = raw
-    return Batch.model_validate(newest) if newest is not None else None
+    return _validate(newest) if newest is not None else None

@@ -23,6 +23,7 @@ import orjson
 from filelock import FileLock, Timeout
 
 from batchctl.core.errors import LockTimeout, StateTooNew, StateUnreadable
+from batchctl.runtime.memory import without_gc
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 FILE_MODE = 0o600
@@ -66,7 +67,8 @@ class JsonStateFile:
         except FileNotFoundError:
             return self.empty()
         try:
-            document = orjson.loads(raw)
+            with without_gc():
+                document = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise self._unreadable(f"is not valid JSON ({exc})") from None
         if not isinstance(document, dict) or not isinstance(document.get(self.collection), dict):
