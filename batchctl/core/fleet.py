@@ -19,7 +19,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -45,7 +44,15 @@ def _check_name(value: object) -> object:
     return value
 
 
+def _list_as_tuple(value: object) -> object:
+    # YAML gives lists; the models are frozen and keep tuples (strict mode
+    # would refuse the list).
+    return tuple(value) if isinstance(value, list) else value
+
+
 FleetName = Annotated[str, BeforeValidator(_check_name)]
+Tags = Annotated[tuple[FleetName, ...], BeforeValidator(_list_as_tuple)]
+SshOptions = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
 
 
 class Machine(BaseModel):
@@ -54,7 +61,7 @@ class Machine(BaseModel):
     name: FleetName
     transport: Literal["local", "ssh"] = "local"
     os: OsName = Field(default_factory=this_os)
-    tags: tuple[FleetName, ...] = ()
+    tags: Tags = ()
     slots: Annotated[int, Field(ge=1, le=4096)] = 1
     # ssh only
     host: str | None = None
@@ -64,17 +71,12 @@ class Machine(BaseModel):
     workdir: str | None = None
     known_hosts: str | None = None
     strict_host_key_checking: Literal["accept-new", "yes", "no"] = "accept-new"
-    ssh_options: tuple[str, ...] = ()
+    ssh_options: SshOptions = ()
     keep_remote: bool = False
     max_artifacts_mb: Annotated[int, Field(ge=1)] = 1024
     # Set for machines discovered through an inventory; never in a fleet file.
     source: str = "file"
     online: bool | None = None
-
-    @field_validator("tags", "ssh_options", mode="before")
-    @classmethod
-    def _tuple_from_list(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _transport_fields(self) -> Machine:
@@ -133,16 +135,11 @@ class InventorySpec(BaseModel):
     identity_file: str | None = None
     workdir: str | None = None
     known_hosts: str | None = None
-    ssh_options: tuple[str, ...] = ()
+    ssh_options: SshOptions = ()
     slots: Annotated[int, Field(ge=1, le=4096)] = 1
     os: OsName = "linux"
     timeout: Annotated[int, BeforeValidator(parse_duration)] = 10
     cache_ttl: Annotated[int, BeforeValidator(parse_duration)] = 60
-
-    @field_validator("ssh_options", mode="before")
-    @classmethod
-    def _tuple_from_list(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _kind_fields(self) -> InventorySpec:
