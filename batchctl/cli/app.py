@@ -12,9 +12,9 @@ import typer
 from batchctl import __version__
 from batchctl.cli import batches, fleet
 from batchctl.cli.output import error_envelope
+from batchctl.cli.settings import resolve_state_dir
 from batchctl.core.errors import BatchctlError, ExitCode, InvalidInput
 from batchctl.runtime.clock import SystemClock
-from batchctl.runtime.settings import resolve_state_dir
 
 app = typer.Typer(
     name="batchctl",

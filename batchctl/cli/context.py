@@ -5,13 +5,13 @@ import socket
 import sys
 import time
 
+from batchctl.cli.settings import Settings, load_settings, user_at_host
 from batchctl.core.dispatch import Dispatcher
 from batchctl.core.fleet import Fleet, FleetSource, load_fleet
 from batchctl.core.service import BatchService
 from batchctl.inventory.resolve import InventoryResolver
 from batchctl.runtime.clock import Clock, SystemClock
 from batchctl.runtime.processes import pid_alive
-from batchctl.runtime.settings import Settings, load_settings, user_at_host
 from batchctl.runtime.testdir import hash_test_dir
 from batchctl.runtime.worker import spawn_worker
 from batchctl.state.batches import BatchStore
