@@ -174,8 +174,9 @@ class BatchService:
         """Stop dispatching, skip queued items, stop running runs (they end
         interrupted), and wait up to ``settle_s`` for them to be recorded."""
         batch = self.batches.get(batch_id)
-        if self.view(batch).done:
-            return self.view(batch)
+        before = self.view(batch)
+        if before.done:
+            return before
         now = self.clock.now()
         skips = {
             name: item.skipped(SkipCode.CANCELLED, now)
@@ -198,7 +199,11 @@ class BatchService:
         entry = self._entry(batch, item_name)
         item = batch.items[item_name]
         run_ids = [*item.history, *([item.run_id] if item.run_id else [])]
-        runs = self._runs_of([batch]) | self.runs.get_many(item.history)
+        # One read of runs.json: every item's latest run (for needs and
+        # reasons) plus this item's earlier attempts.
+        runs = self.runs.get_many(
+            [*(i.run_id for i in batch.items.values() if i.run_id), *item.history]
+        )
         view = item_view(entry, item, batch, runs, self._fleet_context())
         return ItemDetail(
             **view.model_dump(),
