@@ -114,8 +114,8 @@ class Scheduler:
         report = StepReport(done=False)
         runs = self._runs_of(batch)
 
-        self._reap(batch, runs, now, report)
-        runs = self._runs_of(batch)
+        if self._reap(batch, runs, now, report):
+            runs = self._runs_of(batch)  # the reap changed some runs' status
 
         proposals: dict[str, Item] = {}
         self._retry_and_cascade(batch, runs, now, proposals, report)
@@ -149,7 +149,10 @@ class Scheduler:
 
     def _reap(
         self, batch: Batch, runs: Mapping[str, Run], now: datetime, report: StepReport
-    ) -> None:
+    ) -> bool:
+        """End runs whose executor is gone (or whose batch was cancelled) and
+        start prepared runs nobody started. True if any run was touched."""
+        touched = False
         for item in batch.items.values():
             run = runs.get(item.run_id or "")
             if item.state is not ItemState.DISPATCHED or run is None or run.status.terminal:
@@ -157,6 +160,7 @@ class Scheduler:
             transport = self._transport(run.machine)
             if batch.cancelled and transport is not None:
                 transport.terminate(run)
+                touched = True
                 continue
             if not run.claimed:
                 age = now - run.created_at
@@ -176,6 +180,8 @@ class Scheduler:
                         message=f"machine {run.machine!r} left the fleet",
                     )
                 report.interrupted.append(item.name)
+                touched = True
+        return touched
 
     def _retry_and_cascade(
         self,
