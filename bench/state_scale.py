@@ -22,10 +22,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchctl.core.models import Batch, Entry, Item, ItemState
-from batchctl.core.views import batch_view
-from batchctl.runtime.memory import without_gc
+from batchctl.model.models import Batch, Entry, Item, ItemState
+from batchctl.model.views import batch_view
 from batchctl.state.batches import BatchStore
+from batchctl.state.memory import without_gc
 from batchctl.state.runs import RunStore
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from batchctl.core.models import Run, RunStatus
+from batchctl.model.models import Run, RunStatus
 from batchctl.state.runs import RunStore
 
 FAKE_EXECUTOR_PID = 999_999

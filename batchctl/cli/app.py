@@ -13,8 +13,8 @@ from batchctl import __version__
 from batchctl.cli import batches, fleet
 from batchctl.cli.output import error_envelope
 from batchctl.cli.settings import resolve_state_dir
-from batchctl.core.errors import BatchctlError, ExitCode, InvalidInput
-from batchctl.runtime.clock import SystemClock
+from batchctl.model.clock import SystemClock
+from batchctl.model.errors import BatchctlError, ExitCode, InvalidInput
 
 app = typer.Typer(
     name="batchctl",

@@ -25,11 +25,11 @@ from batchctl.cli.render import (
     render_retry,
     render_submit,
 )
-from batchctl.core.errors import ExitCode, InvalidInput, NotFound
-from batchctl.core.plan import load_plan, parse_duration
-from batchctl.core.service import BatchService, LogTarget
-from batchctl.core.views import BatchList, BatchView
-from batchctl.runtime.logs import follow_log
+from batchctl.engine.service import BatchService, LogTarget
+from batchctl.model.errors import ExitCode, InvalidInput, NotFound
+from batchctl.model.plan import load_plan, parse_duration
+from batchctl.model.views import BatchList, BatchView
+from batchctl.transports.logs import follow_log
 
 WAIT_POLL_S = 0.5
 

@@ -6,17 +6,17 @@ import sys
 import time
 
 from batchctl.cli.settings import Settings, load_settings, user_at_host
-from batchctl.core.dispatch import Dispatcher
-from batchctl.core.fleet import Fleet, FleetSource, load_fleet
-from batchctl.core.service import BatchService
+from batchctl.engine.dispatch import Dispatcher
+from batchctl.engine.service import BatchService
+from batchctl.engine.worker import spawn_worker
 from batchctl.inventory.resolve import InventoryResolver
-from batchctl.runtime.clock import Clock, SystemClock
-from batchctl.runtime.processes import pid_alive
-from batchctl.runtime.testdir import hash_test_dir
-from batchctl.runtime.worker import spawn_worker
+from batchctl.model.clock import Clock, SystemClock
+from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.detached import DetachedTransport
+from batchctl.transports.processes import pid_alive
+from batchctl.transports.testdir import hash_test_dir
 
 
 def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:

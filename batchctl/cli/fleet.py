@@ -12,13 +12,13 @@ from batchctl.cli.context import load_settings, open_dispatcher, open_service
 from batchctl.cli.options import FleetOption, JsonOption, StateDirOption
 from batchctl.cli.output import Output
 from batchctl.cli.render import render_machines
-from batchctl.core.errors import ExitCode
-from batchctl.core.fleet import Machine
-from batchctl.core.views import MachineList
-from batchctl.runtime.clock import SystemClock
-from batchctl.runtime.executor import ExecutorSettings, execute_run
-from batchctl.runtime.runners import make_runner
-from batchctl.runtime.worker import LEASE_TOKEN_VARIABLE, run_worker
+from batchctl.engine.worker import LEASE_TOKEN_VARIABLE, run_worker
+from batchctl.model.clock import SystemClock
+from batchctl.model.errors import ExitCode
+from batchctl.model.fleet import Machine
+from batchctl.model.views import MachineList
+from batchctl.transports.executor import ExecutorSettings, execute_run
+from batchctl.transports.runners import make_runner
 
 
 def machines(

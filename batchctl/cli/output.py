@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel
 from rich.console import Console
 
-from batchctl.core.errors import BatchctlError
+from batchctl.model.errors import BatchctlError
 
 ENVELOPE_SCHEMA_VERSION = "v1"
 PIPE_WIDTH = 160

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 
 from batchctl.cli.render import batch_table, counts_line
-from batchctl.core.views import BatchView
+from batchctl.model.views import BatchView
 
 
 class Progress(AbstractContextManager["Progress"]):

@@ -5,8 +5,8 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-from batchctl.core.service import DryRunResult, RetryResult, SubmitResult
-from batchctl.core.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
+from batchctl.engine.service import DryRunResult, RetryResult, SubmitResult
+from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
 
 OUTCOME_STYLE = {
     "passed": "green",

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchctl.core.dispatch import Tuning
-from batchctl.core.errors import InvalidInput
+from batchctl.engine.dispatch import Tuning
+from batchctl.model.errors import InvalidInput
 from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S
 
 

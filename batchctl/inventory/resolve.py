@@ -13,9 +13,9 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from batchctl.core.fleet import Fleet, InventorySpec, Machine
 from batchctl.inventory.sources import InventoryError, http_machines, tailscale_machines
-from batchctl.runtime.clock import Clock
+from batchctl.model.clock import Clock
+from batchctl.model.fleet import Fleet, InventorySpec, Machine
 from batchctl.state.jsonfile import JsonStateFile
 
 CACHE_SCHEMA_VERSION = 1

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from batchctl.core.errors import InvalidFleet
-from batchctl.core.fleet import InventorySpec
+from batchctl.model.errors import InvalidFleet
+from batchctl.model.fleet import InventorySpec
 
 TAILSCALE_OS = {"linux": "linux", "macos": "darwin", "darwin": "darwin", "windows": "windows"}
 

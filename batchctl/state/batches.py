@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from batchctl.core.errors import LeaseLost, NotFound
-from batchctl.core.models import Batch, Item, Lease
-from batchctl.runtime.memory import without_gc
+from batchctl.model.errors import LeaseLost, NotFound
+from batchctl.model.models import Batch, Item, Lease
 from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S, Document, JsonStateFile
+from batchctl.state.memory import without_gc
 from batchctl.state.merge import merge_items
 
 BATCHES_SCHEMA_VERSION = 1

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import orjson
 from filelock import FileLock, Timeout
 
-from batchctl.core.errors import LockTimeout, StateTooNew, StateUnreadable
-from batchctl.runtime.memory import without_gc
+from batchctl.model.errors import LockTimeout, StateTooNew, StateUnreadable
+from batchctl.state.memory import without_gc
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 FILE_MODE = 0o600

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from batchctl.core.models import Item, ItemState
+from batchctl.model.models import Item, ItemState
 
 STATE_RANK: dict[ItemState, int] = {
     ItemState.QUEUED: 0,

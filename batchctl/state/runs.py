@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from batchctl.core.models import RUN_STATUS_ORDER, Run, RunStatus
+from batchctl.model.models import RUN_STATUS_ORDER, Run, RunStatus
 from batchctl.state.batches import resolve_id
 from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S, Document, JsonStateFile
 

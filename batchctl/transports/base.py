@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from batchctl.core.models import Run
+from batchctl.model.models import Run
 
 
 class Transport(Protocol):

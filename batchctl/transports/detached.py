@@ -13,19 +13,19 @@ import socket
 import sys
 from pathlib import Path
 
-from batchctl.core.fleet import FleetSource
-from batchctl.core.models import Run, RunStatus
-from batchctl.runtime.clock import Clock
-from batchctl.runtime.processes import (
+from batchctl.model.clock import Clock
+from batchctl.model.fleet import FleetSource
+from batchctl.model.models import Run, RunStatus
+from batchctl.state.runs import RunStore
+from batchctl.transports.processes import (
     group_alive,
     kill_group,
     pid_alive,
     processes_with_env,
     spawn_detached,
 )
-from batchctl.runtime.runners.ssh import kill_remote_run
-from batchctl.state.runs import RunStore
 from batchctl.transports.remote import RemoteLayout
+from batchctl.transports.runners.ssh import kill_remote_run
 
 
 def executor_argv(run_id: str, state_dir: Path, fleet: Path | None) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchctl.core.fleet import Machine
+from batchctl.model.fleet import Machine
 
 CONNECT_TIMEOUT_S = 10
 KEEPALIVE_INTERVAL_S = 5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.core.service import BatchService
+from batchctl.engine.service import BatchService
 from tests.helpers import (
     CliRunner,
     blocking_script,

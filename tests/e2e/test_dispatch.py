@@ -13,7 +13,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from batchctl.runtime.processes import group_alive, pid_alive
+from batchctl.transports.processes import group_alive, pid_alive
 from tests.helpers import (
     blocking_script,
     make_suite,

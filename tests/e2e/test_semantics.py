@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from batchctl.runtime.processes import group_alive, pid_alive
+from batchctl.transports.processes import group_alive, pid_alive
 from tests.helpers import blocking_script, make_suite, run_batchctl, wait_until, write_plan
 
 PASS = '#!/bin/sh\necho "$BATCHCTL_ITEM attempt $BATCHCTL_ATTEMPT"\n'

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batchctl.runtime.processes import pid_alive
+from batchctl.transports.processes import pid_alive
 from tests.helpers import blocking_script, make_suite, run_batchctl, wait_until, write_plan
 from tests.sshd import Sshd, free_port
 

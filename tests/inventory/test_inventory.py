@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from batchctl.core.fleet import Fleet, Machine
+from batchctl.model.fleet import Fleet, Machine
 from tests.helpers import CliRunner
 
 
@@ -286,7 +286,7 @@ def test_answers_are_cached_briefly_and_a_failing_api_falls_back_to_them(
 
 
 def test_offline_machines_receive_no_runs() -> None:
-    from batchctl.core.views import machine_state
+    from batchctl.model.views import machine_state
 
     offline = Machine(
         name="m", transport="local", tags=("t",), online=False, source="inventory:http"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchctl.core.models import Item, ItemState, SkipCode
+from batchctl.model.models import Item, ItemState, SkipCode
 from batchctl.state.merge import item_version, merge_item, merge_items
 
 QUEUED = Item(name="a")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.core.errors import LockTimeout, StateTooNew, StateUnreadable
-from batchctl.core.models import Batch, Entry, Item, ItemState
+from batchctl.model.errors import LockTimeout, StateTooNew, StateUnreadable
+from batchctl.model.models import Batch, Entry, Item, ItemState
 from batchctl.state.batches import BatchStore
 from tests.helpers import lock_held_elsewhere
 

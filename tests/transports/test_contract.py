@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.core.fleet import FleetSource, load_fleet
-from batchctl.core.models import Batch, Item, Run, RunStatus
-from batchctl.core.plan import load_plan_text
-from batchctl.runtime.clock import SystemClock
-from batchctl.runtime.processes import group_alive
+from batchctl.model.clock import SystemClock
+from batchctl.model.fleet import FleetSource, load_fleet
+from batchctl.model.models import Batch, Item, Run, RunStatus
+from batchctl.model.plan import load_plan_text
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.base import Transport
 from batchctl.transports.detached import DetachedTransport
+from batchctl.transports.processes import group_alive
 from tests.fakes import FakeClock, FakeTransport
 from tests.helpers import blocking_script, make_suite, processes_of, wait_until
 from tests.sshd import Sshd

@@ -8,8 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from batchctl.core.fleet import Machine
-from batchctl.runtime.runners.ssh import classify_ssh_failure
+from batchctl.model.fleet import Machine
 from batchctl.transports.remote import (
     PosixCommands,
     RemoteLayout,
@@ -18,6 +17,7 @@ from batchctl.transports.remote import (
     ps_quote,
     ssh_argv,
 )
+from batchctl.transports.runners.ssh import classify_ssh_failure
 
 HOSTILE = "a b'c\"d $(touch pwned) `id` ; rm -rf / & echo $HOME"
 

@@ -14,11 +14,11 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from batchctl.core.fleet import Machine
-from batchctl.core.models import RunStatus
-from batchctl.runtime.archive import UnsafeArchive, safe_extract
-from batchctl.runtime.runners.base import Ended, from_exit_code, wait_for_exit
+from batchctl.model.fleet import Machine
+from batchctl.model.models import RunStatus
+from batchctl.transports.archive import UnsafeArchive, safe_extract
 from batchctl.transports.remote import RemoteLayout, commands_for, ssh_argv
+from batchctl.transports.runners.base import Ended, from_exit_code, wait_for_exit
 
 SSH_FAILED = 255  # what ssh exits with when ssh itself, not the command, failed
 AUTH_MARKERS = (

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from batchctl.core.fleet import Fleet, Machine
-from batchctl.core.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
-from batchctl.core.policy import (
+from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
+from batchctl.model.policy import (
     Backoff,
     item_is_final,
     item_passed,
@@ -36,7 +36,7 @@ from batchctl.core.policy import (
     retry_due,
     unmet_needs,
 )
-from batchctl.core.views import batch_done
+from batchctl.model.views import batch_done
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
 from batchctl.transports.base import Transport

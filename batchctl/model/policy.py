@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from batchctl.core.models import Entry, Item, ItemState, Run, RunStatus
+from batchctl.model.models import Entry, Item, ItemState, Run, RunStatus
 
 RUN_OUTCOME: dict[RunStatus, str] = {
     RunStatus.PENDING: "running",

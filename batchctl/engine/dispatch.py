@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from batchctl.core.errors import LeaseLost
-from batchctl.core.fleet import Fleet, FleetSource
-from batchctl.core.lease import lease_is_live
-from batchctl.core.models import Batch, Lease
-from batchctl.core.policy import Backoff
-from batchctl.core.scheduler import Scheduler, SchedulerSettings, StepReport
-from batchctl.runtime.clock import Clock
+from batchctl.engine.lease import lease_is_live
+from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
+from batchctl.model.clock import Clock
+from batchctl.model.errors import LeaseLost
+from batchctl.model.fleet import Fleet, FleetSource
+from batchctl.model.models import Batch, Lease
+from batchctl.model.policy import Backoff
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.base import Transport

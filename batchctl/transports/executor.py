@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from batchctl.core.fleet import Machine
-from batchctl.core.models import Batch, Entry, Run, RunStatus
-from batchctl.runtime.clock import Clock
-from batchctl.runtime.processes import process_start_time
-from batchctl.runtime.runners.base import Ended, Runner
+from batchctl.model.clock import Clock
+from batchctl.model.fleet import Machine
+from batchctl.model.models import Batch, Entry, Run, RunStatus
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
+from batchctl.transports.processes import process_start_time
+from batchctl.transports.runners.base import Ended, Runner
 
 WAIT_SLICE_S = 0.1
 

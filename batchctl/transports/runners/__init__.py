@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from batchctl.core.fleet import Machine
-from batchctl.core.models import Entry, Run
-from batchctl.runtime.clock import Clock
-from batchctl.runtime.runners.base import Runner
-from batchctl.runtime.runners.local import LocalRunner
-from batchctl.runtime.runners.ssh import SshRunner
+from batchctl.model.clock import Clock
+from batchctl.model.fleet import Machine
+from batchctl.model.models import Entry, Run
+from batchctl.transports.runners.base import Runner
+from batchctl.transports.runners.local import LocalRunner
+from batchctl.transports.runners.ssh import SshRunner
 
 
 def make_runner(

@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
-from batchctl.core.models import RunStatus
-from batchctl.runtime.clock import Clock
-from batchctl.runtime.processes import group_alive, kill_group
-from batchctl.runtime.runners.base import Ended, from_exit_code, wait_for_exit
-from batchctl.runtime.testdir import copy_test_dir
+from batchctl.model.clock import Clock
+from batchctl.model.models import RunStatus
+from batchctl.transports.processes import group_alive, kill_group
+from batchctl.transports.runners.base import Ended, from_exit_code, wait_for_exit
+from batchctl.transports.testdir import copy_test_dir
 
 
 class LocalRunner:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.core.plan import load_plan_text, parse_duration
+from batchctl.model.plan import load_plan_text, parse_duration
 
 BASE = """
 version: 1

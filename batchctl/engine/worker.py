@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from batchctl.core.dispatch import Dispatcher
-from batchctl.core.errors import LeaseLost
-from batchctl.runtime.clock import utc_iso
-from batchctl.runtime.processes import spawn_detached
+from batchctl.engine.dispatch import Dispatcher
+from batchctl.model.clock import utc_iso
+from batchctl.model.errors import LeaseLost
+from batchctl.transports.processes import spawn_detached
 
 LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
 

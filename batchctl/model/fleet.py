@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from batchctl.core.errors import InvalidFleet, InvalidPlan
-from batchctl.core.plan import NAME_RE, parse_duration, parse_yaml
+from batchctl.model.errors import InvalidFleet, InvalidPlan
+from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
 
 OsName = Literal["linux", "darwin", "windows"]
 ENTRYPOINTS: dict[str, str] = {"linux": "run.sh", "darwin": "run.sh", "windows": "run.ps1"}

@@ -13,10 +13,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from batchctl.core.fleet import Fleet, Machine
-from batchctl.core.models import Batch, Entry, Item, ItemState, Run
-from batchctl.core.policy import item_is_final, item_outcome, unmet_needs
-from batchctl.runtime.clock import utc_iso
+from batchctl.model.clock import utc_iso
+from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.models import Batch, Entry, Item, ItemState, Run
+from batchctl.model.policy import item_is_final, item_outcome, unmet_needs
 
 
 class View(BaseModel):

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchctl.core.fleet import Fleet, Machine
-from batchctl.core.models import Batch, Entry, Item, ItemState, Run, RunStatus
-from batchctl.core.policy import Backoff, prefer_fresh_machines, ready_since, retry_delay
-from batchctl.core.views import FleetContext, batch_view
+from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus
+from batchctl.model.policy import Backoff, prefer_fresh_machines, ready_since, retry_delay
+from batchctl.model.views import FleetContext, batch_view
 
 NOW = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
 
@@ -149,7 +149,7 @@ def test_reasons_explain_why_an_item_waits() -> None:
 def test_retry_is_due_only_for_listed_statuses_with_attempts_left(
     status: RunStatus, attempt: int, retry_on: tuple[str, ...], due: bool
 ) -> None:
-    from batchctl.core.policy import item_is_final, retry_due
+    from batchctl.model.policy import item_is_final, retry_due
 
     retried = entry("a").model_copy(update={"retries": 2, "retry_on": retry_on})
     item = Item(name="a", state=ItemState.DISPATCHED, attempt=attempt, run_id="r")

@@ -7,12 +7,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from batchctl.core.dispatch import Dispatcher
-from batchctl.core.errors import InvalidPlan, NotFound
-from batchctl.core.models import Batch, Entry, Item, ItemState, Run, SkipCode
-from batchctl.core.plan import Plan, missing_dir_problems
-from batchctl.core.policy import item_is_final, item_passed
-from batchctl.core.views import (
+from batchctl.engine.dispatch import Dispatcher
+from batchctl.model.clock import Clock
+from batchctl.model.errors import InvalidPlan, NotFound
+from batchctl.model.models import Batch, Entry, Item, ItemState, Run, SkipCode
+from batchctl.model.plan import Plan, missing_dir_problems
+from batchctl.model.policy import item_is_final, item_passed
+from batchctl.model.views import (
     BatchSummary,
     BatchView,
     FleetContext,
@@ -25,9 +26,8 @@ from batchctl.core.views import (
     item_view,
     machine_views,
 )
-from batchctl.runtime.clock import Clock
-from batchctl.runtime.memory import without_gc
 from batchctl.state.batches import BatchStore
+from batchctl.state.memory import without_gc
 from batchctl.state.runs import RunStore
 
 

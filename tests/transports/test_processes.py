@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from batchctl.runtime.clock import SystemClock
-from batchctl.runtime.processes import (
+from batchctl.model.clock import SystemClock
+from batchctl.transports.processes import (
     group_alive,
     kill_group,
     pid_alive,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.runtime.archive import UnsafeArchive, safe_extract
+from batchctl.transports.archive import UnsafeArchive, safe_extract
 
 
 def archive(*members: tuple[tarfile.TarInfo, bytes | None]) -> io.BytesIO:

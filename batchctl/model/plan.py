@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from batchctl.core.errors import EmptyPlan, InvalidInput, InvalidPlan
-from batchctl.core.models import Entry
+from batchctl.model.errors import EmptyPlan, InvalidInput, InvalidPlan
+from batchctl.model.models import Entry
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

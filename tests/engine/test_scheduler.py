@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from batchctl.core.errors import LeaseLost
-from batchctl.core.fleet import Fleet, Machine
-from batchctl.core.models import Batch, Item, ItemState, Lease, RunStatus, SkipCode
-from batchctl.core.plan import load_plan_text
-from batchctl.core.policy import Backoff
-from batchctl.core.scheduler import Scheduler, SchedulerSettings
-from batchctl.core.views import FleetContext, batch_view
-from batchctl.runtime.testdir import hash_test_dir
+from batchctl.engine.scheduler import Scheduler, SchedulerSettings
+from batchctl.model.errors import LeaseLost
+from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.models import Batch, Item, ItemState, Lease, RunStatus, SkipCode
+from batchctl.model.plan import load_plan_text
+from batchctl.model.policy import Backoff
+from batchctl.model.views import FleetContext, batch_view
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
+from batchctl.transports.testdir import hash_test_dir
 from tests.fakes import FakeClock, FakeTransport
 from tests.helpers import make_suite
 

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from batchctl.core.models import RunStatus
+from batchctl.model.models import RunStatus
 
 
 @dataclass(frozen=True)

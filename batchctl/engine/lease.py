@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from batchctl.core.models import Lease
+from batchctl.model.models import Lease
 
 
 def lease_is_live(

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from batchctl.runtime.clock import Clock
+from batchctl.model.clock import Clock
 
 POLL_S = 0.05
 KILL_SETTLE_S = 5.0
