@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from batchctl.model.models import Run, RunStatus
+from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
 
-FAKE_EXECUTOR_PID = 999_999
+FAKE_SUPERVISOR = ProcessIdentity(boot_id="fake", pid_ns="fake", pid=999_999, start_ticks=1)
 
 
 class FakeClock:
@@ -46,9 +46,14 @@ class FakeTransport:
     started: list[str] = field(default_factory=list)
     executions: list[str] = field(default_factory=list)
     dead_executors: set[str] = field(default_factory=set)
+    # Starts that die before claiming their run (an executor killed at once).
+    lose_starts: int = 0
 
     def start(self, run: Run) -> None:
         self.started.append(run.id)
+        if self.lose_starts > 0:
+            self.lose_starts -= 1
+            return
 
         def claim(current: Run) -> Run | None:
             if current.status is not RunStatus.PENDING or current.claimed:
@@ -57,13 +62,12 @@ class FakeTransport:
                 update={
                     "status": RunStatus.RUNNING,
                     "started_at": self.clock.now(),
-                    "executor_pid": FAKE_EXECUTOR_PID,
-                    "executor_host": "fake",
+                    "supervisor": FAKE_SUPERVISOR,
                 }
             )
 
         claimed = self.runs.update(run.id, claim)
-        if claimed.executor_pid == FAKE_EXECUTOR_PID and claimed.status is RunStatus.RUNNING:
+        if claimed.supervisor == FAKE_SUPERVISOR and claimed.status is RunStatus.RUNNING:
             self.executions.append(run.id)
             log = Path(run.log_path)
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +78,10 @@ class FakeTransport:
     def alive(self, run: Run) -> bool:
         return run.claimed and not run.status.terminal and run.id not in self.dead_executors
 
-    def terminate(self, run: Run) -> None:
-        self.runs.finish(run.id, RunStatus.INTERRUPTED, now=self.clock.now(), message="terminated")
+    def terminate(self, run: Run) -> Run:
+        return self.runs.finish(
+            run.id, RunStatus.INTERRUPTED, now=self.clock.now(), message="terminated"
+        )
 
     def finish(
         self, run_id: str, status: RunStatus = RunStatus.SUCCEEDED, exit_code: int | None = 0

@@ -180,3 +180,26 @@ def lock_held_elsewhere(lock_path: Path) -> Iterator[None]:
         yield
     finally:
         holder.communicate(input="", timeout=10)
+
+
+def stored_runs(state_dir: Path) -> dict[str, Any]:
+    """Every run as runs.json (snapshot and journal) holds it, read fresh."""
+    from batchctl.state.runs import RunStore
+
+    runs: dict[str, Any] = RunStore(state_dir).file.read()["runs"]
+    return runs
+
+
+def stored_batches(state_dir: Path) -> dict[str, Any]:
+    """Every batch as batches.json (snapshot and journal) holds it, read fresh."""
+    from batchctl.state.batches import BatchStore
+
+    batches: dict[str, Any] = BatchStore(state_dir).file.read()["batches"]
+    return batches
+
+
+def run_pgid(state_dir: Path, run_id: str) -> int | None:
+    """The test's process group, as the run's supervisor recorded it."""
+    from batchctl.transports.rundir import read_pgid
+
+    return read_pgid(state_dir / "runs" / run_id)

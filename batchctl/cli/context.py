@@ -7,6 +7,7 @@ import time
 
 from batchctl.cli.settings import Settings, load_settings, user_at_host
 from batchctl.engine.dispatch import Dispatcher
+from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.service import BatchService
 from batchctl.engine.worker import spawn_worker
 from batchctl.inventory.resolve import InventoryResolver
@@ -15,7 +16,7 @@ from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.detached import DetachedTransport
-from batchctl.transports.processes import pid_alive
+from batchctl.transports.processes import identity_alive, identity_of, pid_alive, this_process
 from batchctl.transports.testdir import hash_test_dir
 
 
@@ -41,7 +42,9 @@ def open_dispatcher(settings: Settings) -> Dispatcher:
         kill_grace_s=settings.tuning.kill_grace_s,
         fleet_path=settings.fleet_path,
         fleet=fleet,
+        executor_stale_s=max(settings.tuning.lease_stale_s, 3 * settings.tuning.heartbeat_s),
     )
+    this_host = socket.gethostname()
     return Dispatcher(
         batches=batches,
         runs=runs,
@@ -50,9 +53,17 @@ def open_dispatcher(settings: Settings) -> Dispatcher:
         transports={"local": transport, "ssh": transport},
         clock=clock,
         tuning=settings.tuning,
-        this_host=socket.gethostname(),
+        this_host=this_host,
         this_pid=os.getpid(),
-        pid_alive=pid_alive,
+        judge=LeaseJudge(
+            stale_s=settings.tuning.lease_stale_s,
+            monotonic=clock.monotonic,
+            identity_alive=identity_alive,
+            this_host=this_host,
+            pid_alive=pid_alive,
+        ),
+        this_process=this_process,
+        identity_of=identity_of,
         hash_dir=hash_test_dir,
         spawn_worker=lambda batch_id, fleet, token: spawn_worker(
             settings.state_dir, batch_id, fleet, token

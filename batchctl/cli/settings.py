@@ -11,7 +11,7 @@ from pathlib import Path
 
 from batchctl.engine.dispatch import Tuning
 from batchctl.model.errors import InvalidInput
-from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S
+from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from batchctl.engine.lease import lease_is_live
+from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.model.clock import Clock
 from batchctl.model.errors import LeaseLost
 from batchctl.model.fleet import Fleet, FleetSource
-from batchctl.model.models import Batch, Lease
+from batchctl.model.models import Batch, Lease, ProcessIdentity
 from batchctl.model.policy import Backoff
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
@@ -48,7 +47,10 @@ class Dispatcher:
     tuning: Tuning
     this_host: str
     this_pid: int
-    pid_alive: Callable[[int], bool]
+    judge: LeaseJudge
+    # The identity of this process, and of another by pid (None if gone).
+    this_process: Callable[[], ProcessIdentity]
+    identity_of: Callable[[int], ProcessIdentity | None]
     hash_dir: Callable[[Path], str]
     # (batch id, fleet file, lease token) -> pid of the started worker
     spawn_worker: Callable[[str, str | None, str], int]
@@ -57,42 +59,43 @@ class Dispatcher:
     def fleet(self) -> Fleet:
         return self.fleet_source.get()
 
-    def lease_live(self, lease: Lease | None, now: datetime | None = None) -> bool:
-        return lease_is_live(
-            lease,
-            now=now or self.clock.now(),
-            stale_s=self.tuning.lease_stale_s,
-            this_host=self.this_host,
-            pid_alive=self.pid_alive,
-        )
+    def lease_live(self, batch_id: str, lease: Lease | None) -> bool:
+        return self.judge.live(batch_id, lease)
 
-    def _new_lease(self, token: str, pid: int | None = None) -> Lease:
+    def _new_lease(self, token: str, holder: ProcessIdentity | None, beat: int) -> Lease:
         return Lease(
             token=token,
-            pid=pid or self.this_pid,
+            pid=holder.pid if holder else self.this_pid,
             host=self.this_host,
             heartbeat_at=self.clock.now(),
             fleet=str(self.fleet_path) if self.fleet_path else None,
+            holder=holder,
+            beat=beat,
         )
 
     def take_lease(self, batch_id: str) -> str | None:
         """A fresh lease token if no live holder has the batch, else None."""
         token = secrets.token_hex(16)
+        lease = self._new_lease(token, self.this_process(), 0)
         taken = self.batches.swap_lease(
-            batch_id,
-            when=lambda lease: not self.lease_live(lease),
-            new_lease=self._new_lease(token),
+            batch_id, when=lambda current: not self.lease_live(batch_id, current), new_lease=lease
         )
-        return token if taken is not None else None
+        return token if taken else None
 
-    def renew_lease(self, batch_id: str, token: str, *, pid: int | None = None) -> bool:
-        """Refresh our lease (or, with ``pid``, hand it to that process)."""
-        renewed = self.batches.swap_lease(
+    def renew_lease(
+        self, batch_id: str, token: str, *, holder: ProcessIdentity | None = None
+    ) -> bool:
+        """Count one more renewal of our lease (or, with ``holder``, hand it
+        to that process). False if the lease is no longer ours."""
+        current = self.batches.lease(batch_id)
+        if current is None or current.token != token:
+            return False
+        renewed = self._new_lease(token, holder or current.holder, current.beat + 1)
+        return self.batches.swap_lease(
             batch_id,
             when=lambda lease: lease is not None and lease.token == token,
-            new_lease=self._new_lease(token, pid),
+            new_lease=renewed.model_copy(update={"fleet": current.fleet or renewed.fleet}),
         )
-        return renewed is not None
 
     def release_lease(self, batch_id: str, token: str) -> None:
         self.batches.swap_lease(
@@ -108,14 +111,10 @@ class Dispatcher:
             lease_token=token,
             settings=SchedulerSettings(
                 launch_grace_s=self.tuning.lease_stale_s,
-                executor_stale_s=max(self.tuning.lease_stale_s, 3 * self.tuning.heartbeat_s),
                 backoff=Backoff(base_s=self.tuning.retry_base_s, cap_s=self.tuning.retry_cap_s),
             ),
             hash_dir=self.hash_dir,
-            this_host=self.this_host,
-            older_batches=lambda batch, now: self.batches.older_active(
-                batch, lambda lease: self.lease_live(lease, now)
-            ),
+            lease_judge=self.judge,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:
@@ -141,15 +140,18 @@ class Dispatcher:
 
     def _hand_to_worker(self, batch_id: str, token: str, fleet: str | None) -> None:
         """Pass a lease we hold to a new worker process. The lease names the
-        worker's pid at once, so nobody else starts a second worker meanwhile,
-        and a worker that fails to start is seen dead at once."""
+        worker at once, so nobody else starts a second worker meanwhile, and
+        a worker that fails to start is seen dead at once."""
         pid = self.spawn_worker(batch_id, fleet, token)
-        self.renew_lease(batch_id, token, pid=pid)
+        holder = self.identity_of(pid) or self.this_process().model_copy(
+            update={"pid": pid, "start_ticks": 0}
+        )
+        self.renew_lease(batch_id, token, holder=holder)
 
     def ensure_worker(self, batch: Batch) -> bool:
         """Start a worker for an unfinished batch nobody serves (a takeover of a
         dead lease). True if one was started."""
-        if self.lease_live(batch.lease):
+        if self.lease_live(batch.id, batch.lease):
             return False
         token = self.take_lease(batch.id)
         if token is None:

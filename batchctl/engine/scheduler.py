@@ -1,42 +1,41 @@
 """One tick of dispatching a batch: ``Scheduler.step(batch_id, now)``.
 
-Each step does one bounded unit of work and takes the time as an argument, so
-tests drive it tick by tick with a fake clock and a fake transport. Every
-decision of a tick is applied in one locked write of batches.json (fenced by
-the worker's lease) and every run of a tick is prepared in one locked write of
-runs.json, so large batches do not rewrite the files once per item.
+The scheduler keeps each batch it steps in memory between ticks, with the
+indexes a tick needs: who depends on whom, how many needs of each item have
+not passed, which items are ready (per selector, in authored order), which
+wait out a retry backoff or a queue timeout, and which runs are in flight.
+A tick reads only the journal records appended since the last one (its
+subscriptions to both stores), re-classifies the items those records touch,
+and dispatches ready items onto free slots. Its cost is what changed plus
+what it dispatches, never the size of the batch; only the first tick (or a
+tick after another process compacted a file) loads the batch whole.
 
 Order within a step, and why:
-1. reap — runs whose executor is gone end ``interrupted``;
-2. retry — finished attempts with attempts left go back to queued;
-3. cascade — queued items whose needs can no longer pass are skipped;
-4. dispatch — ready items are prepared (runs lock) on idle machines;
-5. record — all decisions are merged into the batch (batches lock);
-6. start — only runs whose dispatch was recorded are started, so a run that
-   lost a race (e.g. with ``cancel``) never executes.
+1. catch up — fold what other processes wrote (runs ended, cancel, retry);
+2. reap — runs whose executor is gone are stopped and end ``interrupted``;
+   pending runs nobody claimed within the grace are started again;
+3. decide — retries, cascades and cancellations, applied to memory at once
+   so a cascade runs through the whole chain in one tick;
+4. dispatch — under the batches lock, fenced by the lease: prepare runs on
+   free slots (runs lock) and record every decision of the tick in one
+   append; a run exists only together with the decision that made it;
+5. start — only runs whose dispatch was recorded are started.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from batchctl.engine.lease import LeaseJudge
 from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
-from batchctl.model.policy import (
-    Backoff,
-    item_is_final,
-    item_passed,
-    prefer_fresh_machines,
-    ready_since,
-    retry_delay,
-    retry_due,
-    unmet_needs,
-)
-from batchctl.model.views import batch_done
+from batchctl.model.policy import Backoff, prefer_fresh_machines, retry_delay, retry_due
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
 from batchctl.transports.base import Transport
@@ -54,10 +53,10 @@ class StepReport:
 @dataclass(frozen=True)
 class SchedulerSettings:
     # A pending run nobody claimed for this long was prepared by a worker that
-    # died before starting it; the current lease holder starts it.
+    # died before starting it, or its executor died before claiming it: the
+    # current lease holder starts it again (a claim is exclusive, so it still
+    # executes once).
     launch_grace_s: float = 30.0
-    # Another host's executor that has not heartbeated for this long is gone.
-    executor_stale_s: float = 60.0
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -66,6 +65,171 @@ def blame_of(item: Item) -> str:
     if item.state is ItemState.SKIPPED and item.error_code is SkipCode.DEP_FAILED and item.blame:
         return item.blame
     return f"{item.name}#{item.attempt}"
+
+
+class BatchMemory:
+    """One batch as the scheduler holds it between ticks.
+
+    ``classify(name)`` files an item where it belongs from its own state and
+    two counters kept per item (needs not yet passed; the first need that
+    ended without passing), so re-classifying costs O(1) plus, when an item
+    becomes final, O(its dependents).
+    """
+
+    def __init__(self, batch: Batch, runs: Mapping[str, Run]) -> None:
+        self.id = batch.id
+        self.created_at = batch.created_at
+        self.cancelled = batch.cancelled
+        self.queue_timeout_s = batch.queue_timeout_s
+        self.entries = {entry.name: entry for entry in batch.entries}
+        self.order = {entry.name: index for index, entry in enumerate(batch.entries)}
+        self.items: dict[str, Item] = dict(batch.items)
+        self.runs: dict[str, Run] = dict(runs)
+        self.owner: dict[str, str] = {
+            item.run_id: name for name, item in self.items.items() if item.run_id
+        }
+        self.dependents: dict[str, list[str]] = defaultdict(list)
+        for entry in batch.entries:
+            for needed in entry.needs:
+                self.dependents[needed].append(entry.name)
+        self.unmet = {entry.name: len(entry.needs) for entry in batch.entries}
+        self.first_failed: dict[str, str] = {}
+        self.passed: set[str] = set()
+        self.final: set[str] = set()
+        self.active: set[str] = set()
+        # selector -> heap of (authored order, name, attempt)
+        self.ready: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+        self.in_ready: set[tuple[str, int]] = set()
+        self.backoff: list[tuple[datetime, int, str, int]] = []
+        self.expiry: list[tuple[datetime, int, str, int]] = []
+        self.to_retry: set[str] = set()
+        self.to_skip: dict[str, tuple[SkipCode, str | None]] = {}
+        self.dirty: set[str] = set(self.items)
+
+    def run_of(self, name: str) -> Run | None:
+        run_id = self.items[name].run_id
+        return self.runs.get(run_id) if run_id else None
+
+    # -- bookkeeping of final items ------------------------------------------
+
+    def _make_final(self, name: str, passed: bool) -> None:
+        if name in self.final:
+            return
+        self.final.add(name)
+        if passed:
+            self.passed.add(name)
+            for dependent in self.dependents.get(name, ()):
+                self.unmet[dependent] -= 1
+                self.dirty.add(dependent)
+        else:
+            for dependent in self.dependents.get(name, ()):
+                self.first_failed.setdefault(dependent, name)
+                self.dirty.add(dependent)
+
+    def _unmake_final(self, name: str) -> None:
+        """A final item queued again (``retry``): its dependents may run after all."""
+        if name not in self.final:
+            return
+        self.final.discard(name)
+        if name in self.passed:
+            self.passed.discard(name)
+            for dependent in self.dependents.get(name, ()):
+                self.unmet[dependent] += 1
+        for dependent in self.dependents.get(name, ()):
+            if self.first_failed.get(dependent) == name:
+                del self.first_failed[dependent]
+                for needed in self.entries[dependent].needs:
+                    if needed in self.final and needed not in self.passed:
+                        self.first_failed[dependent] = needed
+                        break
+            self.dirty.add(dependent)
+
+    # -- classification ------------------------------------------------------
+
+    def classify(self, name: str, now: datetime) -> None:
+        item = self.items[name]
+        self.to_retry.discard(name)
+        self.to_skip.pop(name, None)
+        if item.state is ItemState.SKIPPED:
+            self.active.discard(name)
+            self._make_final(name, passed=False)
+            return
+        if item.state is ItemState.DISPATCHED:
+            run = self.run_of(name)
+            if run is None:
+                # Its record is gone (runs.json deleted): nobody will ever
+                # record its end, so waiting for it would never finish.
+                self.active.discard(name)
+                self._make_final(name, passed=False)
+                return
+            if not run.status.terminal:
+                self._unmake_final(name)
+                self.active.add(name)
+                return
+            self.active.discard(name)
+            if not self.cancelled and retry_due(self.entries[name], item, run):
+                self._unmake_final(name)
+                self.to_retry.add(name)
+            else:
+                self._make_final(name, passed=run.status is RunStatus.SUCCEEDED)
+            return
+        # queued
+        self.active.discard(name)
+        self._unmake_final(name)
+        if self.cancelled:
+            self.to_skip[name] = (SkipCode.CANCELLED, None)
+        elif name in self.first_failed:
+            self.to_skip[name] = (
+                SkipCode.DEP_FAILED,
+                blame_of(self.items[self.first_failed[name]]),
+            )
+        elif self.unmet[name] == 0:
+            if item.not_before is not None and item.not_before > now:
+                heapq.heappush(
+                    self.backoff, (item.not_before, self.order[name], name, item.attempt)
+                )
+            else:
+                self._make_ready(name, item, now)
+
+    def _make_ready(self, name: str, item: Item, now: datetime) -> None:
+        key = (name, item.attempt)
+        if key in self.in_ready:
+            return
+        self.in_ready.add(key)
+        entry = self.entries[name]
+        heapq.heappush(self.ready[entry.selector], (self.order[name], name, item.attempt))
+        deadline = self.ready_since(name, item) + timedelta(seconds=self.queue_timeout_s)
+        heapq.heappush(self.expiry, (deadline, self.order[name], name, item.attempt))
+
+    def ready_since(self, name: str, item: Item) -> datetime:
+        """When the item became ready: queued, backoff over, needs passed
+        (from stored times, so a restarted worker agrees). O(needs), once."""
+        moments = [moment for moment in (item.updated_at, item.not_before) if moment]
+        for needed in self.entries[name].needs:
+            run = self.run_of(needed)
+            if run is not None and run.ended_at is not None:
+                moments.append(run.ended_at)
+        return max(moments) if moments else self.created_at
+
+    def still_queued(self, name: str, attempt: int) -> bool:
+        item = self.items[name]
+        return item.state is ItemState.QUEUED and item.attempt == attempt
+
+    def settle(self, now: datetime) -> None:
+        """Re-classify every touched item until nothing more moves; backoffs
+        that ran out become ready. O(touched + their dependents)."""
+        while self.backoff and self.backoff[0][0] <= now:
+            _, _, name, attempt = heapq.heappop(self.backoff)
+            if self.still_queued(name, attempt):
+                self.dirty.add(name)
+        while self.dirty:
+            batch_of_names, self.dirty = self.dirty, set()
+            for name in sorted(batch_of_names, key=self.order.__getitem__):
+                self.classify(name, now)
+
+    @property
+    def done(self) -> bool:
+        return len(self.final) == len(self.items) and not self.to_retry and not self.to_skip
 
 
 class Scheduler:
@@ -79,8 +243,7 @@ class Scheduler:
         lease_token: str | None,
         settings: SchedulerSettings,
         hash_dir: Callable[[Path], str],
-        this_host: str,
-        older_batches: Callable[[Batch, datetime], list[Batch]] | None = None,
+        lease_judge: LeaseJudge | None = None,
         uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.batches = batches
@@ -90,270 +253,379 @@ class Scheduler:
         self.lease_token = lease_token
         self.settings = settings
         self.hash_dir = hash_dir
-        self.this_host = this_host
-        self.older_batches = older_batches or (lambda batch, now: [])
+        # With a judge, live older batches' demand holds slots back (oldest
+        # first); without one, other batches are not considered.
+        self.lease_judge = lease_judge
         self.uniform = uniform
-        self._started: set[str] = set()
+        self._memory: dict[str, BatchMemory] = {}
+        self._batch_feed = batches.subscribe()
+        self._run_feed = runs.subscribe()
+        self._launched: dict[str, datetime] = {}
+        self._dir_hashes: dict[str, str] = {}
+        self._dirs: dict[str, bool] = {}
+        self._entrypoints: dict[tuple[str, str], bool] = {}
+        self._matching: dict[str, list[Machine]] = {}
+        self._published_demand: dict[str, dict[str, int]] = {}
+
+    # -- catching up ---------------------------------------------------------
+
+    def _load(self, batch_id: str) -> BatchMemory:
+        batch = self.batches.get(batch_id)
+        runs = self.runs.get_many(item.run_id for item in batch.items.values() if item.run_id)
+        memory = BatchMemory(batch, runs)
+        self._memory[batch.id] = memory
+        self._memory[batch_id] = memory
+        return memory
+
+    def _catch_up(self, batch_id: str) -> BatchMemory:
+        batch_records = self._batch_feed.drain()
+        run_records = self._run_feed.drain()
+        memory = self._memory.get(batch_id)
+        if memory is None or batch_records is None:
+            return self._load(batch_id)
+        for record in batch_records:
+            if record.get("batch") != memory.id:
+                continue
+            if record["op"] == "items":
+                for name in record["items"]:
+                    if name in memory.items:
+                        self._refresh_item(memory, name)
+            elif record["op"] in ("cancel", "uncancel"):
+                memory.cancelled = record["op"] == "cancel"
+                memory.dirty.update(memory.items)
+        if run_records is None:
+            memory.runs = self.runs.get_many(memory.owner)
+            memory.dirty.update(memory.owner.values())
+            return memory
+        changed: set[str] = set()
+        for record in run_records:
+            if record["op"] == "update":
+                changed.add(record["run"])
+            elif record["op"] == "create":
+                changed.update(raw["id"] for raw in record["runs"] if raw["id"] in memory.owner)
+        for run_id, run in self.runs.get_many(changed & memory.owner.keys()).items():
+            memory.runs[run_id] = run
+            memory.dirty.add(memory.owner[run_id])
+        return memory
+
+    def _refresh_item(self, memory: BatchMemory, name: str) -> None:
+        item = self.batches.item(memory.id, name)
+        if item == memory.items[name]:
+            return
+        memory.items[name] = item
+        if item.run_id and item.run_id not in memory.owner:
+            memory.owner[item.run_id] = name
+            memory.runs.update(self.runs.get_many([item.run_id]))
+        memory.dirty.add(name)
+
+    # -- the step ------------------------------------------------------------
+
+    def step(self, batch_id: str, now: datetime) -> StepReport:
+        memory = self._catch_up(batch_id)
+        report = StepReport(done=False)
+        self._reap(memory, now, report)
+        proposals: dict[str, Item] = {}
+        self._decide(memory, now, proposals, report)
+        started = self._dispatch(memory, now, proposals, report)
+        for run in started:
+            self._start(run, now)
+            report.dispatched.append(run.item)
+        report.done = memory.done
+        return report
 
     def _transport(self, machine_name: str) -> Transport | None:
         machine = self.fleet.get(machine_name)
         return self.transports.get(machine.transport) if machine else None
 
-    def _executor_gone(self, run: Run, now: datetime) -> bool:
-        transport = self._transport(run.machine)
-        if run.executor_host not in (None, self.this_host):
-            beat = run.heartbeat_at or run.started_at or run.created_at
-            return now - beat > timedelta(seconds=self.settings.executor_stale_s)
-        return transport is None or not transport.alive(run)
-
-    def _runs_of(self, batch: Batch) -> dict[str, Run]:
-        return self.runs.get_many(item.run_id for item in batch.items.values() if item.run_id)
-
-    def step(self, batch_id: str, now: datetime) -> StepReport:
-        batch = self.batches.get(batch_id)
-        report = StepReport(done=False)
-        runs = self._runs_of(batch)
-
-        if self._reap(batch, runs, now, report):
-            runs = self._runs_of(batch)  # the reap changed some runs' status
-
-        proposals: dict[str, Item] = {}
-        self._retry_and_cascade(batch, runs, now, proposals, report)
-        started = self._dispatch(batch, runs, now, proposals, report)
-
-        merged = (
-            self.batches.apply_items(batch.id, proposals, lease_token=self.lease_token)
-            if proposals
-            else batch
-        )
-        for run in started:
-            item = merged.items[run.item]
-            if (
-                item.run_id == run.id
-                and item.state is ItemState.DISPATCHED
-                and not merged.cancelled
-            ):
-                self._start(run)
-                report.dispatched.append(run.item)
-            else:
-                # The dispatch lost a race (cancel, or another writer): never run it.
-                self.runs.finish(run.id, RunStatus.INTERRUPTED, now=now, message="superseded")
-        report.done = batch_done(merged, self._runs_of(merged))
-        return report
-
-    def _start(self, run: Run) -> None:
+    def _start(self, run: Run, now: datetime) -> None:
         transport = self._transport(run.machine)
         if transport is not None:
-            self._started.add(run.id)
+            self._launched[run.id] = now
             transport.start(run)
 
-    def _reap(
-        self, batch: Batch, runs: Mapping[str, Run], now: datetime, report: StepReport
-    ) -> bool:
-        """End runs whose executor is gone (or whose batch was cancelled) and
-        start prepared runs nobody started. True if any run was touched."""
-        touched = False
-        for item in batch.items.values():
-            run = runs.get(item.run_id or "")
-            if item.state is not ItemState.DISPATCHED or run is None or run.status.terminal:
+    def _reap(self, memory: BatchMemory, now: datetime, report: StepReport) -> None:
+        """Runs in flight: stop those of a cancelled batch, end those whose
+        executor is gone, start again those nobody claimed. O(runs in flight)."""
+        grace = timedelta(seconds=self.settings.launch_grace_s)
+        for name in sorted(memory.active, key=memory.order.__getitem__):
+            run = memory.run_of(name)
+            if run is None or run.status.terminal:
                 continue
             transport = self._transport(run.machine)
-            if batch.cancelled and transport is not None:
-                transport.terminate(run)
-                touched = True
+            if transport is None:
+                ended = self.runs.finish(
+                    run.id,
+                    RunStatus.INTERRUPTED,
+                    now=now,
+                    message=f"machine {run.machine!r} left the fleet",
+                )
+                self._saw_run(memory, ended)
+                report.interrupted.append(name)
+                continue
+            if memory.cancelled:
+                self._saw_run(memory, transport.terminate(run))
                 continue
             if not run.claimed:
-                age = now - run.created_at
-                if run.id not in self._started and age > timedelta(
-                    seconds=self.settings.launch_grace_s
-                ):
-                    self._start(run)
+                launched = max(run.created_at, self._launched.get(run.id, run.created_at))
+                if now - launched > grace:
+                    self._start(run, now)
                 continue
-            if self._executor_gone(run, now):
-                if transport is not None:
-                    transport.terminate(run)
-                else:
-                    self.runs.finish(
-                        run.id,
-                        RunStatus.INTERRUPTED,
-                        now=now,
-                        message=f"machine {run.machine!r} left the fleet",
-                    )
-                report.interrupted.append(item.name)
-                touched = True
-        return touched
+            if not transport.alive(run):
+                ended = transport.terminate(run)
+                self._saw_run(memory, ended)
+                if ended.status.terminal:
+                    report.interrupted.append(name)
 
-    def _retry_and_cascade(
+    def _saw_run(self, memory: BatchMemory, run: Run) -> None:
+        memory.runs[run.id] = run
+        memory.dirty.add(memory.owner.get(run.id, run.item))
+
+    def _decide(
         self,
-        batch: Batch,
-        runs: Mapping[str, Run],
+        memory: BatchMemory,
         now: datetime,
         proposals: dict[str, Item],
         report: StepReport,
     ) -> None:
-        items = dict(batch.items)
-        for entry in batch.entries:
-            item = items[entry.name]
-            run = runs.get(item.run_id or "")
-            if not batch.cancelled and retry_due(entry, item, run):
+        """Retries, cascades, cancellations and queue timeouts, applied to
+        memory as they are decided so they chain within one step."""
+        while True:
+            memory.settle(now)
+            decided = False
+            for name in sorted(memory.to_retry, key=memory.order.__getitem__):
+                item = memory.items[name]
                 delay = retry_delay(item.attempt, self.settings.backoff, self.uniform)
-                items[entry.name] = proposals[entry.name] = item.next_attempt(
-                    now, not_before=now + timedelta(seconds=delay)
+                self._propose(
+                    memory, item.next_attempt(now, now + timedelta(seconds=delay)), proposals
                 )
-                report.requeued.append(entry.name)
+                report.requeued.append(name)
+                decided = True
+            for name, (code, blame) in sorted(
+                memory.to_skip.items(), key=lambda pair: memory.order[pair[0]]
+            ):
+                self._propose(memory, memory.items[name].skipped(code, now, blame), proposals)
+                report.skipped.append(name)
+                decided = True
+            while memory.expiry and memory.expiry[0][0] <= now:
+                _, _, name, attempt = heapq.heappop(memory.expiry)
+                if memory.still_queued(name, attempt):
+                    item = memory.items[name]
+                    self._propose(memory, item.skipped(SkipCode.QUEUE_TIMEOUT, now), proposals)
+                    report.skipped.append(name)
+                    decided = True
+            if not decided:
+                return
 
-        # Entries are in authored order, which need not be topological; repeat
-        # until no more skips cascade (bounded by the number of entries).
-        changed = True
-        while changed:
-            changed = False
-            for entry in batch.entries:
-                item = items[entry.name]
-                if item.state is not ItemState.QUEUED:
-                    continue
-                skip: tuple[SkipCode, str | None]
-                if batch.cancelled:
-                    skip = SkipCode.CANCELLED, None
-                else:
-                    failed = self._failed_need(entry, items, runs, batch)
-                    if failed is None:
-                        continue
-                    skip = SkipCode.DEP_FAILED, blame_of(failed)
-                items[entry.name] = proposals[entry.name] = item.skipped(skip[0], now, skip[1])
-                report.skipped.append(entry.name)
-                changed = True
+    def _propose(self, memory: BatchMemory, item: Item, proposals: dict[str, Item]) -> None:
+        memory.items[item.name] = item
+        memory.to_retry.discard(item.name)
+        memory.to_skip.pop(item.name, None)
+        memory.dirty.add(item.name)
+        proposals[item.name] = item
 
-    def _failed_need(
-        self, entry: Entry, items: Mapping[str, Item], runs: Mapping[str, Run], batch: Batch
-    ) -> Item | None:
-        """The first needed item that is final without having passed."""
-        entries = {e.name: e for e in batch.entries}
-        for needed in entry.needs:
-            need_item = items[needed]
-            run = runs.get(need_item.run_id or "")
-            if item_is_final(
-                entries[needed], need_item, run, cancelled=batch.cancelled
-            ) and not item_passed(need_item, run):
-                return need_item
+    # -- dispatching ---------------------------------------------------------
+
+    def _matching_machines(self, selector: str) -> list[Machine]:
+        if selector not in self._matching:
+            self._matching[selector] = self.fleet.matching(selector)
+        return self._matching[selector]
+
+    def _has_entrypoint(self, abs_dir: str, entrypoint: str) -> bool:
+        key = (abs_dir, entrypoint)
+        if key not in self._entrypoints:
+            self._entrypoints[key] = (Path(abs_dir) / entrypoint).is_file()
+        return self._entrypoints[key]
+
+    def _unrunnable(self, entry: Entry) -> SkipCode | None:
+        """Why the entry can never run here; the file system is asked once
+        per directory and entrypoint, not once per tick."""
+        matching = self._matching_machines(entry.selector)
+        if not matching:
+            return SkipCode.NO_MATCHING_MACHINE
+        if entry.abs_dir not in self._dirs:
+            self._dirs[entry.abs_dir] = Path(entry.abs_dir).is_dir()
+        if not self._dirs[entry.abs_dir]:
+            return SkipCode.DIR_MISSING
+        if not any(self._has_entrypoint(entry.abs_dir, m.entrypoint) for m in matching):
+            return SkipCode.ENTRYPOINT_MISSING
         return None
 
-    def _candidates(self, entry: Entry) -> tuple[list[Machine], SkipCode | None]:
-        """Machines that may take the entry now, or why it can never run.
-        No machines and no code: every match is offline, so the item waits."""
-        matching = self.fleet.matching(entry.selector)
-        if not matching:
-            return [], SkipCode.NO_MATCHING_MACHINE
-        directory = Path(entry.abs_dir)
-        if not directory.is_dir():
-            return [], SkipCode.DIR_MISSING
-        usable = [m for m in matching if (directory / m.entrypoint).is_file()]
-        if not usable:
-            return [], SkipCode.ENTRYPOINT_MISSING
-        return [m for m in usable if m.dispatchable], None
+    def _test_dir_hash(self, abs_dir: str) -> str:
+        if abs_dir not in self._dir_hashes:
+            self._dir_hashes[abs_dir] = self.hash_dir(Path(abs_dir))
+        return self._dir_hashes[abs_dir]
+
+    def _precedence(self, batch_id: str) -> list[SlotClaim]:
+        """Older batches are served first: each ready item a live older batch
+        could not place at its last step holds back a slot. O(batches)."""
+        if self.lease_judge is None:
+            return []
+        claims: list[SlotClaim] = []
+        for other_id, lease, cancelled, demand in self.batches.demands():
+            if other_id == batch_id:
+                break
+            if cancelled or not demand or not self.lease_judge.live(other_id, lease):
+                continue
+            for selector, count in demand.items():
+                names = [m.name for m in self._matching_machines(selector) if m.dispatchable]
+                claims.extend(SlotClaim(names) for _ in range(min(count, len(names) * 64)))
+        return claims
 
     def _dispatch(
         self,
-        batch: Batch,
-        runs: Mapping[str, Run],
+        memory: BatchMemory,
         now: datetime,
         proposals: dict[str, Item],
         report: StepReport,
     ) -> list[Run]:
-        if batch.cancelled:
-            return []
-        items = {**batch.items, **proposals}
-        requests: list[PrepareRequest] = []
-        for entry in batch.entries:
-            item = items[entry.name]
-            if item.state is not ItemState.QUEUED or unmet_needs(entry, items, runs):
-                continue
-            if item.not_before is not None and item.not_before > now:
-                continue
-            machines, skip = self._candidates(entry)
-            if skip is not None:
-                proposals[entry.name] = item.skipped(skip, now)
-                report.skipped.append(entry.name)
-                continue
-            if not machines:
-                self._expire(batch, entry.name, items, runs, now, proposals, report)
-                continue
-            requests.append(
-                PrepareRequest(
-                    batch_id=batch.id,
-                    item=entry.name,
-                    attempt=item.attempt,
-                    candidates=prefer_fresh_machines(
-                        [m.name for m in machines], self._failed_on(item)
-                    ),
-                    test_dir=entry.abs_dir,
-                    test_dir_hash=self.hash_dir(Path(entry.abs_dir)),
+        """Prepare runs for ready items on free slots and record every
+        decision of the step in one fenced write. O(selectors + free slots
+        + decisions)."""
+        with self.batches.fenced(memory.id, self.lease_token) as record:
+            requests: list[PrepareRequest] = []
+            demand: dict[str, int] = {}
+            if not memory.cancelled:
+                free = self._free_slots(self._precedence(memory.id))
+                for selector, heap in memory.ready.items():
+                    requests.extend(
+                        self._requests_for(memory, selector, heap, free, now, proposals, report)
+                    )
+                    if heap:  # items left that found no free machine (an upper bound)
+                        demand[selector] = len(heap)
+            results = (
+                self.runs.prepare_many(
+                    requests,
+                    slots={m.name: m.slots for m in self.fleet.machines},
+                    now=now,
                 )
+                if requests
+                else []
             )
-        if not requests:
-            return []
-        results = self.runs.prepare_many(
-            requests,
-            slots={m.name: m.slots for m in self.fleet.machines},
-            now=now,
-            held_back=self._held_back(batch, now),
-        )
-        to_start: list[Run] = []
-        for request, result in zip(requests, results, strict=True):
-            if result.answer is Answer.BUSY or result.run is None:
-                self._expire(batch, request.item, items, runs, now, proposals, report)
-                continue
-            run = result.run
-            proposals[request.item] = items[request.item].model_copy(
-                update={
-                    "state": ItemState.DISPATCHED,
-                    "run_id": run.id,
-                    "machine": run.machine,
-                    "updated_at": now,
-                }
-            )
-            if result.answer is Answer.CREATED or (
-                run.status is RunStatus.PENDING and not run.claimed and run.id not in self._started
-            ):
-                to_start.append(run)
+            to_start: list[Run] = []
+            for request, result in zip(requests, results, strict=True):
+                item = memory.items[request.item]
+                if result.answer is Answer.BUSY or result.run is None:
+                    memory.in_ready.discard((item.name, item.attempt))
+                    memory.dirty.add(item.name)
+                    demand[self._selector(memory, item.name)] = (
+                        demand.get(self._selector(memory, item.name), 0) + 1
+                    )
+                    continue
+                run = result.run
+                dispatched = item.model_copy(
+                    update={
+                        "state": ItemState.DISPATCHED,
+                        "run_id": run.id,
+                        "machine": run.machine,
+                        "updated_at": now,
+                    }
+                )
+                memory.owner[run.id] = item.name
+                memory.runs[run.id] = run
+                self._propose(memory, dispatched, proposals)
+                if result.answer is Answer.CREATED or not run.claimed:
+                    to_start.append(run)
+            published = self._published_demand.get(memory.id)
+            record(proposals, demand if demand != published else None)
+            self._published_demand[memory.id] = demand
+        memory.settle(now)
         return to_start
 
-    def _failed_on(self, item: Item) -> set[str]:
-        """Machines where earlier attempts of this item did not pass."""
-        if not item.history:
-            return set()
-        earlier = self.runs.get_many(item.history).values()
-        return {run.machine for run in earlier if run.status is not RunStatus.SUCCEEDED}
+    @staticmethod
+    def _selector(memory: BatchMemory, name: str) -> str:
+        return memory.entries[name].selector
 
-    def _expire(
+    def _free_slots(self, claims: Iterable[SlotClaim]) -> dict[str, int]:
+        held = self.runs.held()
+        free = {m.name: m.slots - held.get(m.name, 0) for m in self.fleet.machines}
+        for claim in claims:
+            for name in claim.candidates:
+                if free.get(name, 0) > 0:
+                    free[name] -= 1
+                    break
+        return free
+
+    def _requests_for(
         self,
-        batch: Batch,
-        name: str,
-        items: Mapping[str, Item],
-        runs: Mapping[str, Run],
+        memory: BatchMemory,
+        selector: str,
+        heap: list[tuple[int, str, int]],
+        free: dict[str, int],
         now: datetime,
         proposals: dict[str, Item],
         report: StepReport,
-    ) -> None:
-        """Skip an item no machine took within the batch's queue timeout."""
-        entry = next(e for e in batch.entries if e.name == name)
-        since = ready_since(entry, items[name], items, runs)
-        if since is not None and now - since >= timedelta(seconds=batch.queue_timeout_s):
-            proposals[name] = items[name].skipped(SkipCode.QUEUE_TIMEOUT, now)
-            report.skipped.append(name)
+    ) -> list[PrepareRequest]:
+        """Pop ready items of one selector while a matching machine has a
+        free slot; each request reserves its slot in ``free``."""
+        requests: list[PrepareRequest] = []
+        # Reversed, so machines that fill up are popped off the end.
+        pool = [
+            m
+            for m in reversed(self._matching_machines(selector))
+            if m.dispatchable and free.get(m.name, 0) > 0
+        ]
+        while heap:
+            _, name, attempt = heap[0]
+            if not memory.still_queued(name, attempt):
+                heapq.heappop(heap)
+                memory.in_ready.discard((name, attempt))
+                continue
+            entry = memory.entries[name]
+            skip = self._unrunnable(entry)
+            if skip is not None:
+                heapq.heappop(heap)
+                memory.in_ready.discard((name, attempt))
+                self._propose(memory, memory.items[name].skipped(skip, now), proposals)
+                report.skipped.append(name)
+                continue
+            machine = self._free_machine(memory, entry, memory.items[name], free, pool)
+            if machine is None:
+                break  # every machine this selector may use is taken
+            free[machine] -= 1
+            heapq.heappop(heap)
+            requests.append(
+                PrepareRequest(
+                    batch_id=memory.id,
+                    item=name,
+                    attempt=attempt,
+                    candidates=(machine,),
+                    test_dir=entry.abs_dir,
+                    test_dir_hash=self._test_dir_hash(entry.abs_dir),
+                )
+            )
+        return requests
 
-    def _held_back(self, batch: Batch, now: datetime) -> list[SlotClaim]:
-        """Older batches are served first: each of their ready items holds back
-        a slot on a machine it could use."""
-        claims: list[SlotClaim] = []
-        for older in self.older_batches(batch, now):
-            older_runs = self._runs_of(older)
-            for entry in older.entries:
-                item = older.items[entry.name]
-                if item.state is not ItemState.QUEUED or unmet_needs(
-                    entry, older.items, older_runs
+    def _free_machine(
+        self,
+        memory: BatchMemory,
+        entry: Entry,
+        item: Item,
+        free: Mapping[str, int],
+        pool: list[Machine],
+    ) -> str | None:
+        """The first machine in fleet order that may take the item and has a
+        free slot; a retry prefers one the item has not failed on, and a
+        machine without the entrypoint for its OS is passed over. ``pool``
+        is this selector's machines with free slots this tick, trimmed as
+        they fill, so a tick costs O(machines + dispatches), not their product."""
+        while pool and free.get(pool[-1].name, 0) <= 0:
+            pool.pop()
+        if not item.history:
+            for machine in reversed(pool):
+                if free.get(machine.name, 0) > 0 and self._has_entrypoint(
+                    entry.abs_dir, machine.entrypoint
                 ):
-                    continue
-                if item.not_before is not None and item.not_before > now:
-                    continue
-                claims.append(SlotClaim([m.name for m in self.fleet.matching(entry.selector)]))
-        return claims
+                    return machine.name
+            return None
+        names = [
+            m.name
+            for m in reversed(pool)
+            if free.get(m.name, 0) > 0 and self._has_entrypoint(entry.abs_dir, m.entrypoint)
+        ]
+        names = prefer_fresh_machines(names, self._failed_on(memory, item))
+        return names[0] if names else None
+
+    def _failed_on(self, memory: BatchMemory, item: Item) -> set[str]:
+        """Machines where earlier attempts of this item did not pass."""
+        earlier = self.runs.get_many(item.history).values()
+        return {run.machine for run in earlier if run.status is not RunStatus.SUCCEEDED}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +25,8 @@ from batchctl.model.views import (
     item_view,
     machine_views,
 )
-from batchctl.state.batches import BatchStore
+from batchctl.state.batches import BatchStore, items_record
+from batchctl.state.journal import Record
 from batchctl.state.memory import without_gc
 from batchctl.state.runs import RunStore
 
@@ -91,8 +91,9 @@ class BatchService:
         )
 
     def _fleet_context(self) -> FleetContext:
-        held = Counter(run.machine for run in self.runs.non_terminal())
-        return FleetContext(fleet=self.dispatcher.fleet, held=held, now=self.clock.now())
+        return FleetContext(
+            fleet=self.dispatcher.fleet, held=self.runs.held(), now=self.clock.now()
+        )
 
     def view(self, batch: Batch) -> BatchView:
         with without_gc():
@@ -173,25 +174,31 @@ class BatchService:
     def cancel(self, batch_id: str, *, settle_s: float) -> BatchView:
         """Stop dispatching, skip queued items, stop running runs (they end
         interrupted), and wait up to ``settle_s`` for them to be recorded."""
-        batch = self.batches.get(batch_id)
-        before = self.view(batch)
+        before = self.view(self.batches.get(batch_id))
         if before.done:
             return before
-        now = self.clock.now()
-        skips = {
-            name: item.skipped(SkipCode.CANCELLED, now)
-            for name, item in batch.items.items()
-            if item.state is ItemState.QUEUED
-        }
-        batch = self.batches.apply_items(batch.id, skips, cancelled=True)
+
+        def decide(batch: Batch) -> list[Record]:
+            now = self.clock.now()
+            skips = {
+                name: item.skipped(SkipCode.CANCELLED, now)
+                for name, item in batch.items.items()
+                if item.state is ItemState.QUEUED
+            }
+            return [{"op": "cancel", "batch": batch.id}, items_record(batch.id, skips)]
+
+        batch = self.batches.decide(before.id, decide)
         deadline = self.clock.monotonic() + settle_s
         for run in self._live_runs(batch):
             transport = self.dispatcher.transports.get(self._transport_kind(run))
             if transport is not None:
                 transport.terminate(run)
+        # Whatever is still in flight is finished by the batch's worker (a
+        # fresh one if it died), which keeps stopping runs until none is left.
+        self.dispatcher.ensure_worker(batch)
         while self._live_runs(batch) and self.clock.monotonic() < deadline:
             self.sleep(0.05)
-        return self.view(batch)
+        return self.view(self.batches.get(batch.id))
 
     def item_detail(self, batch_id: str, item_name: str) -> ItemDetail:
         """One item in full: its decision, every attempt's run, blame, reason."""
@@ -226,23 +233,31 @@ class BatchService:
 
     def retry(self, batch_id: str) -> RetryResult:
         """Re-queue, as new attempts, every item that ended without passing
-        (dependents skipped because of them included), and restart the worker."""
-        batch = self.batches.get(batch_id)
-        runs = self._runs_of([batch])
-        now = self.clock.now()
-        requeued: dict[str, Item] = {}
-        for entry in batch.entries:
-            item = batch.items[entry.name]
-            run = runs.get(item.run_id or "")
-            if not item_is_final(entry, item, run, cancelled=batch.cancelled) or item_passed(
-                item, run
-            ):
-                continue
-            requeued[entry.name] = item.next_attempt(now)
+        (dependents skipped because of them included), and restart the worker.
+        Decided under the batches lock on the fresh batch, so a retry never
+        undoes a cancel it did not see."""
+        requeued: list[str] = []
+
+        def decide(batch: Batch) -> list[Record]:
+            runs = self._runs_of([batch])
+            now = self.clock.now()
+            again: dict[str, Item] = {}
+            for entry in batch.entries:
+                item = batch.items[entry.name]
+                run = runs.get(item.run_id or "")
+                if item_is_final(entry, item, run, cancelled=batch.cancelled) and not item_passed(
+                    item, run
+                ):
+                    again[entry.name] = item.next_attempt(now)
+            requeued[:] = list(again)
+            if not again:
+                return []
+            return [{"op": "uncancel", "batch": batch.id}, items_record(batch.id, again)]
+
+        batch = self.batches.decide(batch_id, decide)
         if requeued:
-            self.batches.apply_items(batch.id, requeued, cancelled=False)
             self.dispatcher.foreground_pass(batch.id)
-        return RetryResult(requeued=list(requeued), batch=self.view(self.batches.get(batch.id)))
+        return RetryResult(requeued=requeued, batch=self.view(self.batches.get(batch.id)))
 
     def wait(
         self, batch_id: str, *, on_progress: Callable[[BatchView], None], poll_s: float

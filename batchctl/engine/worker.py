@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.model.clock import utc_iso
-from batchctl.model.errors import LeaseLost
+from batchctl.model.errors import LeaseLost, StateError
 from batchctl.transports.processes import spawn_detached
 
 LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -50,6 +51,37 @@ class _Stop:
         self.requested = True
 
 
+class LeaseKeeper:
+    """Renews the lease from a thread of its own, every ``renew_s``, however
+    long a step takes: a slow step never makes a live worker look dead.
+    ``lost`` is set once the lease is no longer ours."""
+
+    def __init__(self, dispatcher: Dispatcher, batch_id: str, token: str) -> None:
+        self.dispatcher = dispatcher
+        self.batch_id = batch_id
+        self.token = token
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.dispatcher.tuning.lease_renew_s):
+            try:
+                if not self.dispatcher.renew_lease(self.batch_id, self.token):
+                    self.lost.set()
+                    return
+            except StateError:
+                continue  # a busy lock: try again at the next renewal
+
+
 def run_worker(
     batch_id: str,
     dispatcher: Dispatcher,
@@ -58,12 +90,14 @@ def run_worker(
     log: Callable[[str], None],
     handed_token: str | None = None,
 ) -> int:
-    """Step the batch every tick until every item is terminal, renewing the
-    lease; stop at once if the lease is lost (a newer worker took over)."""
+    """Step the batch every tick until every item is terminal; stop at once
+    if the lease is lost (a newer worker took over)."""
     clock = dispatcher.clock
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
-    if handed_token and dispatcher.renew_lease(batch_id, handed_token):
+    if handed_token and dispatcher.renew_lease(
+        batch_id, handed_token, holder=dispatcher.this_process()
+    ):
         token: str | None = handed_token
     else:
         token = dispatcher.take_lease(batch_id)
@@ -72,31 +106,34 @@ def run_worker(
         return 0
     log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
     scheduler = dispatcher.scheduler(token)
-    last_renewal = clock.monotonic()
-    try:
-        while not stop.requested:
-            report = scheduler.step(batch_id, clock.now())
-            for label, names in (
-                ("dispatched", report.dispatched),
-                ("requeued", report.requeued),
-                ("skipped", report.skipped),
-                ("interrupted", report.interrupted),
-            ):
-                if names:
-                    log(f"{utc_iso(clock.now())} {label}: {', '.join(names)}")
-            if report.done:
-                log(f"{utc_iso(clock.now())} batch {batch_id} is done")
-                dispatcher.release_lease(batch_id, token)
-                return 0
-            if clock.monotonic() - last_renewal >= dispatcher.tuning.lease_renew_s:
-                if not dispatcher.renew_lease(batch_id, token):
-                    log("lease lost to another worker; exiting")
+    with LeaseKeeper(dispatcher, batch_id, token) as keeper:
+        try:
+            while not stop.requested and not keeper.lost.is_set():
+                report = scheduler.step(batch_id, clock.now())
+                for label, names in (
+                    ("dispatched", report.dispatched),
+                    ("requeued", report.requeued),
+                    ("skipped", report.skipped),
+                    ("interrupted", report.interrupted),
+                ):
+                    if names:
+                        log(f"{utc_iso(clock.now())} {label}: {_names(names)}")
+                if report.done:
+                    log(f"{utc_iso(clock.now())} batch {batch_id} is done")
+                    dispatcher.release_lease(batch_id, token)
                     return 0
-                last_renewal = clock.monotonic()
-            sleep(dispatcher.tuning.tick_s)
-    except LeaseLost:
+                sleep(dispatcher.tuning.tick_s)
+        except LeaseLost:
+            pass
+    if keeper.lost.is_set() or not stop.requested:
         log("lease lost to another worker; exiting")
         return 0
     log("stopped by SIGTERM; runs in flight continue and a later worker takes over")
     dispatcher.release_lease(batch_id, token)
     return 0
+
+
+def _names(names: list[str], shown: int = 20) -> str:
+    """A worker log line stays readable when a step moves thousands of items."""
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"

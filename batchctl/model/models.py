@@ -121,15 +121,31 @@ class Item(Record):
         )
 
 
+class ProcessIdentity(Record):
+    """A process, named so that a recycled pid, another pid namespace or
+    another boot (or host) is never taken for it: the kernel's boot id, the
+    pid namespace, the pid, and the process's start time in clock ticks."""
+
+    boot_id: str
+    pid_ns: str
+    pid: int
+    start_ticks: int
+
+
 class Lease(Record):
     """A worker's claim on a batch. ``fleet`` is the fleet file it serves, so a
-    takeover keeps dispatching to the same machines."""
+    takeover keeps dispatching to the same machines. ``beat`` counts renewals:
+    another host judges the holder alive while it sees the count move on its
+    own monotonic clock, never by comparing wall clocks (``heartbeat_at`` is
+    for people reading the file)."""
 
     token: str
     pid: int
     host: str
     heartbeat_at: datetime
     fleet: str | None = None
+    holder: ProcessIdentity | None = None
+    beat: int = 0
 
 
 class Batch(Record):
@@ -144,6 +160,9 @@ class Batch(Record):
     items: dict[str, Item]
     cancelled: bool = False
     lease: Lease | None = None
+    # Ready items per selector that found no free machine at the last step;
+    # younger batches hold that many slots back (older batches go first).
+    demand: dict[str, int] = Field(default_factory=dict)
     # Items ready this long without a machine taking them are skipped.
     queue_timeout_s: int = 86_400
 
@@ -165,14 +184,12 @@ class Run(Record):
     ended_at: datetime | None = None
     log_path: str
     artifacts_path: str
-    heartbeat_at: datetime | None = None
-    # Who executes the run: the supervising process (pid, host, and its start
-    # time so a recycled pid is not mistaken for it) and the test's process group.
-    executor_pid: int | None = None
-    executor_host: str | None = None
-    executor_started: float | None = None
+    # Who executes the run: its supervising process, and the test's process
+    # group. Liveness is judged from these and from the heartbeat file in the
+    # run's directory, never written here.
+    supervisor: ProcessIdentity | None = None
     pgid: int | None = None
 
     @property
     def claimed(self) -> bool:
-        return self.executor_pid is not None
+        return self.supervisor is not None

@@ -39,12 +39,16 @@ def item_passed(item: Item, run: Run | None) -> bool:
 
 def item_is_final(entry: Entry, item: Item, run: Run | None, *, cancelled: bool = False) -> bool:
     """Nothing more will happen to this item: skipped, or its run ended and no
-    retry follows (a cancelled batch retries nothing)."""
+    retry follows (a cancelled batch retries nothing). A dispatched item whose
+    run record is gone (runs.json deleted or pruned by hand) is final too:
+    nobody will ever record that run's end."""
     if item.state is ItemState.SKIPPED:
         return True
     if item.state is ItemState.QUEUED:
         return False
-    if run is None or not run.status.terminal:
+    if run is None:
+        return True
+    if not run.status.terminal:
         return False
     return cancelled or not retry_due(entry, item, run)
 
@@ -66,7 +70,7 @@ def item_outcome(
     if item.state is ItemState.QUEUED:
         return "waiting" if unmet_needs(entry, items, runs) else "queued"
     run = runs.get(item.run_id or "")
-    return RUN_OUTCOME[run.status] if run is not None else "running"
+    return RUN_OUTCOME[run.status] if run is not None else "interrupted"
 
 
 @dataclass(frozen=True)

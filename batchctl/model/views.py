@@ -132,6 +132,8 @@ def _reason(
     context: FleetContext | None,
 ) -> str | None:
     """Why a queued item is not running yet, in words."""
+    if item.state is ItemState.DISPATCHED and item.run_id and item.run_id not in runs:
+        return f"its run {item.run_id} is not in runs.json (removed by hand?)"
     if item.state is not ItemState.QUEUED:
         return None
     items = batch.items
@@ -186,9 +188,14 @@ def item_view(
 
 
 def batch_done(batch: Batch, runs: Mapping[str, Run]) -> bool:
+    """Every item final. In a cancelled batch nothing is retried, so an
+    interrupted run with retries left is final too."""
     return all(
         item_is_final(
-            entry, batch.items[entry.name], runs.get(batch.items[entry.name].run_id or "")
+            entry,
+            batch.items[entry.name],
+            runs.get(batch.items[entry.name].run_id or ""),
+            cancelled=batch.cancelled,
         )
         for entry in batch.entries
     )

@@ -1,23 +1,44 @@
-"""batches.json: dispatch decisions only (SPEC §3, §5).
+"""batches.json: dispatch decisions only (SPEC §3, §5), as snapshot + journal.
 
-Reads validate just the batch asked for; the other batches stay raw dicts and
-are written back untouched, so the cost of a change is one JSON parse and one
-dump of the file, not a model round trip of every batch ever kept.
+Journal records, each folded by ``fold_batches`` (a pure function of the
+document and the record):
+
+- ``{"op": "create", "batch": {...}}`` a new batch, whole;
+- ``{"op": "items", "batch": ID, "items": {NAME: item}}`` item versions,
+  merged per item, monotonically (``merge.merge_raw_item``);
+- ``{"op": "cancel", "batch": ID}`` / ``{"op": "uncancel", "batch": ID}``;
+- ``{"op": "lease", "batch": ID, "lease": {...} | null}``;
+- ``{"op": "demand", "batch": ID, "demand": {SELECTOR: COUNT}}`` ready items
+  that found no machine (younger batches let them go first);
+- ``{"op": "remove", "batches": [ID, ...]}`` (prune).
+
+Every decision that depends on the stored state (is this key taken, is this
+lease still ours, which items may be retried) is taken under the lock on the
+freshly folded document, so a writer holding an old read cannot undo what
+another writer did since.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from batchctl.model.errors import LeaseLost, NotFound
 from batchctl.model.models import Batch, Item, Lease
-from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S, Document, JsonStateFile
+from batchctl.state.journal import (
+    COMPACT_MIN_BYTES,
+    DEFAULT_LOCK_TIMEOUT_S,
+    Document,
+    JournaledFile,
+    Record,
+    Subscription,
+)
 from batchctl.state.memory import without_gc
-from batchctl.state.merge import merge_items
+from batchctl.state.merge import merge_raw_item
 
-BATCHES_SCHEMA_VERSION = 1
+BATCHES_SCHEMA_VERSION = 2
 MIN_ID_PREFIX = 4
 
 
@@ -37,25 +58,100 @@ def resolve_id(records: Mapping[str, Any], given: str, kind: str) -> str:
     raise NotFound(f"no {kind} with id {given!r}", details={kind: given})
 
 
+def fold_batches(document: Document, record: Record) -> None:
+    """Apply one journal record. Records about batches that are gone (pruned)
+    are ignored, as are item names a batch does not have: the set of items
+    is fixed at creation."""
+    batches: dict[str, Any] = document["batches"]
+    op = record["op"]
+    if op == "create":
+        batch = record["batch"]
+        batches.setdefault(batch["id"], batch)
+        return
+    if op == "remove":
+        for batch_id in record["batches"]:
+            batches.pop(batch_id, None)
+        return
+    batch = batches.get(record["batch"])
+    if batch is None:
+        return
+    if op == "items":
+        items = batch["items"]
+        for name, proposed in record["items"].items():
+            stored = items.get(name)
+            if stored is not None:
+                items[name] = merge_raw_item(stored, proposed)
+    elif op == "cancel":
+        batch["cancelled"] = True
+    elif op == "uncancel":
+        batch["cancelled"] = False
+    elif op == "lease":
+        batch["lease"] = record["lease"]
+    elif op == "demand":
+        batch["demand"] = record["demand"]
+    else:
+        raise ValueError(f"unknown batches record {op!r}")
+
+
+def items_record(batch_id: str, items: Mapping[str, Item]) -> Record:
+    return {
+        "op": "items",
+        "batch": batch_id,
+        "items": {name: item.model_dump(mode="json") for name, item in items.items()},
+    }
+
+
 class BatchStore:
-    def __init__(self, state_dir: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
-        self.file = JsonStateFile(
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        compact_min_bytes: int | None = None,
+    ) -> None:
+        self.file = JournaledFile(
             state_dir / "batches.json",
             schema_version=BATCHES_SCHEMA_VERSION,
             collection="batches",
+            fold=fold_batches,
             lock_timeout=lock_timeout,
+            compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )
 
-    def get(self, batch_id: str) -> Batch:
+    # -- reading -----------------------------------------------------------
+
+    def raw(self, batch_id: str) -> dict[str, Any]:
         records = self.file.read()["batches"]
-        return _validate(records[resolve_id(records, batch_id, "batch")])
+        raw: dict[str, Any] = records[resolve_id(records, batch_id, "batch")]
+        return raw
+
+    def get(self, batch_id: str) -> Batch:
+        return _validate(self.raw(batch_id))
+
+    def item(self, batch_id: str, name: str) -> Item:
+        """One item, validated on its own: O(1), not O(batch)."""
+        return Item.model_validate(self.file.read()["batches"][batch_id]["items"][name])
+
+    def lease(self, batch_id: str) -> Lease | None:
+        raw = self.raw(batch_id).get("lease")
+        return Lease.model_validate(raw) if raw else None
 
     def all(self) -> list[Batch]:
         """Every batch, oldest first."""
         return [_validate(raw) for raw in self.file.read()["batches"].values()]
 
+    def ids(self) -> list[str]:
+        """Every batch id, oldest first."""
+        return list(self.file.read()["batches"])
+
     def find_newest(self, plan_hash: str, staging: str) -> Batch | None:
         return _newest_with_key(self.file.read()["batches"], plan_hash, staging)
+
+    def subscribe(self) -> Subscription:
+        """Follow the records folded from now on (see JournaledFile.subscribe)."""
+        return self.file.subscribe()
+
+    # -- writing -----------------------------------------------------------
 
     def create_or_get(
         self, plan_hash: str, staging: str, *, force_new: bool, new_batch: Callable[[], Batch]
@@ -63,16 +159,13 @@ class BatchStore:
         """The newest batch keyed by (plan_hash, staging), or a new one; the
         bool says whether it was resumed. Decided under the lock, so processes
         racing on the same key all end up with one batch."""
-
-        def change(document: Document) -> tuple[Document | None, tuple[Batch, bool]]:
+        with self.file.locked() as document:
             records = document["batches"]
             if not force_new and (found := _newest_with_key(records, plan_hash, staging)):
-                return None, (found, True)
+                return found, True
             batch = new_batch()
-            records[batch.id] = batch.model_dump(mode="json")
-            return document, (batch, False)
-
-        return self.file.update(change)
+            self.file.append([{"op": "create", "batch": batch.model_dump(mode="json")}])
+            return batch, False
 
     def apply_items(
         self,
@@ -80,31 +173,61 @@ class BatchStore:
         proposed: Mapping[str, Item],
         *,
         lease_token: str | None = None,
-        cancelled: bool | None = None,
-    ) -> Batch:
+    ) -> None:
         """Merge proposed item versions into the stored batch (never backwards).
-
         With ``lease_token`` the write is fenced: a worker that lost its lease
-        gets LeaseLost and changes nothing. ``cancelled`` is set only by
-        ``cancel`` (True) and ``retry`` (False); other writers leave it.
-        """
+        gets LeaseLost and changes nothing."""
+        with self.file.locked():
+            batch_id = self._fenced(batch_id, lease_token)
+            if proposed:
+                self.file.append([items_record(batch_id, proposed)])
 
-        def change(document: Document) -> tuple[Document | None, Batch]:
-            records = document["batches"]
-            stored = _validate(records[resolve_id(records, batch_id, "batch")])
-            _check_fence(stored, lease_token)
-            merged = stored.model_copy(
-                update={
-                    "items": merge_items(stored.items, proposed),
-                    "cancelled": stored.cancelled if cancelled is None else cancelled,
-                }
-            )
-            if merged == stored:
-                return None, stored
-            records[stored.id] = merged.model_dump(mode="json")
-            return document, merged
+    @contextlib.contextmanager
+    def fenced(
+        self, batch_id: str, lease_token: str | None
+    ) -> Iterator[Callable[[Mapping[str, Item], Mapping[str, int] | None], None]]:
+        """Hold the lock, fenced by the lease, for one step's decisions: the
+        block may take the runs lock too (always after this one) and ends by
+        calling the yielded ``record(items, demand)`` once; both land in
+        one append."""
+        with self.file.locked():
+            batch_id = self._fenced(batch_id, lease_token)
 
-        return self.file.update(change)
+            def record(items: Mapping[str, Item], demand: Mapping[str, int] | None) -> None:
+                records: list[Record] = []
+                if items:
+                    records.append(items_record(batch_id, items))
+                if demand is not None:
+                    records.append({"op": "demand", "batch": batch_id, "demand": dict(demand)})
+                self.file.append(records)
+
+            yield record
+
+    def decide(
+        self,
+        batch_id: str,
+        decide: Callable[[Batch], list[Record]],
+        *,
+        lease_token: str | None = None,
+    ) -> Batch:
+        """Let ``decide`` look at the fresh batch under the lock and return
+        the records to append (``cancel``, ``retry``: a decision from an
+        older read could undo a concurrent one). Returns the batch after."""
+        with self.file.locked():
+            batch_id = self._fenced(batch_id, lease_token)
+            self.file.append(decide(self.get(batch_id)))
+            return self.get(batch_id)
+
+    def _fenced(self, batch_id: str, lease_token: str | None) -> str:
+        raw = self.raw(batch_id)
+        if lease_token is not None:
+            lease = raw.get("lease")
+            if lease is None or lease.get("token") != lease_token:
+                raise LeaseLost(
+                    f"batch {raw['id']}: this worker's lease was taken over; it stops here",
+                    details={"batch": raw["id"]},
+                )
+        return str(raw["id"])
 
     def swap_lease(
         self,
@@ -112,56 +235,46 @@ class BatchStore:
         *,
         when: Callable[[Lease | None], bool],
         new_lease: Lease | None,
-    ) -> Batch | None:
+    ) -> bool:
         """Replace the lease if ``when(current lease)`` holds, deciding under the
-        lock (compare-and-swap). Returns the updated batch, or None."""
+        lock (compare-and-swap). True if it was replaced."""
+        with self.file.locked():
+            raw = self.raw(batch_id)
+            current = raw.get("lease")
+            if not when(Lease.model_validate(current) if current else None):
+                return False
+            self.file.append(
+                [
+                    {
+                        "op": "lease",
+                        "batch": raw["id"],
+                        "lease": new_lease.model_dump(mode="json") if new_lease else None,
+                    }
+                ]
+            )
+            return True
 
-        def change(document: Document) -> tuple[Document | None, Batch | None]:
-            records = document["batches"]
-            stored = _validate(records[resolve_id(records, batch_id, "batch")])
-            if not when(stored.lease):
-                return None, None
-            updated = stored.model_copy(update={"lease": new_lease})
-            records[stored.id] = updated.model_dump(mode="json")
-            return document, updated
-
-        return self.file.update(change)
-
-    def older_active(self, batch: Batch, is_served: Callable[[Lease | None], bool]) -> list[Batch]:
-        """Batches created before ``batch`` (the file keeps creation order), not
-        cancelled, whose worker is live."""
-        older: list[Batch] = []
-        for batch_id, raw in self.file.read()["batches"].items():
-            if batch_id == batch.id:
-                break
-            lease = raw.get("lease")
-            if not raw.get("cancelled") and lease and is_served(Lease.model_validate(lease)):
-                older.append(_validate(raw))
-        return older
+    def demands(self) -> list[tuple[str, Lease | None, bool, dict[str, int]]]:
+        """(id, lease, cancelled, demand) of every batch, oldest first:
+        O(batches), whatever their size."""
+        return [
+            (
+                batch_id,
+                Lease.model_validate(raw["lease"]) if raw.get("lease") else None,
+                bool(raw.get("cancelled")),
+                dict(raw.get("demand") or {}),
+            )
+            for batch_id, raw in self.file.read()["batches"].items()
+        ]
 
     def remove(self, batch_ids: set[str]) -> None:
-        def change(document: Document) -> tuple[Document | None, None]:
-            records = document["batches"]
-            for batch_id in batch_ids:
-                records.pop(batch_id, None)
-            return document, None
-
-        self.file.update(change)
+        with self.file.locked():
+            self.file.append([{"op": "remove", "batches": sorted(batch_ids)}])
 
 
 def _validate(raw: Any) -> Batch:
     with without_gc():
         return Batch.model_validate(raw)
-
-
-def _check_fence(stored: Batch, lease_token: str | None) -> None:
-    if lease_token is None:
-        return
-    if stored.lease is None or stored.lease.token != lease_token:
-        raise LeaseLost(
-            f"batch {stored.id}: this worker's lease was taken over; it stops here",
-            details={"batch": stored.id},
-        )
 
 
 def _newest_with_key(records: Mapping[str, Any], plan_hash: str, staging: str) -> Batch | None:

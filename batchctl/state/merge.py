@@ -35,3 +35,20 @@ def merge_items(stored: Mapping[str, Item], proposed: Mapping[str, Item]) -> dic
         name: merge_item(item, proposed[name]) if name in proposed else item
         for name, item in stored.items()
     }
+
+
+# The same order on stored (raw JSON) items, so the journal can be folded
+# without building a model per record.
+RAW_STATE_RANK: dict[str, int] = {state.value: rank for state, rank in STATE_RANK.items()}
+
+
+def raw_item_version(item: Mapping[str, object]) -> tuple[int, int]:
+    attempt = item["attempt"]
+    assert isinstance(attempt, int)
+    return (attempt, RAW_STATE_RANK[str(item["state"])])
+
+
+def merge_raw_item(
+    stored: Mapping[str, object], proposed: Mapping[str, object]
+) -> Mapping[str, object]:
+    return proposed if raw_item_version(proposed) > raw_item_version(stored) else stored

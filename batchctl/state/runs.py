@@ -1,14 +1,26 @@
-"""runs.json: every run's outcome (SPEC §4).
+"""runs.json: every run's outcome (SPEC §4), as snapshot + journal.
 
-``prepare_many`` is the one place machine capacity is decided: under the runs
-lock it sees every non-terminal run of every batch, so a machine never holds
-more non-terminal runs than its slots, whichever process asks.
+Journal records:
+
+- ``{"op": "create", "runs": [{...}, ...]}`` prepared runs, whole;
+- ``{"op": "update", "run": ID, "set": {FIELD: VALUE}}`` the fields one
+  transition changes (claimed, started, ended); applied only while the run
+  is not terminal and only if its status does not move backwards;
+- ``{"op": "remove", "runs": [ID, ...]}`` (prune).
+
+A run's status is written once per transition; liveness (heartbeats) never
+touches this file.
+
+``prepare_many`` is the one place machine capacity is decided: under the
+runs lock it sees how many non-terminal runs every machine holds, from an
+index the fold keeps current, so deciding costs what is asked, not the
+number of runs ever kept.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,10 +30,18 @@ from typing import Any
 
 from batchctl.model.models import RUN_STATUS_ORDER, Run, RunStatus
 from batchctl.state.batches import resolve_id
-from batchctl.state.jsonfile import DEFAULT_LOCK_TIMEOUT_S, Document, JsonStateFile
+from batchctl.state.journal import (
+    COMPACT_MIN_BYTES,
+    DEFAULT_LOCK_TIMEOUT_S,
+    Document,
+    JournaledFile,
+    Record,
+    Subscription,
+)
 
-RUNS_SCHEMA_VERSION = 1
+RUNS_SCHEMA_VERSION = 2
 _TERMINAL_VALUES = frozenset(status.value for status in RunStatus if status.terminal)
+_RANK = {status.value: rank for status, rank in RUN_STATUS_ORDER.items()}
 
 
 class Answer(StrEnum):
@@ -70,22 +90,94 @@ class _Occupancy:
         return None
 
 
+@dataclass
+class RunIndex:
+    """What the fold derives from the runs, kept current record by record."""
+
+    live_by_machine: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    by_attempt: dict[tuple[str, str, int], str] = field(default_factory=dict)
+
+    def add(self, raw: Mapping[str, Any]) -> None:
+        self.by_attempt[(raw["batch_id"], raw["item"], raw["attempt"])] = raw["id"]
+        if raw["status"] not in _TERMINAL_VALUES:
+            self.live_by_machine[raw["machine"]].add(raw["id"])
+
+    def drop(self, raw: Mapping[str, Any]) -> None:
+        self.live_by_machine[raw["machine"]].discard(raw["id"])
+        key = (raw["batch_id"], raw["item"], raw["attempt"])
+        if self.by_attempt.get(key) == raw["id"]:
+            del self.by_attempt[key]
+
+
 def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
+def apply_run_update(stored: dict[str, Any], changes: Mapping[str, Any]) -> bool:
+    """Apply a transition to a stored run in place. Status only moves
+    forward and a terminal run is final. True if it applied."""
+    if stored["status"] in _TERMINAL_VALUES:
+        return False
+    status = changes.get("status", stored["status"])
+    if _RANK[status] < _RANK[stored["status"]]:
+        return False
+    stored.update(changes)
+    return True
+
+
 class RunStore:
-    def __init__(self, state_dir: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        compact_min_bytes: int | None = None,
+    ) -> None:
         self.state_dir = state_dir
-        self.file = JsonStateFile(
+        self.index = RunIndex()
+        self.file = JournaledFile(
             state_dir / "runs.json",
             schema_version=RUNS_SCHEMA_VERSION,
             collection="runs",
+            fold=self._fold,
+            on_load=self._index_all,
             lock_timeout=lock_timeout,
+            compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )
+
+    def _index_all(self, document: Document) -> None:
+        self.index = RunIndex()
+        for raw in document["runs"].values():
+            self.index.add(raw)
+
+    def _fold(self, document: Document, record: Record) -> None:
+        runs: dict[str, Any] = document["runs"]
+        op = record["op"]
+        if op == "create":
+            for raw in record["runs"]:
+                if raw["id"] not in runs:
+                    runs[raw["id"]] = raw
+                    self.index.add(raw)
+        elif op == "update":
+            stored = runs.get(record["run"])
+            if (
+                stored is not None
+                and apply_run_update(stored, record["set"])
+                and stored["status"] in _TERMINAL_VALUES
+            ):
+                self.index.live_by_machine[stored["machine"]].discard(stored["id"])
+        elif op == "remove":
+            for run_id in record["runs"]:
+                raw = runs.pop(run_id, None)
+                if raw is not None:
+                    self.index.drop(raw)
+        else:
+            raise ValueError(f"unknown runs record {op!r}")
 
     def run_dir(self, run_id: str) -> Path:
         return self.state_dir / "runs" / run_id
+
+    # -- reading -----------------------------------------------------------
 
     def get(self, run_id: str) -> Run:
         records = self.file.read()["runs"]
@@ -98,11 +190,24 @@ class RunStore:
         }
 
     def non_terminal(self) -> list[Run]:
+        """Every run that holds a slot: O(live runs), from the index."""
+        records = self.file.read()["runs"]
         return [
-            Run.model_validate(raw)
-            for raw in self.file.read()["runs"].values()
-            if raw["status"] not in _TERMINAL_VALUES
+            Run.model_validate(records[run_id])
+            for live in self.index.live_by_machine.values()
+            for run_id in live
         ]
+
+    def held(self) -> dict[str, int]:
+        """How many slots each machine has taken."""
+        self.file.read()
+        return {machine: len(ids) for machine, ids in self.index.live_by_machine.items() if ids}
+
+    def subscribe(self) -> Subscription:
+        """Follow the records folded from now on (see JournaledFile.subscribe)."""
+        return self.file.subscribe()
+
+    # -- writing -----------------------------------------------------------
 
     def prepare_many(
         self,
@@ -113,23 +218,23 @@ class RunStore:
         held_back: Sequence[SlotClaim] = (),
     ) -> list[PrepareResult]:
         """Answer each request in order: *reuse* when a run of that batch item
-        attempt exists, else *created* on a free candidate, else *busy*."""
-
-        def change(document: Document) -> tuple[Document | None, list[PrepareResult]]:
+        attempt exists, else *created* on a free candidate, else *busy*.
+        O(requests + claims), whatever the number of runs kept."""
+        with self.file.locked() as document:
             records: dict[str, Any] = document["runs"]
-            occupancy = _Occupancy(slots)
-            by_attempt: dict[tuple[str, str, int], dict[str, Any]] = {}
-            for raw in records.values():
-                by_attempt[(raw["batch_id"], raw["item"], raw["attempt"])] = raw
-                if raw["status"] not in _TERMINAL_VALUES:
-                    occupancy.held[raw["machine"]] += 1
+            occupancy = _Occupancy(slots, Counter(self.held()))
             for claim in held_back:
                 occupancy.take(claim.candidates)
             results: list[PrepareResult] = []
+            created: list[dict[str, Any]] = []
             for request in requests:
-                existing = by_attempt.get((request.batch_id, request.item, request.attempt))
+                existing = self.index.by_attempt.get(
+                    (request.batch_id, request.item, request.attempt)
+                )
                 if existing is not None:
-                    results.append(PrepareResult(Answer.REUSE, Run.model_validate(existing)))
+                    results.append(
+                        PrepareResult(Answer.REUSE, Run.model_validate(records[existing]))
+                    )
                     continue
                 machine = occupancy.take(request.candidates)
                 if machine is None:
@@ -149,32 +254,34 @@ class RunStore:
                     log_path=str(run_dir / "output.log"),
                     artifacts_path=str(run_dir / "artifacts"),
                 )
-                records[run_id] = run.model_dump(mode="json")
+                created.append(run.model_dump(mode="json", exclude_none=True))
                 results.append(PrepareResult(Answer.CREATED, run))
-            changed = any(result.answer is Answer.CREATED for result in results)
-            return (document if changed else None), results
-
-        return self.file.update(change)
+            if created:
+                self.file.append([{"op": "create", "runs": created}])
+            return results
 
     def update(self, run_id: str, change: Callable[[Run], Run | None]) -> Run:
-        """Apply ``change`` to the fresh run; None means no write. Status only
-        moves forward and a terminal run is final, whatever ``change`` says."""
-
-        def apply(document: Document) -> tuple[Document | None, Run]:
+        """Apply ``change`` to the fresh run under the lock; None means no
+        write. Only the fields that changed are written. Status only moves
+        forward and a terminal run is final, whatever ``change`` says."""
+        with self.file.locked() as document:
             records = document["runs"]
-            current = Run.model_validate(records[resolve_id(records, run_id, "run")])
+            run_id = resolve_id(records, run_id, "run")
+            current = Run.model_validate(records[run_id])
             if current.status.terminal:
-                return None, current
+                return current
             proposed = change(current)
             if (
                 proposed is None
                 or RUN_STATUS_ORDER[proposed.status] < RUN_STATUS_ORDER[current.status]
             ):
-                return None, current
-            records[current.id] = proposed.model_dump(mode="json")
-            return document, proposed
-
-        return self.file.update(apply)
+                return current
+            before = current.model_dump(mode="json")
+            after = proposed.model_dump(mode="json")
+            changed = {key: value for key, value in after.items() if before.get(key) != value}
+            if changed:
+                self.file.append([{"op": "update", "run": run_id, "set": changed}])
+            return proposed
 
     def finish(
         self,
@@ -196,15 +303,10 @@ class RunStore:
                     "error_code": error_code,
                     "message": message,
                     "ended_at": now,
-                    "heartbeat_at": now,
                 }
             ),
         )
 
     def remove(self, run_ids: set[str]) -> None:
-        def change(document: Document) -> tuple[Document | None, None]:
-            for run_id in run_ids:
-                document["runs"].pop(run_id, None)
-            return document, None
-
-        self.file.update(change)
+        with self.file.locked():
+            self.file.append([{"op": "remove", "runs": sorted(run_ids)}])

@@ -14,16 +14,20 @@ class Transport(Protocol):
         """Begin executing a prepared (pending) run and return at once. The run
         moves to running and then to a terminal status in the runs store, with
         its output in ``run.log_path`` and its artifacts in ``run.artifacts_path``.
-        Starting a run twice executes it once."""
+        Starting a run twice executes it once: claiming a run is exclusive."""
         ...
 
     def alive(self, run: Run) -> bool:
-        """Is the executor of a claimed run still there to record its end?
-        (False once the run is terminal: its end is recorded.)"""
+        """Is the supervisor of a claimed run still there to record its end?"""
         ...
 
-    def terminate(self, run: Run) -> None:
-        """Ask the run to stop. A run with a live executor is stopped by it and
-        ends ``interrupted`` shortly; one whose executor is gone has its
-        leftover processes killed and is marked ``interrupted`` here."""
+    def terminate(self, run: Run) -> Run:
+        """Ask the run to stop, deciding on fresh facts, and return the run as
+        it stands after. A run nobody claimed yet ends ``interrupted`` at once
+        (a late claim then fails). A run whose supervisor is alive is asked to
+        stop and records its end itself. A run whose supervisor is gone has
+        what is left of it killed and ends ``interrupted`` once that is
+        confirmed; if it cannot be confirmed, the run stays non-terminal,
+        holding its slot, with a message saying why. Nothing here kills a
+        process of another host, or one identified by a stale read."""
         ...

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from batchctl.model.clock import Clock
@@ -18,13 +18,16 @@ from batchctl.model.fleet import FleetSource
 from batchctl.model.models import Run, RunStatus
 from batchctl.state.runs import RunStore
 from batchctl.transports.processes import (
+    BeatWatch,
     group_alive,
+    identity_alive,
     kill_group,
-    pid_alive,
     processes_with_env,
+    signal_process,
     spawn_detached,
 )
 from batchctl.transports.remote import RemoteLayout
+from batchctl.transports.rundir import read_beat, read_pgid, read_result
 from batchctl.transports.runners.ssh import kill_remote_run
 
 
@@ -44,13 +47,14 @@ class DetachedTransport:
         kill_grace_s: float,
         fleet_path: Path | None = None,
         fleet: FleetSource | None = None,
+        executor_stale_s: float = 60.0,
     ) -> None:
         self.fleet = fleet
         self.runs = runs
         self.clock = clock
         self.kill_grace_s = kill_grace_s
         self.fleet_path = fleet_path
-        self.host = socket.gethostname()
+        self.beats = BeatWatch(clock.monotonic, stale_s=executor_stale_s)
 
     def start(self, run: Run) -> None:
         run_dir = self.runs.run_dir(run.id)
@@ -58,39 +62,81 @@ class DetachedTransport:
         spawn_detached(argv, run_dir / "executor.log")
 
     def alive(self, run: Run) -> bool:
-        if run.executor_pid is None or run.status.terminal:
+        if run.supervisor is None or run.status.terminal:
             return False
-        if run.executor_host != self.host:
-            # Another host's executor cannot be probed from here; the caller
-            # judges it by its heartbeat instead.
-            return True
-        return pid_alive(run.executor_pid, run.executor_started)
+        verdict = identity_alive(run.supervisor)
+        if verdict is not None:
+            return verdict
+        # Another host's (or namespace's) executor: alive while its heartbeat
+        # counter is seen to move, on our own monotonic clock.
+        return self.beats.advancing(run.id, read_beat(self.runs.run_dir(run.id)))
 
-    def terminate(self, run: Run) -> None:
-        if run.status.terminal:
-            return
-        if self.alive(run) and run.executor_pid is not None:
-            try:
-                os.kill(run.executor_pid, signal.SIGTERM)
-                return
-            except ProcessLookupError:
-                pass
-        if run.pgid is not None and group_alive(run.pgid):
-            kill_group(run.pgid, grace_s=self.kill_grace_s, clock=self.clock)
-        elif run.claimed and run.executor_host == self.host:
+    def terminate(self, run: Run) -> Run:
+        now = self.clock.now()
+        fresh = self.runs.update(
+            run.id,
+            lambda current: (
+                None
+                if current.claimed
+                else _ended(current, RunStatus.INTERRUPTED, now, "cancelled before it started")
+            ),
+        )
+        if fresh.status.terminal or fresh.supervisor is None:
+            return fresh
+        verdict = identity_alive(fresh.supervisor)
+        if verdict is None:
+            return fresh  # not ours to signal: its own host's worker will
+        if verdict and signal_process(fresh.supervisor, signal.SIGTERM):
+            return fresh  # the executor stops the test and records the end
+        run_dir = self.runs.run_dir(run.id)
+        recorded = read_result(run_dir)
+        if recorded is not None:
+            # The executor wrote the outcome but died before recording it.
+            return self.runs.finish(
+                run.id,
+                recorded.status,
+                now=now,
+                exit_code=recorded.exit_code,
+                error_code=recorded.error_code,
+                message=recorded.message,
+            )
+        problem = self._kill_leftovers(fresh, run_dir)
+        if problem is not None:
+            return self.runs.update(
+                run.id, lambda current: current.model_copy(update={"message": problem})
+            )
+        return self.runs.finish(
+            run.id, RunStatus.INTERRUPTED, now=now, message="its executor is gone"
+        )
+
+    def _kill_leftovers(self, run: Run, run_dir: Path) -> str | None:
+        """Kill what a dead executor left running; None once confirmed, else
+        why it could not be."""
+        pgid = read_pgid(run_dir)
+        if pgid is not None and group_alive(pgid):
+            kill_group(pgid, grace_s=self.kill_grace_s, clock=self.clock)
+        elif pgid is None:
             # The executor died between starting the test and recording its
             # group: find the test by the run id in its environment.
             for pid in processes_with_env("BATCHCTL_RUN_ID", run.id):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     kill_group(os.getpgid(pid), grace_s=self.kill_grace_s, clock=self.clock)
         machine = self.fleet.get().get(run.machine) if self.fleet else None
-        if run.claimed and machine is not None and machine.transport == "ssh":
+        if machine is not None and machine.transport == "ssh":
             # The remote tree outlives a dead executor: end it over a new connection.
-            kill_remote_run(
+            confirmed = kill_remote_run(
                 machine,
                 RemoteLayout.for_run(machine, run.id),
                 known_hosts=self.runs.state_dir / "ssh" / "known_hosts",
                 grace_s=self.kill_grace_s,
             )
-        reason = "cancelled before it started" if not run.claimed else "its executor is gone"
-        self.runs.finish(run.id, RunStatus.INTERRUPTED, now=self.clock.now(), message=reason)
+            if not confirmed:
+                return (
+                    f"its executor is gone and {machine.name} did not confirm that the test "
+                    "was stopped; the slot stays held until it does"
+                )
+        return None
+
+
+def _ended(run: Run, status: RunStatus, now: datetime, message: str) -> Run:
+    return run.model_copy(update={"status": status, "ended_at": now, "message": message})

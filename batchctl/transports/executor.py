@@ -9,24 +9,26 @@ and ends the run ``interrupted``.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
 from batchctl.model.clock import Clock
+from batchctl.model.errors import LockTimeout
 from batchctl.model.fleet import Machine
 from batchctl.model.models import Batch, Entry, Run, RunStatus
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
-from batchctl.transports.processes import process_start_time
+from batchctl.transports.processes import this_process
+from batchctl.transports.rundir import beat, write_pgid, write_result
 from batchctl.transports.runners.base import Ended, Runner
 
 WAIT_SLICE_S = 0.1
+RECORD_ATTEMPTS = 20
+RECORD_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,6 @@ class _StopRequested:
         self.requested = True
 
 
-def _heartbeat(now: datetime) -> Callable[[Run], Run]:
-    return lambda run: run.model_copy(update={"heartbeat_at": now})
-
-
 def execute_run(
     run_id: str,
     *,
@@ -76,28 +74,24 @@ def execute_run(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    pid = os.getpid()
-    started = process_start_time(pid)
-    host = socket.gethostname()
+    me = this_process()
 
     def claim(run: Run) -> Run | None:
         if run.status is not RunStatus.PENDING or run.claimed:
             return None
-        now = clock.now()
         return run.model_copy(
-            update={
-                "status": RunStatus.RUNNING,
-                "started_at": now,
-                "heartbeat_at": now,
-                "executor_pid": pid,
-                "executor_host": host,
-                "executor_started": started,
-            }
+            update={"status": RunStatus.RUNNING, "started_at": clock.now(), "supervisor": me}
         )
 
+    # The claim is decided under the runs lock: of two executors started for
+    # one run, one claims it and the other leaves.
     run = runs.update(run_id, claim)
-    if run.executor_pid != pid or run.status is not RunStatus.RUNNING:
+    if run.supervisor != me or run.status is not RunStatus.RUNNING:
         return run  # someone else executes it, or it was cancelled first
+    run_dir = runs.run_dir(run.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    beats = 0
+    beat(run_dir, beats)
 
     batch = batches.get(run.batch_id)
     entry = next(e for e in batch.entries if e.name == run.item)
@@ -106,6 +100,7 @@ def execute_run(
     except LookupError:
         return _record(
             runs,
+            run_dir,
             run.id,
             Ended(
                 RunStatus.ERROR,
@@ -121,10 +116,9 @@ def execute_run(
     with open(run.log_path, "ab") as log:
         failed = runner.start(log)
     if failed is not None:
-        return _record(runs, run.id, failed, clock)
+        return _record(runs, run_dir, run.id, failed, clock)
     if runner.pgid is not None:
-        pgid = runner.pgid
-        runs.update(run.id, lambda current: current.model_copy(update={"pgid": pgid}))
+        write_pgid(run_dir, runner.pgid)
 
     deadline = clock.monotonic() + entry.timeout_s
     next_heartbeat = clock.monotonic() + settings.heartbeat_s
@@ -139,7 +133,8 @@ def execute_run(
             break
         if clock.monotonic() >= next_heartbeat:
             next_heartbeat = clock.monotonic() + settings.heartbeat_s
-            runs.update(run.id, _heartbeat(clock.now()))
+            beats += 1
+            beat(run_dir, beats)
     if ended is None:
         ended = runner.result()
     collect_failure = runner.collect()
@@ -151,15 +146,27 @@ def execute_run(
             ended = replace(
                 ended, message=f"{ended.message or ''}; {collect_failure.message}".lstrip("; ")
             )
-    return _record(runs, run.id, ended, clock)
+    return _record(runs, run_dir, run.id, ended, clock)
 
 
-def _record(runs: RunStore, run_id: str, ended: Ended, clock: Clock) -> Run:
-    return runs.finish(
-        run_id,
-        ended.status,
-        now=clock.now(),
-        exit_code=ended.exit_code,
-        error_code=ended.error_code,
-        message=ended.message,
-    )
+def _record(runs: RunStore, run_dir: Path, run_id: str, ended: Ended, clock: Clock) -> Run:
+    """Keep the outcome in the run directory first, then record it; a busy
+    lock is waited out rather than losing a finished run's outcome (and if
+    this process dies meanwhile, the next worker reads the file)."""
+    write_result(run_dir, ended)
+    attempts = 0
+    while True:
+        try:
+            return runs.finish(
+                run_id,
+                ended.status,
+                now=clock.now(),
+                exit_code=ended.exit_code,
+                error_code=ended.error_code,
+                message=ended.message,
+            )
+        except LockTimeout:
+            attempts += 1
+            if attempts >= RECORD_ATTEMPTS:
+                raise
+            time.sleep(RECORD_RETRY_S)

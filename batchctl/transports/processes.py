@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from batchctl.model.clock import Clock
+from batchctl.model.models import ProcessIdentity
 
 POLL_S = 0.05
 KILL_SETTLE_S = 5.0
@@ -30,6 +31,101 @@ def process_start_time(pid: int) -> float | None:
     """The process's start time in clock ticks since boot (Linux), else None."""
     fields = _proc_stat(pid)
     return float(fields[19]) if fields else None
+
+
+_BOOT_ID: str | None = None
+_PID_NS: str | None = None
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot: pids and start times mean something only
+    within one boot of one machine."""
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            _BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _BOOT_ID = "unknown-boot"
+    return _BOOT_ID
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace: the same pid names another process in
+    another namespace (a container)."""
+    global _PID_NS
+    if _PID_NS is None:
+        try:
+            _PID_NS = str(Path("/proc/self/ns/pid").readlink())
+        except OSError:
+            _PID_NS = "unknown-ns"
+    return _PID_NS
+
+
+def identity_of(pid: int) -> ProcessIdentity | None:
+    """The identity of live process ``pid`` in our namespace, or None."""
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return ProcessIdentity(
+        boot_id=boot_id(), pid_ns=pid_namespace(), pid=pid, start_ticks=int(fields[19])
+    )
+
+
+def this_process() -> ProcessIdentity:
+    identity = identity_of(os.getpid())
+    if identity is None:  # no /proc: the pid alone, in a namespace of its own name
+        return ProcessIdentity(
+            boot_id=boot_id(), pid_ns=pid_namespace(), pid=os.getpid(), start_ticks=0
+        )
+    return identity
+
+
+def identity_alive(identity: ProcessIdentity) -> bool | None:
+    """Is that very process alive? None when this process cannot tell: it
+    runs in another boot, host or pid namespace."""
+    if identity.boot_id != boot_id() or identity.pid_ns != pid_namespace():
+        return None
+    return pid_alive(identity.pid, float(identity.start_ticks) if identity.start_ticks else None)
+
+
+def signal_process(identity: ProcessIdentity, sig: int) -> bool:
+    """Send ``sig`` to exactly that process: through a pidfd, taken before
+    the identity is checked, so the pid cannot be recycled in between.
+    False if it is gone (or not ours to see)."""
+    if identity_alive(identity) is not True:
+        return False
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except OSError:
+        return False
+    try:
+        if identity_alive(identity) is not True:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+class BeatWatch:
+    """Judges a process this host cannot see by a counter it keeps moving:
+    dead once the counter stood still for ``stale_s`` on our monotonic clock
+    (two hosts' wall clocks are never compared)."""
+
+    def __init__(self, monotonic: Callable[[], float], *, stale_s: float) -> None:
+        self.monotonic = monotonic
+        self.stale_s = stale_s
+        self._seen: dict[str, tuple[str | None, float]] = {}
+
+    def advancing(self, key: str, counter: str | None) -> bool:
+        now = self.monotonic()
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != counter:
+            self._seen[key] = (counter, now)
+            return True
+        return now - seen[1] < self.stale_s
 
 
 def pid_alive(pid: int, started: float | None = None) -> bool:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CliRunner, make_suite, snapshot_dir, write_plan
+from tests.helpers import (
+    CliRunner,
+    make_suite,
+    snapshot_dir,
+    stored_batches,
+    wait_until,
+    write_plan,
+)
 
 GOOD_ENTRIES = """
   - name: build
@@ -128,6 +135,11 @@ def existing_state(workdir: Path, cli: CliRunner, state_dir: Path) -> dict[str, 
     make_suite(workdir / "suites", "build")
     write_plan(workdir, "version: 1\nentries:" + GOOD_ENTRIES, name="good.yaml")
     assert cli("run", "good.yaml", "--staging", "s1", "--wait", "--quiet").code == 0
+    # The worker gives its lease back just after the batch is done.
+    wait_until(
+        lambda: all(batch.get("lease") is None for batch in stored_batches(state_dir).values()),
+        what="the worker to let go of the batch",
+    )
     return snapshot_dir(state_dir)
 
 

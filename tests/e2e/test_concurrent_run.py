@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import make_suite, write_plan
+from tests.helpers import make_suite, stored_batches, write_plan
 
 
 def test_eight_concurrent_runs_end_with_one_batch(workdir: Path, state_dir: Path) -> None:
@@ -35,5 +35,4 @@ def test_eight_concurrent_runs_end_with_one_batch(workdir: Path, state_dir: Path
     results = [json.loads(out)["data"] for out, _ in outputs]
     assert len({result["batch"]["id"] for result in results}) == 1
     assert sorted(result["resumed"] for result in results) == [False] + [True] * 7
-    stored = json.loads((state_dir / "batches.json").read_text())
-    assert len(stored["batches"]) == 1
+    assert len(stored_batches(state_dir)) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -19,6 +18,9 @@ from tests.helpers import (
     make_suite,
     processes_of,
     run_batchctl,
+    run_pgid,
+    stored_batches,
+    stored_runs,
     wait_until,
     write_plan,
 )
@@ -32,14 +34,15 @@ FAILING_SCRIPT = "#!/bin/sh\necho 'about to fail' >&2\nexit 3\n"
 
 
 def runs_json(state_dir: Path) -> dict[str, Any]:
-    runs: dict[str, Any] = json.loads((state_dir / "runs.json").read_text())["runs"]
-    return runs
+    """Every run, with the process group its supervisor recorded."""
+    return {
+        run_id: {**run, "pgid": run_pgid(state_dir, run_id)}
+        for run_id, run in stored_runs(state_dir).items()
+    }
 
 
 def batch_json(state_dir: Path, batch_id: str) -> dict[str, Any]:
-    batch: dict[str, Any] = json.loads((state_dir / "batches.json").read_text())["batches"][
-        batch_id
-    ]
+    batch: dict[str, Any] = stored_batches(state_dir)[batch_id]
     return batch
 
 
@@ -235,7 +238,7 @@ def test_killed_executor_is_interrupted_and_its_test_process_terminated(
     batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
     wait_until(lambda: any(r.get("pgid") for r in runs_json(state_dir).values()), what="the run")
     [run] = runs_json(state_dir).values()
-    os.kill(run["executor_pid"], signal.SIGKILL)
+    os.kill(run["supervisor"]["pid"], signal.SIGKILL)
 
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, timeout=120)
 
@@ -307,10 +310,7 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
     )
     try:
         wait_until(
-            lambda: (
-                (state_dir / "runs.json").exists()
-                and any(r.get("pgid") for r in runs_json(state_dir).values())
-            ),
+            lambda: any(r.get("pgid") for r in runs_json(state_dir).values()),
             what="the run to start",
         )
         waiter.send_signal(signal.SIGINT)
@@ -322,7 +322,7 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
 
     assert waiter.returncode == 130
     assert "the worker carries on" in errors
-    [batch_id] = json.loads((state_dir / "batches.json").read_text())["batches"]
+    [batch_id] = stored_batches(state_dir)
     release.touch()
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, timeout=60)
     assert final.code == 0

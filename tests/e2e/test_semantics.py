@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from batchctl.transports.processes import group_alive, pid_alive
-from tests.helpers import blocking_script, make_suite, run_batchctl, wait_until, write_plan
+from tests.helpers import (
+    blocking_script,
+    make_suite,
+    run_batchctl,
+    run_pgid,
+    stored_runs,
+    wait_until,
+    write_plan,
+)
 
 PASS = '#!/bin/sh\necho "$BATCHCTL_ITEM attempt $BATCHCTL_ATTEMPT"\n'
 
@@ -18,8 +25,7 @@ def items_of(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def runs_json(state_dir: Path) -> dict[str, Any]:
-    runs: dict[str, Any] = json.loads((state_dir / "runs.json").read_text())["runs"]
-    return runs
+    return stored_runs(state_dir)
 
 
 def test_diamond_and_independent_chains_where_one_chain_fails(
@@ -149,8 +155,10 @@ def test_a_process_ignoring_sigterm_is_killed_at_timeout(workdir: Path, state_di
     item = items_of(result.json()["data"]["batch"])["stubborn"]
     assert item["outcome"] == "timeout"
     assert item["run"]["message"] == "timed out after 1s"
-    [run] = runs_json(state_dir).values()
-    assert not group_alive(run["pgid"])
+    [run_id] = runs_json(state_dir)
+    pgid = run_pgid(state_dir, run_id)
+    assert pgid is not None
+    assert not group_alive(pgid)
     pids = (Path(item["run"]["artifacts_path"]) / "pids").read_text().split()
     assert len(pids) == 2
     assert not any(pid_alive(int(pid)) for pid in pids)

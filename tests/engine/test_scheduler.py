@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings
 from batchctl.model.errors import LeaseLost
 from batchctl.model.fleet import Fleet, Machine
@@ -67,12 +68,11 @@ class World:
             fleet=self.fleet,
             transports={"local": self.transport},
             lease_token=token,
-            settings=SchedulerSettings(
-                launch_grace_s=30, executor_stale_s=60, backoff=Backoff(base_s=4, cap_s=60)
-            ),
+            settings=SchedulerSettings(launch_grace_s=30, backoff=Backoff(base_s=4, cap_s=60)),
             hash_dir=hash_test_dir,
-            this_host="fake",
-            older_batches=(lambda b, now: self.batches.older_active(b, lambda lease: True))
+            lease_judge=LeaseJudge(
+                stale_s=30, monotonic=self.clock.monotonic, identity_alive=lambda identity: True
+            )
             if older
             else None,
             uniform=lambda low, high: low,  # no jitter: the backoff is exactly half its ceiling
@@ -293,7 +293,7 @@ def test_cancelled_batch_skips_queued_items_and_stops_runs(world: World) -> None
     world.batch(entries("{name: a, dir: suites/ok}", "{name: b, dir: suites/ok, needs: [a]}"))
     scheduler = world.scheduler()
     scheduler.step("b1", world.clock.now())
-    world.batches.apply_items("b1", {}, cancelled=True)
+    world.batches.decide("b1", lambda batch: [{"op": "cancel", "batch": batch.id}])
 
     report = scheduler.step("b1", world.clock.advance(1))
 
@@ -367,3 +367,73 @@ def test_offline_machines_receive_no_runs_and_items_wait_for_them(world: World) 
     context = FleetContext(fleet=world.fleet, held={"up": 1}, now=world.clock.now())
     reasons = {i.name: i.reason for i in batch_view(batch, runs, context).items}
     assert reasons["gpu"] == "every machine matching tag:gpu is offline"
+
+
+def test_a_cancelled_batch_with_retries_left_is_done_once_its_runs_end(world: World) -> None:
+    world.batch(entries("{name: a, dir: suites/ok, retries: 3}"))
+    world.transport.hold.add("a")
+    scheduler = world.scheduler()
+    scheduler.step("b1", world.clock.now())
+    world.batches.decide("b1", lambda batch: [{"op": "cancel", "batch": batch.id}])
+
+    report = scheduler.step("b1", world.clock.advance(1))
+
+    assert world.outcomes() == {"a": "interrupted"}
+    assert report.requeued == []  # a cancelled batch retries nothing
+    assert report.done
+    assert batch_view(world.batches.get("b1"), world.runs.get_many([world.run_of("a")])).done
+
+
+def test_a_run_its_own_starter_launched_but_nobody_claimed_is_started_again(
+    world: World,
+) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}"))
+    scheduler = world.scheduler()
+    world.transport.lose_starts = 1  # the first executor dies before claiming
+    scheduler.step("b1", world.clock.now())
+    run_id = world.run_of("a")
+    assert world.transport.executions == []
+
+    scheduler.step("b1", world.clock.advance(31))
+
+    assert world.transport.started == [run_id, run_id]
+    assert world.transport.executions == [run_id]
+
+
+def test_a_step_without_the_lease_prepares_no_run(world: World) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}"))
+    world.batches.swap_lease(
+        "b1",
+        when=lambda lease: True,
+        new_lease=Lease(token="theirs", pid=1, host="h", heartbeat_at=world.clock.now()),
+    )
+
+    with pytest.raises(LeaseLost):
+        world.scheduler(token="mine").step("b1", world.clock.now())
+
+    assert world.runs.non_terminal() == []  # no slot held by an orphaned run
+
+
+def test_a_dispatched_item_whose_run_record_vanished_does_not_hold_the_batch_open(
+    world: World,
+) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}", "{name: b, dir: suites/ok, needs: [a]}"))
+    world.scheduler().step("b1", world.clock.now())
+    for name in ("runs.json", "runs.journal"):
+        (world.runs.state_dir / name).unlink(missing_ok=True)
+
+    report = (
+        World(
+            world.tmp,
+            world.clock,
+            world.batches,
+            RunStore(world.runs.state_dir),
+            world.transport,
+            world.fleet,
+        )
+        .scheduler()
+        .step("b1", world.clock.advance(1))
+    )
+
+    assert report.done
+    assert report.skipped == ["b"]

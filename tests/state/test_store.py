@@ -65,8 +65,11 @@ def test_create_or_get_resumes_and_new_forces_a_fresh_batch(state_dir: Path) -> 
 def test_files_and_directory_are_private(state_dir: Path) -> None:
     BatchStore(state_dir).create_or_get("h", "s", force_new=False, new_batch=sample_batch)
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
-    assert stat.S_IMODE((state_dir / "batches.json").stat().st_mode) == 0o600
-    assert stat.S_IMODE((state_dir / "batches.json.lock").stat().st_mode) == 0o600
+    store = BatchStore(state_dir)
+    with store.file.locked():
+        store.file.compact()
+    for name in ("batches.json", "batches.journal", "batches.json.lock"):
+        assert stat.S_IMODE((state_dir / name).stat().st_mode) == 0o600, name
 
 
 def test_stale_snapshot_written_back_cannot_move_items_backwards(state_dir: Path) -> None:
@@ -77,23 +80,28 @@ def test_stale_snapshot_written_back_cannot_move_items_backwards(state_dir: Path
     store.apply_items("b1", {"a": dispatched})
 
     # A writer that read before the dispatch writes its whole snapshot back.
-    after = store.apply_items("b1", stale.items)
+    store.apply_items("b1", stale.items)
 
-    assert after.items["a"] == dispatched
     assert store.get("b1").items["a"] == dispatched
+    assert BatchStore(state_dir).get("b1").items["a"] == dispatched
 
 
 def test_garbage_file_is_refused_and_left_untouched(state_dir: Path) -> None:
     store = BatchStore(state_dir)
     store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
     store.apply_items("b1", {"a": Item(name="a", state=ItemState.DISPATCHED, run_id="r")})
+    for _ in range(2):  # two snapshots: the second keeps the first as last-good
+        with store.file.locked():
+            store.file.compact()
     path = state_dir / "batches.json"
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
     truncated = path.read_bytes()
 
-    with pytest.raises(StateUnreadable, match="last good copy"):
-        store.apply_items("b1", {"b": Item(name="b", state=ItemState.DISPATCHED, run_id="r2")})
+    with pytest.raises(StateUnreadable, match="last good snapshot"):
+        BatchStore(state_dir).apply_items(
+            "b1", {"b": Item(name="b", state=ItemState.DISPATCHED, run_id="r2")}
+        )
 
     assert path.read_bytes() == truncated
     # The copy kept beside it is the version before the last write, intact.

@@ -22,6 +22,7 @@ from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.base import Transport
 from batchctl.transports.detached import DetachedTransport
 from batchctl.transports.processes import group_alive
+from batchctl.transports.rundir import read_pgid
 from tests.fakes import FakeClock, FakeTransport
 from tests.helpers import blocking_script, make_suite, processes_of, wait_until
 from tests.sshd import Sshd
@@ -192,8 +193,9 @@ def test_terminate_stops_a_running_run_as_interrupted(harness: Harness) -> None:
 
     assert ended.status is RunStatus.INTERRUPTED
     assert not harness.transport.alive(ended)
-    if ended.pgid is not None:
-        assert not group_alive(ended.pgid)
+    pgid = read_pgid(harness.runs.run_dir(run.id))
+    if pgid is not None:
+        assert not group_alive(pgid)
     assert_no_test_process_left(harness)
 
 
@@ -215,8 +217,8 @@ def test_a_lost_executor_is_noticed(harness: Harness) -> None:
     if harness.kind == "fake":
         harness.fake.dead_executors.add(run.id)
     else:
-        assert running_run.executor_pid is not None
-        os.kill(running_run.executor_pid, signal.SIGKILL)
+        assert running_run.supervisor is not None
+        os.kill(running_run.supervisor.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while harness.transport.alive(running_run) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -225,6 +227,7 @@ def test_a_lost_executor_is_noticed(harness: Harness) -> None:
     harness.transport.terminate(running_run)
     ended = harness.settle(run.id)
     assert ended.status is RunStatus.INTERRUPTED
-    if ended.pgid is not None:
-        assert not group_alive(ended.pgid)
+    pgid = read_pgid(harness.runs.run_dir(run.id))
+    if pgid is not None:
+        assert not group_alive(pgid)
     assert_no_test_process_left(harness)  # the orphaned test process was killed too

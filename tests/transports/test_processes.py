@@ -13,6 +13,7 @@ from batchctl.transports.processes import (
     process_start_time,
     processes_with_env,
 )
+from tests.helpers import wait_until
 
 
 def test_a_run_is_found_by_its_id_and_its_group_killed_even_if_it_ignores_term() -> None:
@@ -22,8 +23,11 @@ def test_a_run_is_found_by_its_id_and_its_group_killed_even_if_it_ignores_term()
         start_new_session=True,
     )
     try:
-        found = processes_with_env("BATCHCTL_RUN_ID", "run-under-test")
-        assert process.pid in found
+        # Until the child has exec'd, /proc shows the environment it forked with.
+        wait_until(
+            lambda: process.pid in processes_with_env("BATCHCTL_RUN_ID", "run-under-test"),
+            what="the test process to show its environment",
+        )
         assert processes_with_env("BATCHCTL_RUN_ID", "some-other-run") == []
 
         kill_group(os.getpgid(process.pid), grace_s=0.3, clock=SystemClock(), reap=process)
