@@ -5,6 +5,7 @@ The fake transport obeys the same contract as the real ones
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +50,17 @@ class FakeTransport:
     # Starts that die before claiming their run (an executor killed at once).
     lose_starts: int = 0
 
-    def start(self, run: Run) -> None:
+    def start(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            self._start(run)
+
+    def settle(self, now: datetime) -> None:
+        return None  # runs end when the test says so
+
+    def due_in(self, now: datetime) -> float | None:
+        return None
+
+    def _start(self, run: Run) -> None:
         self.started.append(run.id)
         if self.lose_starts > 0:
             self.lose_starts -= 1
@@ -88,7 +99,7 @@ class FakeTransport:
     ) -> Run:
         return self.runs.finish(run_id, status, now=self.clock.now(), exit_code=exit_code)
 
-    def settle(self) -> None:
+    def finish_running(self) -> None:
         """Every started, running, not-held run ends with its item's outcome."""
         for run in self.runs.get_many(self.executions).values():
             if run.status is RunStatus.RUNNING and run.item not in self.hold:

@@ -186,8 +186,10 @@ def stored_runs(state_dir: Path) -> dict[str, Any]:
     """Every run as runs.json (snapshot and journal) holds it, read fresh."""
     from batchctl.state.runs import RunStore
 
-    runs: dict[str, Any] = RunStore(state_dir).file.read()["runs"]
-    return runs
+    store = RunStore(state_dir)
+    return {
+        run_id: store.get(run_id).model_dump(mode="json") for run_id in store.file.read()["runs"]
+    }
 
 
 def stored_batches(state_dir: Path) -> dict[str, Any]:

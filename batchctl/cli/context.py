@@ -17,6 +17,7 @@ from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.detached import DetachedTransport
 from batchctl.transports.processes import identity_alive, identity_of, pid_alive, this_process
+from batchctl.transports.sim import SimTransport
 from batchctl.transports.testdir import hash_test_dir
 
 
@@ -50,7 +51,11 @@ def open_dispatcher(settings: Settings) -> Dispatcher:
         runs=runs,
         fleet_source=fleet,
         fleet_path=settings.fleet_path,
-        transports={"local": transport, "ssh": transport},
+        transports={
+            "local": transport,
+            "ssh": transport,
+            "sim": SimTransport(runs, clock, fleet),
+        },
         clock=clock,
         tuning=settings.tuning,
         this_host=this_host,

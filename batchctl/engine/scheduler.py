@@ -107,6 +107,8 @@ class BatchMemory:
         self.dirty: set[str] = set(self.items)
 
     def run_of(self, name: str) -> Run | None:
+        """The item's current run, while the scheduler still needs it (runs
+        of final items nobody depends on are let go)."""
         run_id = self.items[name].run_id
         return self.runs.get(run_id) if run_id else None
 
@@ -116,6 +118,10 @@ class BatchMemory:
         if name in self.final:
             return
         self.final.add(name)
+        if name not in self.dependents:
+            # Nobody will ask about this run again: a 100,000-item batch
+            # keeps only the runs in flight and those dependents look at.
+            self.runs.pop(self.items[name].run_id or "", None)
         if passed:
             self.passed.add(name)
             for dependent in self.dependents.get(name, ()):
@@ -277,6 +283,11 @@ class Scheduler:
         self._memory[batch_id] = memory
         return memory
 
+    def load(self, batch_id: str) -> None:
+        """Read the batch whole, once (a worker does this before its first
+        tick: O(batch); every tick after reads only what changed)."""
+        self._catch_up(batch_id)
+
     def _catch_up(self, batch_id: str) -> BatchMemory:
         batch_records = self._batch_feed.drain()
         run_records = self._run_feed.drain()
@@ -294,8 +305,13 @@ class Scheduler:
                 memory.cancelled = record["op"] == "cancel"
                 memory.dirty.update(memory.items)
         if run_records is None:
-            memory.runs = self.runs.get_many(memory.owner)
-            memory.dirty.update(memory.owner.values())
+            wanted = [
+                run_id
+                for run_id, name in memory.owner.items()
+                if name not in memory.final or name in memory.dependents
+            ]
+            memory.runs = self.runs.get_many(wanted)
+            memory.dirty.update(memory.owner[run_id] for run_id in wanted)
             return memory
         changed: set[str] = set()
         for record in run_records:
@@ -321,32 +337,55 @@ class Scheduler:
     # -- the step ------------------------------------------------------------
 
     def step(self, batch_id: str, now: datetime) -> StepReport:
+        for transport in self._distinct_transports():
+            transport.settle(now)
         memory = self._catch_up(batch_id)
         report = StepReport(done=False)
-        self._reap(memory, now, report)
+        relaunch = self._reap(memory, now, report)
         proposals: dict[str, Item] = {}
         self._decide(memory, now, proposals, report)
         started = self._dispatch(memory, now, proposals, report)
-        for run in started:
-            self._start(run, now)
-            report.dispatched.append(run.item)
+        self._start([*relaunch, *started], now)
+        report.dispatched.extend(run.item for run in started)
         report.done = memory.done
         return report
+
+    def due_in(self, now: datetime) -> float | None:
+        """Seconds until a run supervised here may end, if any transport knows."""
+        hints = [
+            hint
+            for transport in self._distinct_transports()
+            if (hint := transport.due_in(now)) is not None
+        ]
+        return min(hints) if hints else None
+
+    def _distinct_transports(self) -> list[Transport]:
+        unique: dict[int, Transport] = {}
+        for transport in self.transports.values():
+            unique.setdefault(id(transport), transport)
+        return list(unique.values())
 
     def _transport(self, machine_name: str) -> Transport | None:
         machine = self.fleet.get(machine_name)
         return self.transports.get(machine.transport) if machine else None
 
-    def _start(self, run: Run, now: datetime) -> None:
-        transport = self._transport(run.machine)
-        if transport is not None:
-            self._launched[run.id] = now
-            transport.start(run)
+    def _start(self, runs: list[Run], now: datetime) -> None:
+        """Start runs, several per transport call (one claim write for many)."""
+        by_transport: dict[int, tuple[Transport, list[Run]]] = {}
+        for run in runs:
+            transport = self._transport(run.machine)
+            if transport is not None:
+                self._launched[run.id] = now
+                by_transport.setdefault(id(transport), (transport, []))[1].append(run)
+        for transport, group in by_transport.values():
+            transport.start(group)
 
-    def _reap(self, memory: BatchMemory, now: datetime, report: StepReport) -> None:
+    def _reap(self, memory: BatchMemory, now: datetime, report: StepReport) -> list[Run]:
         """Runs in flight: stop those of a cancelled batch, end those whose
-        executor is gone, start again those nobody claimed. O(runs in flight)."""
+        executor is gone; returns those nobody claimed within the grace, to
+        start again. O(runs in flight)."""
         grace = timedelta(seconds=self.settings.launch_grace_s)
+        relaunch: list[Run] = []
         for name in sorted(memory.active, key=memory.order.__getitem__):
             run = memory.run_of(name)
             if run is None or run.status.terminal:
@@ -368,13 +407,14 @@ class Scheduler:
             if not run.claimed:
                 launched = max(run.created_at, self._launched.get(run.id, run.created_at))
                 if now - launched > grace:
-                    self._start(run, now)
+                    relaunch.append(run)
                 continue
             if not transport.alive(run):
                 ended = transport.terminate(run)
                 self._saw_run(memory, ended)
                 if ended.status.terminal:
                     report.interrupted.append(name)
+        return relaunch
 
     def _saw_run(self, memory: BatchMemory, run: Run) -> None:
         memory.runs[run.id] = run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from batchctl.model.clock import utc_iso
 from batchctl.model.errors import LeaseLost, StateError
 from batchctl.transports.processes import spawn_detached
 
+SLOW_STEP_S = 0.5
 LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
@@ -106,10 +108,22 @@ def run_worker(
         return 0
     log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
     scheduler = dispatcher.scheduler(token)
+    stats = WorkerStats()
+    began = clock.monotonic()
+    scheduler.load(batch_id)
+    stats.load_s = clock.monotonic() - began
     with LeaseKeeper(dispatcher, batch_id, token) as keeper:
         try:
             while not stop.requested and not keeper.lost.is_set():
+                began = clock.monotonic()
                 report = scheduler.step(batch_id, clock.now())
+                took = clock.monotonic() - began
+                stats.saw_step(took)
+                if took > SLOW_STEP_S:
+                    log(
+                        f"{utc_iso(clock.now())} slow step: {took:.2f}s "
+                        f"({len(report.dispatched)} dispatched, {len(report.skipped)} skipped)"
+                    )
                 for label, names in (
                     ("dispatched", report.dispatched),
                     ("requeued", report.requeued),
@@ -121,8 +135,12 @@ def run_worker(
                 if report.done:
                     log(f"{utc_iso(clock.now())} batch {batch_id} is done")
                     dispatcher.release_lease(batch_id, token)
+                    log(stats.line(dispatcher))
                     return 0
-                sleep(dispatcher.tuning.tick_s)
+                # Sleep to the next tick, or less if a run is due to end sooner.
+                due = scheduler.due_in(clock.now())
+                tick = dispatcher.tuning.tick_s
+                sleep(tick if due is None else min(tick, due))
         except LeaseLost:
             pass
     if keeper.lost.is_set() or not stop.requested:
@@ -131,6 +149,29 @@ def run_worker(
     log("stopped by SIGTERM; runs in flight continue and a later worker takes over")
     dispatcher.release_lease(batch_id, token)
     return 0
+
+
+class WorkerStats:
+    """What a worker reports when it is done: how many steps it took, the
+    longest, the bytes it wrote to the state files and its peak memory."""
+
+    def __init__(self) -> None:
+        self.load_s = 0.0
+        self.steps = 0
+        self.longest_s = 0.0
+
+    def saw_step(self, seconds: float) -> None:
+        self.steps += 1
+        self.longest_s = max(self.longest_s, seconds)
+
+    def line(self, dispatcher: Dispatcher) -> str:
+        written = dispatcher.batches.file.bytes_written + dispatcher.runs.file.bytes_written
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return (
+            f"stats: load_s={self.load_s:.3f} steps={self.steps} "
+            f"longest_step_s={self.longest_s:.3f} "
+            f"state_bytes_written={written} peak_rss_kib={peak_kib}"
+        )
 
 
 def _names(names: list[str], shown: int = 20) -> str:

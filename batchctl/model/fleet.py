@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -55,11 +57,56 @@ Tags = Annotated[tuple[FleetName, ...], BeforeValidator(_list_as_tuple)]
 SshOptions = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
 
 
+SIM_OUTCOMES = ("succeeded", "failed", "error", "timeout", "interrupted")
+_SIM_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
+_SIM_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def _sim_seconds(text: str) -> float:
+    match = _SIM_DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid duration {text!r} (use 0s, 500ms, 2s, 1m, or a range 1s..5s)")
+    return float(match.group(1)) * _SIM_UNITS[match.group(2)]
+
+
+def parse_sim_duration(value: object) -> object:
+    """``2s``, ``500ms``, a number of seconds, or a range ``1s..5s``, to (low, high)."""
+    if isinstance(value, tuple):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 2s or 1s..5s")
+    if isinstance(value, int | float):
+        return (float(value), float(value))
+    if not isinstance(value, str):
+        raise ValueError("expected a duration like 2s or 1s..5s")
+    low_text, _, high_text = value.partition("..")
+    low = _sim_seconds(low_text)
+    high = _sim_seconds(high_text) if high_text else low
+    if high < low:
+        raise ValueError(f"invalid range {value!r}: the upper end is below the lower")
+    return (low, high)
+
+
+def check_sim_outcomes(value: object) -> object:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of outcome to share, e.g. {failed: 0.1}")
+    shares: dict[str, float] = {}
+    for name, share in value.items():
+        if name not in SIM_OUTCOMES:
+            raise ValueError(f"unknown outcome {name!r} (use {', '.join(SIM_OUTCOMES)})")
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise ValueError(f"outcome {name!r}: share must be a number from 0 to 1")
+        shares[str(name)] = float(share)
+    if sum(shares.values()) > 1.0 + 1e-9:
+        raise ValueError("outcome shares add up to more than 1")
+    return shares
+
+
 class Machine(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: FleetName
-    transport: Literal["local", "ssh"] = "local"
+    transport: Literal["local", "ssh", "sim"] = "local"
     os: OsName = Field(default_factory=this_os)
     tags: Tags = ()
     slots: Annotated[int, Field(ge=1, le=4096)] = 1
@@ -74,6 +121,12 @@ class Machine(BaseModel):
     ssh_options: SshOptions = ()
     keep_remote: bool = False
     max_artifacts_mb: Annotated[int, Field(ge=1)] = 1024
+    # sim only: how long a run takes (``2s``, ``500ms``, ``1s..5s`` drawn
+    # uniformly) and the share of each outcome (the rest succeed).
+    duration: Annotated[tuple[float, float], BeforeValidator(parse_sim_duration)] = (0.0, 0.0)
+    outcomes: Annotated[dict[str, float], BeforeValidator(check_sim_outcomes)] = Field(
+        default_factory=dict
+    )
     # Set for machines discovered through an inventory; never in a fleet file.
     source: str = "file"
     online: bool | None = None
@@ -82,7 +135,9 @@ class Machine(BaseModel):
     def _transport_fields(self) -> Machine:
         if self.transport == "ssh" and not self.host:
             raise ValueError("an ssh machine needs 'host'")
-        if self.transport == "local":
+        if self.transport != "sim" and ("duration" in self.model_fields_set or self.outcomes):
+            raise ValueError("duration, outcomes: only for simulated machines (transport: sim)")
+        if self.transport in ("local", "sim"):
             given = [
                 name
                 for name in ("host", "user", "port", "identity_file", "workdir", "known_hosts")
@@ -171,7 +226,11 @@ class Fleet:
         return [machine for machine in self.machines if machine.matches(selector)]
 
     def get(self, name: str) -> Machine | None:
-        return next((machine for machine in self.machines if machine.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Machine]:
+        return {machine.name: machine for machine in self.machines}
 
 
 class FleetSource:
@@ -216,7 +275,7 @@ def _problem(
     elif error["type"] == "missing":
         message = "is required"
     elif error["type"] == "literal_error" and field == "transport":
-        message = f"unsupported transport {error['input']!r} (supported: local, ssh)"
+        message = f"unsupported transport {error['input']!r} (supported: local, ssh, sim)"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     return f"{path}: {label}: field {field!r}: {message}"

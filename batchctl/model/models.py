@@ -192,4 +192,5 @@ class Run(Record):
 
     @property
     def claimed(self) -> bool:
-        return self.supervisor is not None
+        """Someone took it on: claiming is the move from pending to running."""
+        return self.status is not RunStatus.PENDING

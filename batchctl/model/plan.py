@@ -178,7 +178,12 @@ class Plan:
         return next(entry for entry in self.entries if entry.name == name)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: a 100,000-entry plan parses
+# in seconds instead of most of a minute.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that refuses duplicate keys: YAML silently keeps the last one,
     which would hide a typo'd or pasted-twice field."""
 
@@ -367,11 +372,16 @@ def load_plan_text(
 
     defaults = header.defaults or DefaultsSpec()
     default_tag = _default_tag(header.defaults, env_tag)
+    # Many entries share a directory (or a handful): resolve each once.
+    resolved: dict[str, str] = {}
+    for _, spec in specs:
+        if spec.dir not in resolved:
+            resolved[spec.dir] = str((base_dir / spec.dir).resolve())
     entries = tuple(
         Entry(
             name=spec.name,
             dir=spec.dir,
-            abs_dir=str((base_dir / spec.dir).resolve()),
+            abs_dir=resolved[spec.dir],
             selector=f"machine:{spec.machine}"
             if spec.machine
             else f"tag:{spec.tag or default_tag}",
@@ -421,7 +431,15 @@ def load_plan(path: str, *, env_tag: str | None) -> Plan:
 def missing_dir_problems(plan: Plan) -> list[str]:
     """Entries whose ``dir`` is absent or not a directory, checked when a batch is created."""
     problems = []
+    checked: dict[str, str | None] = {}  # each directory is asked about once
     for position, entry in enumerate(plan.entries):
+        if entry.abs_dir not in checked:
+            target = Path(entry.abs_dir)
+            checked[entry.abs_dir] = (
+                "missing" if not target.exists() else None if target.is_dir() else "not-a-dir"
+            )
+        if checked[entry.abs_dir] is None:
+            continue
         label = _entry_label(position, {"name": entry.name})
         target = Path(entry.abs_dir)
         if not target.exists():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -118,6 +118,28 @@ class FleetContext:
     fleet: Fleet
     held: Mapping[str, int]
     now: datetime
+    # Filled as items are explained: every item with one selector shares its
+    # answer, so a view costs O(items + selectors x machines).
+    by_selector: dict[str, str] = field(default_factory=dict)
+
+    def selector_reason(self, selector: str) -> str:
+        if selector not in self.by_selector:
+            self.by_selector[selector] = self._selector_reason(selector)
+        return self.by_selector[selector]
+
+    def _selector_reason(self, selector: str) -> str:
+        kind, _, value = selector.partition(":")
+        matching = self.fleet.matching(selector)
+        if not matching:
+            return f"no machine matches {selector}"
+        if not any(m.dispatchable for m in matching):
+            return f"every machine matching {selector} is offline"
+        if all(self.held.get(m.name, 0) >= m.slots for m in matching):
+            if kind == "machine":
+                return f"machine {value} busy"
+            count = len(matching)
+            return f"all {count} machine{'s' if count != 1 else ''} with tag {value} busy"
+        return "ready; dispatching on the next tick"
 
 
 def attempt_view(run: Run) -> AttemptView:
@@ -130,6 +152,7 @@ def _reason(
     batch: Batch,
     runs: Mapping[str, Run],
     context: FleetContext | None,
+    entries: Mapping[str, Entry],
 ) -> str | None:
     """Why a queued item is not running yet, in words."""
     if item.state is ItemState.DISPATCHED and item.run_id and item.run_id not in runs:
@@ -139,7 +162,6 @@ def _reason(
     items = batch.items
     waiting_on = unmet_needs(entry, items, runs)
     if waiting_on:
-        entries = {e.name: e for e in batch.entries}
         return "waiting on " + ", ".join(
             f"{name} ({item_outcome(entries[name], items[name], items, runs)})"
             for name in waiting_on
@@ -148,18 +170,7 @@ def _reason(
         return "ready; waiting for a matching machine"
     if item.not_before is not None and item.not_before > context.now:
         return f"retry backoff until {utc_iso(item.not_before)}"
-    kind, _, value = entry.selector.partition(":")
-    matching = context.fleet.matching(entry.selector)
-    if not matching:
-        return f"no machine matches {entry.selector}"
-    if not any(m.dispatchable for m in matching):
-        return f"every machine matching {entry.selector} is offline"
-    if all(context.held.get(m.name, 0) >= m.slots for m in matching):
-        if kind == "machine":
-            return f"machine {value} busy"
-        count = len(matching)
-        return f"all {count} machine{'s' if count != 1 else ''} with tag {value} busy"
-    return "ready; dispatching on the next tick"
+    return context.selector_reason(entry.selector)
 
 
 def item_view(
@@ -168,8 +179,11 @@ def item_view(
     batch: Batch,
     runs: Mapping[str, Run],
     context: FleetContext | None = None,
+    entries: Mapping[str, Entry] | None = None,
 ) -> ItemView:
     run = runs.get(item.run_id or "")
+    if entries is None:
+        entries = {e.name: e for e in batch.entries}
     return ItemView(
         name=item.name,
         selector=entry.selector,
@@ -180,7 +194,7 @@ def item_view(
         run_id=item.run_id,
         machine=item.machine,
         error_code=item.error_code.value if item.error_code else None,
-        reason=_reason(entry, item, batch, runs, context),
+        reason=_reason(entry, item, batch, runs, context, entries),
         blame=item.blame,
         history=list(item.history),
         run=run_view(run) if run is not None else None,
@@ -204,8 +218,10 @@ def batch_done(batch: Batch, runs: Mapping[str, Run]) -> bool:
 def batch_view(
     batch: Batch, runs: Mapping[str, Run], context: FleetContext | None = None
 ) -> BatchView:
+    entries = {entry.name: entry for entry in batch.entries}
     items = [
-        item_view(entry, batch.items[entry.name], batch, runs, context) for entry in batch.entries
+        item_view(entry, batch.items[entry.name], batch, runs, context, entries)
+        for entry in batch.entries
     ]
     return BatchView(
         id=batch.id,

@@ -35,7 +35,7 @@ from batchctl.state.journal import (
     Record,
     Subscription,
 )
-from batchctl.state.memory import without_gc
+from batchctl.state.memory import intern_values, without_gc
 from batchctl.state.merge import merge_raw_item
 
 BATCHES_SCHEMA_VERSION = 2
@@ -58,6 +58,22 @@ def resolve_id(records: Mapping[str, Any], given: str, kind: str) -> str:
     raise NotFound(f"no {kind} with id {given!r}", details={kind: given})
 
 
+_SHARED_ENTRY_VALUES = ("dir", "abs_dir", "selector", "retry_on")
+_SHARED_ITEM_VALUES = ("state", "machine", "updated_at", "not_before", "error_code")
+
+
+def share_batch_values(batch: dict[str, Any]) -> None:
+    for entry in batch.get("entries", ()):
+        intern_values(entry, _SHARED_ENTRY_VALUES)
+    for item in batch.get("items", {}).values():
+        intern_values(item, _SHARED_ITEM_VALUES)
+
+
+def share_document_values(document: Document) -> None:
+    for batch in document["batches"].values():
+        share_batch_values(batch)
+
+
 def fold_batches(document: Document, record: Record) -> None:
     """Apply one journal record. Records about batches that are gone (pruned)
     are ignored, as are item names a batch does not have: the set of items
@@ -66,6 +82,7 @@ def fold_batches(document: Document, record: Record) -> None:
     op = record["op"]
     if op == "create":
         batch = record["batch"]
+        share_batch_values(batch)
         batches.setdefault(batch["id"], batch)
         return
     if op == "remove":
@@ -80,6 +97,7 @@ def fold_batches(document: Document, record: Record) -> None:
         for name, proposed in record["items"].items():
             stored = items.get(name)
             if stored is not None:
+                intern_values(proposed, _SHARED_ITEM_VALUES)
                 items[name] = merge_raw_item(stored, proposed)
     elif op == "cancel":
         batch["cancelled"] = True
@@ -97,7 +115,11 @@ def items_record(batch_id: str, items: Mapping[str, Item]) -> Record:
     return {
         "op": "items",
         "batch": batch_id,
-        "items": {name: item.model_dump(mode="json") for name, item in items.items()},
+        # Defaults left out keep a record near the size of the decision.
+        "items": {
+            name: item.model_dump(mode="json", exclude_defaults=True)
+            for name, item in items.items()
+        },
     }
 
 
@@ -114,6 +136,7 @@ class BatchStore:
             schema_version=BATCHES_SCHEMA_VERSION,
             collection="batches",
             fold=fold_batches,
+            on_load=share_document_values,
             lock_timeout=lock_timeout,
             compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )
@@ -164,7 +187,9 @@ class BatchStore:
             if not force_new and (found := _newest_with_key(records, plan_hash, staging)):
                 return found, True
             batch = new_batch()
-            self.file.append([{"op": "create", "batch": batch.model_dump(mode="json")}])
+            self.file.append(
+                [{"op": "create", "batch": batch.model_dump(mode="json", exclude_defaults=True)}]
+            )
             return batch, False
 
     def apply_items(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -20,3 +22,15 @@ def without_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def intern_values(record: dict[str, Any], keys: Iterable[str]) -> None:
+    """Share one string object among the many records that repeat a value
+    (a directory, a selector, a machine, a timestamp of one step): a
+    100,000-item batch otherwise holds 100,000 copies of each."""
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, str):
+            record[key] = sys.intern(value)
+        elif isinstance(value, list) and all(isinstance(part, str) for part in value):
+            record[key] = [sys.intern(part) for part in value]

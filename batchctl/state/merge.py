@@ -43,9 +43,10 @@ RAW_STATE_RANK: dict[str, int] = {state.value: rank for state, rank in STATE_RAN
 
 
 def raw_item_version(item: Mapping[str, object]) -> tuple[int, int]:
-    attempt = item["attempt"]
+    """Stored items leave defaults out: attempt 1, state queued."""
+    attempt = item.get("attempt", 1)
     assert isinstance(attempt, int)
-    return (attempt, RAW_STATE_RANK[str(item["state"])])
+    return (attempt, RAW_STATE_RANK[str(item.get("state", "queued"))])
 
 
 def merge_raw_item(

@@ -38,10 +38,24 @@ from batchctl.state.journal import (
     Record,
     Subscription,
 )
+from batchctl.state.memory import intern_values
 
 RUNS_SCHEMA_VERSION = 2
 _TERMINAL_VALUES = frozenset(status.value for status in RunStatus if status.terminal)
 _RANK = {status.value: rank for status, rank in RUN_STATUS_ORDER.items()}
+# Values many runs repeat (see memory.intern_values).
+_SHARED_RUN_VALUES = (
+    "batch_id",
+    "machine",
+    "test_dir",
+    "test_dir_hash",
+    "status",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "message",
+    "error_code",
+)
 
 
 class Answer(StrEnum):
@@ -148,6 +162,7 @@ class RunStore:
     def _index_all(self, document: Document) -> None:
         self.index = RunIndex()
         for raw in document["runs"].values():
+            intern_values(raw, _SHARED_RUN_VALUES)
             self.index.add(raw)
 
     def _fold(self, document: Document, record: Record) -> None:
@@ -155,11 +170,13 @@ class RunStore:
         op = record["op"]
         if op == "create":
             for raw in record["runs"]:
+                intern_values(raw, _SHARED_RUN_VALUES)
                 if raw["id"] not in runs:
                     runs[raw["id"]] = raw
                     self.index.add(raw)
         elif op == "update":
             stored = runs.get(record["run"])
+            intern_values(record["set"], _SHARED_RUN_VALUES)
             if (
                 stored is not None
                 and apply_run_update(stored, record["set"])
@@ -177,23 +194,35 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.state_dir / "runs" / run_id
 
+    def _run(self, raw: Mapping[str, Any]) -> Run:
+        """A stored run; where its log and artifacts are is left out of the
+        record when it is the usual place in its run directory."""
+        if "log_path" in raw:
+            return Run.model_validate(raw)
+        run_dir = self.run_dir(raw["id"])
+        return Run.model_validate(
+            {
+                **raw,
+                "log_path": str(run_dir / "output.log"),
+                "artifacts_path": str(run_dir / "artifacts"),
+            }
+        )
+
     # -- reading -----------------------------------------------------------
 
     def get(self, run_id: str) -> Run:
         records = self.file.read()["runs"]
-        return Run.model_validate(records[resolve_id(records, run_id, "run")])
+        return self._run(records[resolve_id(records, run_id, "run")])
 
     def get_many(self, run_ids: Iterable[str]) -> dict[str, Run]:
         records = self.file.read()["runs"]
-        return {
-            run_id: Run.model_validate(records[run_id]) for run_id in run_ids if run_id in records
-        }
+        return {run_id: self._run(records[run_id]) for run_id in run_ids if run_id in records}
 
     def non_terminal(self) -> list[Run]:
         """Every run that holds a slot: O(live runs), from the index."""
         records = self.file.read()["runs"]
         return [
-            Run.model_validate(records[run_id])
+            self._run(records[run_id])
             for live in self.index.live_by_machine.values()
             for run_id in live
         ]
@@ -232,9 +261,7 @@ class RunStore:
                     (request.batch_id, request.item, request.attempt)
                 )
                 if existing is not None:
-                    results.append(
-                        PrepareResult(Answer.REUSE, Run.model_validate(records[existing]))
-                    )
+                    results.append(PrepareResult(Answer.REUSE, self._run(records[existing])))
                     continue
                 machine = occupancy.take(request.candidates)
                 if machine is None:
@@ -254,7 +281,11 @@ class RunStore:
                     log_path=str(run_dir / "output.log"),
                     artifacts_path=str(run_dir / "artifacts"),
                 )
-                created.append(run.model_dump(mode="json", exclude_none=True))
+                created.append(
+                    run.model_dump(
+                        mode="json", exclude_none=True, exclude={"log_path", "artifacts_path"}
+                    )
+                )
                 results.append(PrepareResult(Answer.CREATED, run))
             if created:
                 self.file.append([{"op": "create", "runs": created}])
@@ -267,7 +298,7 @@ class RunStore:
         with self.file.locked() as document:
             records = document["runs"]
             run_id = resolve_id(records, run_id, "run")
-            current = Run.model_validate(records[run_id])
+            current = self._run(records[run_id])
             if current.status.terminal:
                 return current
             proposed = change(current)
@@ -282,6 +313,33 @@ class RunStore:
             if changed:
                 self.file.append([{"op": "update", "run": run_id, "set": changed}])
             return proposed
+
+    def update_many(self, changes: Mapping[str, Callable[[Run], Run | None]]) -> list[Run]:
+        """``update`` for several runs under one lock, in one append: O(runs
+        changed). Returns every run as it stands after (unknown ids left out)."""
+        with self.file.locked() as document:
+            records = document["runs"]
+            results: list[Run] = []
+            appended: list[Record] = []
+            for run_id, change in changes.items():
+                if run_id not in records:
+                    continue
+                current = self._run(records[run_id])
+                proposed = None if current.status.terminal else change(current)
+                if (
+                    proposed is None
+                    or RUN_STATUS_ORDER[proposed.status] < RUN_STATUS_ORDER[current.status]
+                ):
+                    results.append(current)
+                    continue
+                before = current.model_dump(mode="json")
+                after = proposed.model_dump(mode="json")
+                changed = {key: value for key, value in after.items() if before.get(key) != value}
+                if changed:
+                    appended.append({"op": "update", "run": run_id, "set": changed})
+                results.append(proposed)
+            self.file.append(appended)
+            return results
 
     def finish(
         self,

@@ -4,17 +4,29 @@ used by the scheduler's fast tests — passes the same contract tests
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from batchctl.model.models import Run
 
 
 class Transport(Protocol):
-    def start(self, run: Run) -> None:
-        """Begin executing a prepared (pending) run and return at once. The run
+    def start(self, runs: Sequence[Run]) -> None:
+        """Begin executing prepared (pending) runs and return at once. Each run
         moves to running and then to a terminal status in the runs store, with
         its output in ``run.log_path`` and its artifacts in ``run.artifacts_path``.
         Starting a run twice executes it once: claiming a run is exclusive."""
+        ...
+
+    def settle(self, now: datetime) -> None:
+        """Record the ends of runs supervised by this process that are over
+        (a transport whose runs record their own ends does nothing)."""
+        ...
+
+    def due_in(self, now: datetime) -> float | None:
+        """Seconds until a run this process supervises may end, if known; the
+        worker sleeps no longer than that."""
         ...
 
     def alive(self, run: Run) -> bool:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -56,10 +57,16 @@ class DetachedTransport:
         self.fleet_path = fleet_path
         self.beats = BeatWatch(clock.monotonic, stale_s=executor_stale_s)
 
-    def start(self, run: Run) -> None:
-        run_dir = self.runs.run_dir(run.id)
-        argv = executor_argv(run.id, self.runs.state_dir, self.fleet_path)
-        spawn_detached(argv, run_dir / "executor.log")
+    def start(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            argv = executor_argv(run.id, self.runs.state_dir, self.fleet_path)
+            spawn_detached(argv, self.runs.run_dir(run.id) / "executor.log")
+
+    def settle(self, now: datetime) -> None:
+        return None  # each executor records its run's end itself
+
+    def due_in(self, now: datetime) -> float | None:
+        return None
 
     def alive(self, run: Run) -> bool:
         if run.supervisor is None or run.status.terminal:
@@ -81,13 +88,21 @@ class DetachedTransport:
                 else _ended(current, RunStatus.INTERRUPTED, now, "cancelled before it started")
             ),
         )
-        if fresh.status.terminal or fresh.supervisor is None:
+        if fresh.status.terminal:
             return fresh
+        if fresh.supervisor is None:
+            # Claimed, but its executor died before saying who it is.
+            return self._end_abandoned(fresh, now)
         verdict = identity_alive(fresh.supervisor)
         if verdict is None:
             return fresh  # not ours to signal: its own host's worker will
         if verdict and signal_process(fresh.supervisor, signal.SIGTERM):
             return fresh  # the executor stops the test and records the end
+        return self._end_abandoned(fresh, now)
+
+    def _end_abandoned(self, run: Run, now: datetime) -> Run:
+        """A run whose executor is gone: its recorded outcome if it left one,
+        else ``interrupted`` once what is left of it is confirmed dead."""
         run_dir = self.runs.run_dir(run.id)
         recorded = read_result(run_dir)
         if recorded is not None:
@@ -100,7 +115,7 @@ class DetachedTransport:
                 error_code=recorded.error_code,
                 message=recorded.message,
             )
-        problem = self._kill_leftovers(fresh, run_dir)
+        problem = self._kill_leftovers(run, run_dir)
         if problem is not None:
             return self.runs.update(
                 run.id, lambda current: current.model_copy(update={"message": problem})

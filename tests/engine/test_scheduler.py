@@ -127,9 +127,9 @@ def test_items_wait_for_needs_and_independent_chains_do_not_wait(world: World) -
     assert second.dispatched == ["y"]  # x's chain moves on while a still runs
     assert world.outcomes()["b"] == "waiting"
 
-    world.transport.settle()
+    world.transport.finish_running()
     scheduler.step("b1", world.clock.advance(1))
-    world.transport.settle()
+    world.transport.finish_running()
     last = scheduler.step("b1", world.clock.advance(1))
     assert last.done
     assert set(world.outcomes().values()) == {"passed"}
@@ -146,7 +146,7 @@ def test_a_machine_never_holds_more_runs_than_its_slots(world: World) -> None:
         assert len(world.runs.non_terminal()) == 1
         scheduler.step("b1", world.clock.advance(1))  # busy: nothing more
         assert len(world.runs.non_terminal()) == 1
-        world.transport.settle()
+        world.transport.finish_running()
     assert scheduler.step("b1", world.clock.advance(1)).done
 
 
@@ -181,7 +181,7 @@ def test_a_failed_need_skips_dependents_transitively_with_blame(world: World) ->
     world.transport.outcomes["a"] = (RunStatus.FAILED, 1)
     scheduler = world.scheduler()
     scheduler.step("b1", world.clock.now())
-    world.transport.settle()
+    world.transport.finish_running()
 
     report = scheduler.step("b1", world.clock.advance(1))
 
@@ -213,7 +213,7 @@ def test_lost_executor_is_interrupted_and_retried_as_a_new_attempt(world: World)
     item = world.batches.get("b1").items["a"]
     assert (item.attempt, item.history) == (2, (first_run,))
     assert item.run_id != first_run
-    world.transport.settle()
+    world.transport.finish_running()
     assert scheduler.step("b1", world.clock.advance(1)).done
     assert world.outcomes() == {"a": "passed"}
 
@@ -228,7 +228,7 @@ def test_a_failed_run_is_not_retried_unless_failed_is_listed(world: World) -> No
     world.transport.outcomes = {"plain": (RunStatus.FAILED, 3), "listed": (RunStatus.FAILED, 3)}
     scheduler = world.scheduler()
     scheduler.step("b1", world.clock.now())
-    world.transport.settle()
+    world.transport.finish_running()
     report = scheduler.step("b1", world.clock.advance(1))
 
     assert report.requeued == ["listed"]
@@ -280,11 +280,11 @@ def test_older_batches_are_served_first(world: World) -> None:
     old, new = world.scheduler("old", older=True), world.scheduler("new", older=True)
 
     old.step("old", world.clock.now())
-    world.transport.settle()
+    world.transport.finish_running()
     # The slot is free, but the old batch still has a ready item: new yields.
     assert new.step("new", world.clock.advance(1)).dispatched == []
     assert old.step("old", world.clock.advance(1)).dispatched == ["old2"]
-    world.transport.settle()
+    world.transport.finish_running()
     assert old.step("old", world.clock.advance(1)).done
     assert new.step("new", world.clock.advance(1)).dispatched == ["new1"]
 
@@ -337,7 +337,7 @@ def test_items_no_machine_takes_in_time_are_skipped_queue_timeout(world: World) 
     world.transport.hold.add("hog")
     scheduler = world.scheduler()
     scheduler.step("b1", world.clock.now())
-    world.transport.settle()
+    world.transport.finish_running()
 
     assert scheduler.step("b1", world.clock.advance(59)).skipped == []
     report = scheduler.step("b1", world.clock.advance(1))

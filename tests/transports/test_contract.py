@@ -102,7 +102,7 @@ class Harness:
 
     def wait_for(self, run_id: str, done: Callable[[Run], bool], what: str) -> Run:
         if self.kind == "fake":
-            self.fake.settle()
+            self.fake.finish_running()
         wait_until(lambda: done(self.runs.get(run_id)), timeout=30, what=what)
         return self.runs.get(run_id)
 
@@ -151,7 +151,7 @@ def running(harness: Harness, run_id: str) -> Run:
 
 def test_a_passing_run_succeeds_with_its_output_and_artifacts(harness: Harness) -> None:
     run = harness.prepare("pass")
-    harness.transport.start(run)
+    harness.transport.start([run])
 
     ended = harness.settle(run.id)
 
@@ -164,7 +164,7 @@ def test_a_passing_run_succeeds_with_its_output_and_artifacts(harness: Harness) 
 
 def test_a_failing_run_keeps_its_exit_code(harness: Harness) -> None:
     run = harness.prepare("fail")
-    harness.transport.start(run)
+    harness.transport.start([run])
 
     ended = harness.settle(run.id)
 
@@ -173,8 +173,8 @@ def test_a_failing_run_keeps_its_exit_code(harness: Harness) -> None:
 
 def test_starting_a_run_twice_executes_it_once(harness: Harness) -> None:
     run = harness.prepare("pass")
-    harness.transport.start(run)
-    harness.transport.start(run)
+    harness.transport.start([run])
+    harness.transport.start([run])
 
     ended = harness.settle(run.id)
 
@@ -184,7 +184,7 @@ def test_starting_a_run_twice_executes_it_once(harness: Harness) -> None:
 
 def test_terminate_stops_a_running_run_as_interrupted(harness: Harness) -> None:
     run = harness.prepare("hold")
-    harness.transport.start(run)
+    harness.transport.start([run])
     running_run = running(harness, run.id)
     assert harness.transport.alive(running_run)
 
@@ -202,7 +202,7 @@ def test_terminate_stops_a_running_run_as_interrupted(harness: Harness) -> None:
 def test_terminate_before_start_means_it_never_runs(harness: Harness) -> None:
     run = harness.prepare("pass")
     harness.transport.terminate(run)
-    harness.transport.start(run)
+    harness.transport.start([run])
 
     ended = harness.settle(run.id)
 
@@ -212,7 +212,7 @@ def test_terminate_before_start_means_it_never_runs(harness: Harness) -> None:
 
 def test_a_lost_executor_is_noticed(harness: Harness) -> None:
     run = harness.prepare("hold")
-    harness.transport.start(run)
+    harness.transport.start([run])
     running_run = running(harness, run.id)
     if harness.kind == "fake":
         harness.fake.dead_executors.add(run.id)
