@@ -54,11 +54,20 @@ class FakeTransport:
         for run in runs:
             self._start(run)
 
-    def settle(self, now: datetime) -> None:
-        return None  # runs end when the test says so
+    def check(self, runs: Sequence[Run], now: datetime) -> list[str]:
+        """Runs end when the test says so; a "dead executor" is found lost."""
+        lost = []
+        for run in runs:
+            if run.claimed and not run.status.terminal and not self.alive(run):
+                self.terminate(run)
+                lost.append(run.id)
+        return lost
 
     def due_in(self, now: datetime) -> float | None:
         return None
+
+    def wakeup_fds(self) -> list[int]:
+        return []
 
     def _start(self, run: Run) -> None:
         self.started.append(run.id)

@@ -16,6 +16,7 @@ from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.detached import DetachedTransport
+from batchctl.transports.local import EntryLookup, LocalTransport
 from batchctl.transports.processes import identity_alive, identity_of, pid_alive, this_process
 from batchctl.transports.sim import SimTransport
 from batchctl.transports.testdir import hash_test_dir
@@ -52,7 +53,13 @@ def open_dispatcher(settings: Settings) -> Dispatcher:
         fleet_source=fleet,
         fleet_path=settings.fleet_path,
         transports={
-            "local": transport,
+            "local": LocalTransport(
+                runs,
+                clock,
+                entries=EntryLookup(batches.raw),
+                fleet=fleet,
+                kill_grace_s=settings.tuning.kill_grace_s,
+            ),
             "ssh": transport,
             "sim": SimTransport(runs, clock, fleet),
         },

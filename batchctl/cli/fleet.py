@@ -1,6 +1,7 @@
 """The fleet command, and the hidden commands of detached processes."""
 
 import os
+import select
 import socket
 import sys
 import time
@@ -48,7 +49,14 @@ def batch_worker(
         print(line, flush=True)
 
     handed_token = os.environ.pop(LEASE_TOKEN_VARIABLE, None)
-    return run_worker(batch_id, dispatcher, sleep=time.sleep, log=log, handed_token=handed_token)
+
+    def wait(fds: list[int], timeout: float) -> None:
+        if fds:
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
+
+    return run_worker(batch_id, dispatcher, wait=wait, log=log, handed_token=handed_token)
 
 
 def run_executor(

@@ -337,10 +337,10 @@ class Scheduler:
     # -- the step ------------------------------------------------------------
 
     def step(self, batch_id: str, now: datetime) -> StepReport:
-        for transport in self._distinct_transports():
-            transport.settle(now)
-        memory = self._catch_up(batch_id)
         report = StepReport(done=False)
+        memory = self._catch_up(batch_id)
+        if self._check(memory, now, report):
+            memory = self._catch_up(batch_id)  # fold what the transports recorded
         relaunch = self._reap(memory, now, report)
         proposals: dict[str, Item] = {}
         self._decide(memory, now, proposals, report)
@@ -349,6 +349,10 @@ class Scheduler:
         report.dispatched.extend(run.item for run in started)
         report.done = memory.done
         return report
+
+    def wakeup_fds(self) -> list[int]:
+        """Readable as soon as a run this process supervises ends."""
+        return [fd for transport in self._distinct_transports() for fd in transport.wakeup_fds()]
 
     def due_in(self, now: datetime) -> float | None:
         """Seconds until a run supervised here may end, if any transport knows."""
@@ -380,12 +384,10 @@ class Scheduler:
         for transport, group in by_transport.values():
             transport.start(group)
 
-    def _reap(self, memory: BatchMemory, now: datetime, report: StepReport) -> list[Run]:
-        """Runs in flight: stop those of a cancelled batch, end those whose
-        executor is gone; returns those nobody claimed within the grace, to
-        start again. O(runs in flight)."""
-        grace = timedelta(seconds=self.settings.launch_grace_s)
-        relaunch: list[Run] = []
+    def _check(self, memory: BatchMemory, now: datetime, report: StepReport) -> bool:
+        """Have each transport look at its runs in flight and record what
+        changed. O(runs in flight). True if there was anything to look at."""
+        by_transport: dict[int, tuple[Transport, list[Run]]] = {}
         for name in sorted(memory.active, key=memory.order.__getitem__):
             run = memory.run_of(name)
             if run is None or run.status.terminal:
@@ -401,19 +403,28 @@ class Scheduler:
                 self._saw_run(memory, ended)
                 report.interrupted.append(name)
                 continue
+            by_transport.setdefault(id(transport), (transport, []))[1].append(run)
+        for transport, runs in by_transport.values():
+            lost = set(transport.check(runs, now))
+            report.interrupted.extend(run.item for run in runs if run.id in lost)
+        return bool(by_transport)
+
+    def _reap(self, memory: BatchMemory, now: datetime, report: StepReport) -> list[Run]:
+        """Stop the runs of a cancelled batch; return the runs nobody claimed
+        within the grace, to start again. O(runs in flight)."""
+        grace = timedelta(seconds=self.settings.launch_grace_s)
+        relaunch: list[Run] = []
+        for name in sorted(memory.active, key=memory.order.__getitem__):
+            run = memory.run_of(name)
+            transport = self._transport(run.machine) if run is not None else None
+            if run is None or transport is None or run.status.terminal:
+                continue
             if memory.cancelled:
                 self._saw_run(memory, transport.terminate(run))
-                continue
-            if not run.claimed:
+            elif not run.claimed:
                 launched = max(run.created_at, self._launched.get(run.id, run.created_at))
                 if now - launched > grace:
                     relaunch.append(run)
-                continue
-            if not transport.alive(run):
-                ended = transport.terminate(run)
-                self._saw_run(memory, ended)
-                if ended.status.terminal:
-                    report.interrupted.append(name)
         return relaunch
 
     def _saw_run(self, memory: BatchMemory, run: Run) -> None:

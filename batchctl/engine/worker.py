@@ -88,7 +88,8 @@ def run_worker(
     batch_id: str,
     dispatcher: Dispatcher,
     *,
-    sleep: Callable[[float], None],
+    # (file descriptors, seconds): return when one is readable or time is up
+    wait: Callable[[list[int], float], None],
     log: Callable[[str], None],
     handed_token: str | None = None,
 ) -> int:
@@ -140,7 +141,8 @@ def run_worker(
                 # Sleep to the next tick, or less if a run is due to end sooner.
                 due = scheduler.due_in(clock.now())
                 tick = dispatcher.tuning.tick_s
-                sleep(tick if due is None else min(tick, due))
+                # or at once when a supervised run ends (its pidfd turns readable).
+                wait(scheduler.wakeup_fds(), tick if due is None else min(tick, due))
         except LeaseLost:
             pass
     if keeper.lost.is_set() or not stop.requested:

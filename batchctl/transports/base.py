@@ -19,18 +19,19 @@ class Transport(Protocol):
         Starting a run twice executes it once: claiming a run is exclusive."""
         ...
 
-    def settle(self, now: datetime) -> None:
-        """Record the ends of runs supervised by this process that are over
-        (a transport whose runs record their own ends does nothing)."""
+    def check(self, runs: Sequence[Run], now: datetime) -> list[str]:
+        """Look at runs in flight that this transport serves, on fresh facts,
+        and record what changed (claimed, ended, supervisor gone). Returns
+        the ids of the runs found lost (ended ``interrupted`` here)."""
         ...
 
     def due_in(self, now: datetime) -> float | None:
-        """Seconds until a run this process supervises may end, if known; the
-        worker sleeps no longer than that."""
+        """Seconds until something this transport supervises is due (a run
+        ending, a KILL after a grace), if known; the worker sleeps no longer."""
         ...
 
-    def alive(self, run: Run) -> bool:
-        """Is the supervisor of a claimed run still there to record its end?"""
+    def wakeup_fds(self) -> list[int]:
+        """File descriptors readable as soon as a supervised run ends."""
         ...
 
     def terminate(self, run: Run) -> Run:

@@ -62,11 +62,20 @@ class DetachedTransport:
             argv = executor_argv(run.id, self.runs.state_dir, self.fleet_path)
             spawn_detached(argv, self.runs.run_dir(run.id) / "executor.log")
 
-    def settle(self, now: datetime) -> None:
-        return None  # each executor records its run's end itself
+    def check(self, runs: Sequence[Run], now: datetime) -> list[str]:
+        """Executors record their runs' ends; here only lost ones are ended."""
+        lost: list[str] = []
+        for run in runs:
+            lost_now = run.claimed and not run.status.terminal and not self.alive(run)
+            if lost_now and self.terminate(run).status.terminal:
+                lost.append(run.id)
+        return lost
 
     def due_in(self, now: datetime) -> float | None:
         return None
+
+    def wakeup_fds(self) -> list[int]:
+        return []
 
     def alive(self, run: Run) -> bool:
         if run.supervisor is None or run.status.terminal:
@@ -121,7 +130,7 @@ class DetachedTransport:
                 run.id, lambda current: current.model_copy(update={"message": problem})
             )
         return self.runs.finish(
-            run.id, RunStatus.INTERRUPTED, now=now, message="its executor is gone"
+            run.id, RunStatus.INTERRUPTED, now=now, message="its supervisor is gone"
         )
 
     def _kill_leftovers(self, run: Run, run_dir: Path) -> str | None:

@@ -21,6 +21,7 @@ from batchctl.transports.runners.base import Ended
 
 HEARTBEAT = "heartbeat"
 PGID = "pgid"
+CLAIM = "claim"
 RESULT = "result.json"
 
 
@@ -55,10 +56,14 @@ def write_pgid(run_dir: Path, pgid: int) -> None:
 
 
 def read_pgid(run_dir: Path) -> int | None:
-    try:
-        return int((run_dir / PGID).read_text())
-    except (OSError, ValueError):
-        return None
+    """The test's process group: recorded by an executor, or, for a local
+    run, the pid in its claim (the wrapper leads the group it made)."""
+    for name in (PGID, CLAIM):
+        try:
+            return int((run_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def write_result(run_dir: Path, ended: Ended) -> None:

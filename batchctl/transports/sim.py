@@ -91,10 +91,17 @@ class SimTransport:
         started = run.started_at or self.clock.now()
         heapq.heappush(self._due, (started + timedelta(seconds=plan.seconds), run.id))
 
-    def alive(self, run: Run) -> bool:
-        """A simulated run cannot be lost: whoever asks takes it on."""
-        self._adopt(run)
-        return True
+    def check(self, runs: Sequence[Run], now: datetime) -> list[str]:
+        """A simulated run cannot be lost: whoever looks takes it on. Every
+        run whose time is up is recorded, in one write."""
+        for run in runs:
+            if run.claimed and not run.status.terminal:
+                self._adopt(run)
+        self.settle(now)
+        return []
+
+    def wakeup_fds(self) -> list[int]:
+        return []
 
     def terminate(self, run: Run) -> Run:
         self._plans.pop(run.id, None)

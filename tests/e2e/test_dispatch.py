@@ -236,7 +236,9 @@ def test_killed_executor_is_interrupted_and_its_test_process_terminated(
     make_suite(workdir / "suites", "long", blocking_script(workdir / "never"))
     write_plan(workdir, "version: 1\nentries:\n  - {name: long, dir: suites/long}\n")
     batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
-    wait_until(lambda: any(r.get("pgid") for r in runs_json(state_dir).values()), what="the run")
+    wait_until(
+        lambda: any(r.get("supervisor") for r in runs_json(state_dir).values()), what="the run"
+    )
     [run] = runs_json(state_dir).values()
     os.kill(run["supervisor"]["pid"], signal.SIGKILL)
 
@@ -245,7 +247,7 @@ def test_killed_executor_is_interrupted_and_its_test_process_terminated(
     assert final.code == 1
     item = final.json()["data"]["items"][0]
     assert item["outcome"] == "interrupted"
-    assert "executor is gone" in item["run"]["message"]
+    assert "supervisor is gone" in item["run"]["message"]
     assert not group_alive(run["pgid"])
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from batchctl.state.batches import BatchStore
 from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.base import Transport
 from batchctl.transports.detached import DetachedTransport
+from batchctl.transports.local import EntryLookup, LocalTransport
 from batchctl.transports.processes import group_alive
 from batchctl.transports.rundir import read_pgid
 from tests.fakes import FakeClock, FakeTransport
@@ -59,13 +59,19 @@ class Harness:
             )
             fleet_file = tmp / "fleet.yaml"
             fleet_file.write_text("machines:\n" + machine)
-            self.transport = DetachedTransport(
-                self.runs,
-                SystemClock(),
-                kill_grace_s=2,
-                fleet_path=fleet_file,
-                fleet=FleetSource(lambda: load_fleet(fleet_file)),
-            )
+            fleet = FleetSource(lambda: load_fleet(fleet_file))
+            if kind == "local":
+                self.transport = LocalTransport(
+                    self.runs,
+                    SystemClock(),
+                    entries=EntryLookup(self.batches.raw),
+                    fleet=fleet,
+                    kill_grace_s=2,
+                )
+            else:
+                self.transport = DetachedTransport(
+                    self.runs, SystemClock(), kill_grace_s=2, fleet_path=fleet_file, fleet=fleet
+                )
         make_suite(tmp / "suites", "pass", SCRIPTS["pass"])
         make_suite(tmp / "suites", "fail", SCRIPTS["fail"])
         make_suite(tmp / "suites", "hold", blocking_script(self.release, before="started"))
@@ -100,10 +106,19 @@ class Harness:
         assert result.run is not None
         return result.run
 
+    def look(self, run_id: str) -> list[str]:
+        """What a worker does each tick: the transport looks at the run."""
+        return self.transport.check([self.runs.get(run_id)], datetime.now(UTC))
+
     def wait_for(self, run_id: str, done: Callable[[Run], bool], what: str) -> Run:
         if self.kind == "fake":
             self.fake.finish_running()
-        wait_until(lambda: done(self.runs.get(run_id)), timeout=30, what=what)
+
+        def looked_and_done() -> bool:
+            self.look(run_id)
+            return done(self.runs.get(run_id))
+
+        wait_until(looked_and_done, timeout=30, what=what)
         return self.runs.get(run_id)
 
     def settle(self, run_id: str) -> Run:
@@ -186,13 +201,11 @@ def test_terminate_stops_a_running_run_as_interrupted(harness: Harness) -> None:
     run = harness.prepare("hold")
     harness.transport.start([run])
     running_run = running(harness, run.id)
-    assert harness.transport.alive(running_run)
 
     harness.transport.terminate(running_run)
     ended = harness.settle(run.id)
 
     assert ended.status is RunStatus.INTERRUPTED
-    assert not harness.transport.alive(ended)
     pgid = read_pgid(harness.runs.run_dir(run.id))
     if pgid is not None:
         assert not group_alive(pgid)
@@ -219,12 +232,8 @@ def test_a_lost_executor_is_noticed(harness: Harness) -> None:
     else:
         assert running_run.supervisor is not None
         os.kill(running_run.supervisor.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while harness.transport.alive(running_run) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
-    assert not harness.transport.alive(running_run)
-    harness.transport.terminate(running_run)
+    wait_until(lambda: run.id in harness.look(run.id), what="the loss noticed")
     ended = harness.settle(run.id)
     assert ended.status is RunStatus.INTERRUPTED
     pgid = read_pgid(harness.runs.run_dir(run.id))

@@ -1,0 +1,414 @@
+"""Runs on this host, supervised by the worker itself (``transport: local``).
+
+A run costs one small POSIX shell and the test: no interpreter starts per
+run. The worker copies the test directory, then starts ``/bin/sh`` with the
+wrapper below in a session of its own (its pid is the test's process group).
+The wrapper claims the run, runs the entrypoint with its output going to the
+run's log, and writes the exit status to ``exit`` in the run directory.
+
+- **Claiming is exclusive**: the claim is a hard link created with ``ln``,
+  which fails if the name exists; of two wrappers started for one run (a
+  worker that died before seeing its start, then its successor), one runs it.
+  Stopping a run nobody claimed takes the claim first, so it never starts.
+- **Nothing is lost with the worker**: the wrapper outlives it (own session),
+  and the ``exit`` file says how the test ended to whichever worker looks
+  next. A wrapper that died without writing it ends the run ``interrupted``
+  once what is left of its process group is gone.
+- **Ends are noticed at once**: the wrapper is the worker's child; its pidfd
+  wakes the worker the moment it exits (``wakeup_fds``).
+- **Stopping never blocks a tick**: timeout and cancel send TERM to the
+  group and come back; KILL follows after the grace, and the run is recorded
+  once the group is confirmed gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from batchctl.model.clock import Clock
+from batchctl.model.fleet import FleetSource
+from batchctl.model.models import ProcessIdentity, Run, RunStatus
+from batchctl.state.runs import RunStore
+from batchctl.transports.processes import group_alive, identity_alive, identity_of
+from batchctl.transports.rundir import write_atomically
+from batchctl.transports.runners.base import Ended, from_exit_code
+
+# $1 run directory, $2 the entrypoint's path; the rest is its argv.
+WRAPPER = r"""
+run_dir=$1; shift
+echo $$ > "$run_dir/claim.$$" || exit 125
+if ! ln "$run_dir/claim.$$" "$run_dir/claim" 2>/dev/null; then
+  rm -f "$run_dir/claim.$$"; exit 0
+fi
+rm -f "$run_dir/claim.$$"
+cd "$run_dir/work" || exit 125
+"$@" </dev/null >>"$run_dir/output.log" 2>&1
+code=$?
+echo $code > "$run_dir/exit.$$" && mv "$run_dir/exit.$$" "$run_dir/exit"
+"""
+VOID = "void"  # the claim of a run stopped before anyone started it
+
+
+@dataclass
+class _Stopping:
+    status: RunStatus
+    message: str
+    kill_at: datetime
+    killed: bool = False
+    lost: bool = False  # stopping what a dead wrapper left behind
+
+
+class EntryLookup:
+    """A run's entry (env, timeout) and batch facts, read once per batch."""
+
+    def __init__(self, batch_raw: Callable[[str], Mapping[str, Any]]) -> None:
+        self.batch_raw = batch_raw
+        self._batches: dict[str, tuple[str, dict[str, Mapping[str, Any]]]] = {}
+
+    def __call__(self, run: Run) -> tuple[str, Mapping[str, Any]]:
+        """(staging, raw entry) of the run's item."""
+        if run.batch_id not in self._batches:
+            raw = self.batch_raw(run.batch_id)
+            entries = {entry["name"]: entry for entry in raw["entries"]}
+            self._batches[run.batch_id] = (raw.get("staging", ""), entries)
+        staging, entries = self._batches[run.batch_id]
+        return staging, entries[run.item]
+
+
+class LocalTransport:
+    def __init__(
+        self,
+        runs: RunStore,
+        clock: Clock,
+        *,
+        entries: EntryLookup,
+        fleet: FleetSource,
+        kill_grace_s: float,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.runs = runs
+        self.clock = clock
+        self.entries = entries
+        self.fleet = fleet
+        self.kill_grace_s = kill_grace_s
+        self.environ = dict(os.environ if environ is None else environ)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._pidfds: dict[str, int] = {}
+        self._stopping: dict[str, _Stopping] = {}
+
+    # -- starting ------------------------------------------------------------
+
+    def start(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            self._launch(run)
+
+    def _launch(self, run: Run) -> None:
+        run_dir = self.runs.run_dir(run.id)
+        if (run_dir / "claim").exists():
+            return  # someone runs it already
+        staging, entry = self.entries(run)
+        machine = self.fleet.get().get(run.machine)
+        entrypoint = machine.entrypoint if machine else "run.sh"
+        try:
+            work = _copy_test_dir(Path(run.test_dir), run_dir)
+        except OSError as exc:
+            self._record(
+                run,
+                Ended(
+                    RunStatus.ERROR,
+                    error_code="upload_failed",
+                    message=f"cannot copy {run.test_dir}: {exc}",
+                ),
+            )
+            return
+        script = work / entrypoint
+        if not script.is_file():
+            self._record(
+                run,
+                Ended(
+                    RunStatus.ERROR,
+                    error_code="entrypoint_missing",
+                    message=f"{entrypoint} not found in {run.test_dir}",
+                ),
+            )
+            return
+        argv = [str(script)] if os.access(script, os.X_OK) else ["/bin/sh", str(script)]
+        Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.environ,
+            **entry.get("env", {}),
+            "BATCHCTL_BATCH_ID": run.batch_id,
+            "BATCHCTL_ITEM": run.item,
+            "BATCHCTL_RUN_ID": run.id,
+            "BATCHCTL_ATTEMPT": str(run.attempt),
+            "BATCHCTL_STAGING": staging,
+            "BATCHCTL_MACHINE": run.machine,
+            "BATCHCTL_ARTIFACTS_DIR": run.artifacts_path,
+        }
+        try:
+            child = subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER, "batchctl-run", str(run_dir), *argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._record(
+                run,
+                Ended(
+                    RunStatus.ERROR,
+                    error_code="start_failed",
+                    message=f"cannot start {entrypoint}: {exc}",
+                ),
+            )
+            return
+        self._children[run.id] = child
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfds[run.id] = os.pidfd_open(child.pid)
+
+    def wakeup_fds(self) -> list[int]:
+        """Readable as soon as a wrapper this process started exits."""
+        return list(self._pidfds.values())
+
+    def due_in(self, now: datetime) -> float | None:
+        """A stop waiting for its KILL, or a timeout, is the next thing due."""
+        moments = [stop.kill_at for stop in self._stopping.values()]
+        return max(0.0, (min(moments) - now).total_seconds()) if moments else None
+
+    # -- looking at runs -----------------------------------------------------
+
+    def check(self, runs: Sequence[Run], now: datetime) -> list[str]:
+        """Record what happened to runs in flight, in one write: claimed,
+        ended (their exit file), lost (wrapper gone without one), timed out
+        (stopped here). Returns the ids of runs found lost."""
+        self._reap_children()
+        changes: dict[str, Callable[[Run], Run | None]] = {}
+        lost: list[str] = []
+        for run in runs:
+            if run.status.terminal:
+                self._forget(run.id)
+                continue
+            change = self._look(run, now, lost)
+            if change is not None:
+                changes[run.id] = change
+        if changes:
+            self.runs.update_many(changes)
+        return lost
+
+    def _look(self, run: Run, now: datetime, lost: list[str]) -> Callable[[Run], Run | None] | None:
+        run_dir = self.runs.run_dir(run.id)
+        stopping = self._stopping.get(run.id)
+        if stopping is not None:
+            change = self._continue_stop(run, run_dir, stopping, now)
+            if change is not None and stopping.lost:
+                lost.append(run.id)
+            return change
+        claim = _read(run_dir / "claim")
+        if claim is None or claim == VOID:
+            return None  # not started yet (the scheduler relaunches after its grace)
+        exit_text = _read(run_dir / "exit")
+        if exit_text is not None:
+            ended = _ended_from(exit_text)
+            if group_alive(int(claim)):
+                # Whatever the entrypoint left behind in its group goes with it.
+                self._signal_group(int(claim), signal.SIGKILL)
+            return _finish(
+                ended,
+                _mtime(run_dir / "exit") or now,
+                started_at=_mtime(run_dir / "claim"),
+            )
+        supervisor = run.supervisor or self._identify(int(claim))
+        if supervisor is None or identity_alive(supervisor) is False:
+            if group_alive(int(claim)):
+                self._begin_stop(
+                    run, int(claim), RunStatus.INTERRUPTED, "its supervisor is gone", now
+                )
+                self._stopping[run.id].lost = True
+                return None
+            lost.append(run.id)
+            return _finish(Ended(RunStatus.INTERRUPTED, message="its supervisor is gone"), now)
+        timeout_s = self.entries(run)[1].get("timeout_s")
+        started_at = run.started_at or _mtime(run_dir / "claim") or now
+        if timeout_s is not None and now - started_at >= timedelta(seconds=timeout_s):
+            self._begin_stop(
+                run, int(claim), RunStatus.TIMEOUT, f"timed out after {timeout_s}s", now
+            )
+            return None
+        if run.status is RunStatus.PENDING:
+            return lambda current: (
+                current.model_copy(
+                    update={
+                        "status": RunStatus.RUNNING,
+                        "started_at": started_at,
+                        "supervisor": supervisor,
+                    }
+                )
+                if not current.claimed
+                else None
+            )
+        return None
+
+    def _identify(self, pid: int) -> ProcessIdentity | None:
+        return identity_of(pid)
+
+    def _record(self, run: Run, ended: Ended) -> None:
+        """A run that could not start: it ends here, with why."""
+        self.runs.finish(
+            run.id,
+            ended.status,
+            now=self.clock.now(),
+            exit_code=ended.exit_code,
+            error_code=ended.error_code,
+            message=ended.message,
+        )
+
+    def _reap_children(self) -> None:
+        for run_id, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[run_id]
+                fd = self._pidfds.pop(run_id, None)
+                if fd is not None:
+                    os.close(fd)
+
+    def _forget(self, run_id: str) -> None:
+        self._stopping.pop(run_id, None)
+        child = self._children.pop(run_id, None)
+        if child is not None:
+            child.poll()
+        fd = self._pidfds.pop(run_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    # -- stopping ------------------------------------------------------------
+
+    def terminate(self, run: Run) -> Run:
+        """Stop a run on fresh facts: void an unclaimed one (its wrapper, if
+        one comes, then finds the claim taken), or TERM the group of a
+        claimed one and record it once the group is gone."""
+        now = self.clock.now()
+        run_dir = self.runs.run_dir(run.id)
+        if _take_claim(run_dir):
+            return self.runs.finish(
+                run.id, RunStatus.INTERRUPTED, now=now, message="cancelled before it started"
+            )
+        claim = _read(run_dir / "claim")
+        if claim is not None and claim != VOID and run.id not in self._stopping:
+            self._begin_stop(run, int(claim), RunStatus.INTERRUPTED, "cancelled", now)
+        self.check([run], now)
+        return self.runs.get(run.id)
+
+    def _begin_stop(
+        self, run: Run, pgid: int, status: RunStatus, message: str, now: datetime
+    ) -> None:
+        self._stopping[run.id] = _Stopping(
+            status, message, now + timedelta(seconds=self.kill_grace_s)
+        )
+        self._signal_group(pgid, signal.SIGTERM)
+
+    def _continue_stop(
+        self, run: Run, run_dir: Path, stopping: _Stopping, now: datetime
+    ) -> Callable[[Run], Run | None] | None:
+        claim = _read(run_dir / "claim")
+        pgid = int(claim) if claim and claim != VOID else None
+        if pgid is not None and group_alive(pgid):
+            if now >= stopping.kill_at and not stopping.killed:
+                self._signal_group(pgid, signal.SIGKILL)
+                stopping.killed = True
+            return None
+        del self._stopping[run.id]
+        return _finish(Ended(stopping.status, message=stopping.message), now)
+
+    def _signal_group(self, pgid: int, sig: int) -> None:
+        """Signal the group the wrapper made, while it has members: a process
+        group id in use is never given to a new process, so a live group
+        with that id is still the run's."""
+        if not group_alive(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def _copy_test_dir(source: Path, run_dir: Path) -> Path:
+    """A fresh copy for the run, put in place whole (a copy cut short by a
+    crash is redone, never run half-made)."""
+    work = run_dir / "work"
+    if work.is_dir():
+        return work
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / "work.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, symlinks=True)
+    staging.rename(work)
+    return work
+
+
+def _take_claim(run_dir: Path) -> bool:
+    """Claim an unstarted run for nobody (it will not run). False if a
+    wrapper claimed it first."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    void = run_dir / f"claim.void.{os.getpid()}"
+    write_atomically(void, VOID.encode())
+    try:
+        os.link(void, run_dir / "claim")
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        void.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _mtime(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+    except OSError:
+        return None
+
+
+def _ended_from(exit_text: str) -> Ended:
+    try:
+        code = int(exit_text)
+    except ValueError:
+        return Ended(RunStatus.ERROR, error_code="exit_unreadable", message=exit_text[:200])
+    if code > 128:
+        ended = from_exit_code(code)
+        return Ended(ended.status, exit_code=code, message=f"killed by signal {code - 128}")
+    return from_exit_code(code)
+
+
+def _finish(
+    ended: Ended, now: datetime, *, started_at: datetime | None = None
+) -> Callable[[Run], Run | None]:
+    def change(run: Run) -> Run | None:
+        if run.status.terminal:
+            return None
+        return run.model_copy(
+            update={
+                "status": ended.status,
+                "exit_code": ended.exit_code,
+                "error_code": ended.error_code,
+                "message": ended.message,
+                "ended_at": now,
+                "started_at": run.started_at or started_at or now,
+            }
+        )
+
+    return change
