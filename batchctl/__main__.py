@@ -1,3 +1,3 @@
-from batchctl.cli.app import main
+from batchctl.cli.entry import main
 
 raise SystemExit(main())

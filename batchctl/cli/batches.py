@@ -31,6 +31,8 @@ from batchctl.model.plan import load_plan, parse_duration
 from batchctl.model.views import BatchList, BatchView
 from batchctl.transports.logs import follow_log
 
+# How often a waiting command looks at the batch: often enough to report the
+# end promptly, rarely enough not to compete with the worker for the CPU.
 WAIT_POLL_S = 0.5
 
 WaitOption = Annotated[

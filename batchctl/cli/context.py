@@ -10,7 +10,6 @@ from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.service import BatchService
 from batchctl.engine.worker import spawn_worker
-from batchctl.inventory.resolve import InventoryResolver
 from batchctl.model.clock import Clock, SystemClock
 from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
@@ -23,14 +22,20 @@ from batchctl.transports.testdir import hash_test_dir
 
 
 def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
-    """The fleet file (or the default fleet) with inventory machines merged in."""
+    """The fleet file (or the default fleet) with inventory machines merged in.
+    The inventory clients (httpx) are imported only when a fleet has one."""
+    fleet = load_fleet(settings.fleet_path)
+    if not fleet.inventories:
+        return fleet
+    from batchctl.inventory.resolve import InventoryResolver
+
     resolver = InventoryResolver(
         settings.state_dir / "inventory-cache.json",
         clock,
         env=os.environ,
         warn=lambda message: print(f"batchctl: warning: {message}", file=sys.stderr),
     )
-    return resolver.resolve(load_fleet(settings.fleet_path))
+    return resolver.resolve(fleet)
 
 
 def open_dispatcher(settings: Settings) -> Dispatcher:

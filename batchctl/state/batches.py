@@ -144,31 +144,39 @@ class BatchStore:
     # -- reading -----------------------------------------------------------
 
     def raw(self, batch_id: str) -> dict[str, Any]:
-        records = self.file.read()["batches"]
-        raw: dict[str, Any] = records[resolve_id(records, batch_id, "batch")]
-        return raw
+        """The stored batch itself (not a copy): look, do not change."""
+        with self.file.reading() as document:
+            records = document["batches"]
+            raw: dict[str, Any] = records[resolve_id(records, batch_id, "batch")]
+            return raw
 
     def get(self, batch_id: str) -> Batch:
-        return _validate(self.raw(batch_id))
+        with self.file.reading():
+            return _validate(self.raw(batch_id))
 
     def item(self, batch_id: str, name: str) -> Item:
         """One item, validated on its own: O(1), not O(batch)."""
-        return Item.model_validate(self.file.read()["batches"][batch_id]["items"][name])
+        with self.file.reading() as document:
+            return Item.model_validate(document["batches"][batch_id]["items"][name])
 
     def lease(self, batch_id: str) -> Lease | None:
-        raw = self.raw(batch_id).get("lease")
-        return Lease.model_validate(raw) if raw else None
+        with self.file.reading():
+            raw = self.raw(batch_id).get("lease")
+            return Lease.model_validate(raw) if raw else None
 
     def all(self) -> list[Batch]:
         """Every batch, oldest first."""
-        return [_validate(raw) for raw in self.file.read()["batches"].values()]
+        with self.file.reading() as document:
+            return [_validate(raw) for raw in document["batches"].values()]
 
     def ids(self) -> list[str]:
         """Every batch id, oldest first."""
-        return list(self.file.read()["batches"])
+        with self.file.reading() as document:
+            return list(document["batches"])
 
     def find_newest(self, plan_hash: str, staging: str) -> Batch | None:
-        return _newest_with_key(self.file.read()["batches"], plan_hash, staging)
+        with self.file.reading() as document:
+            return _newest_with_key(document["batches"], plan_hash, staging)
 
     def subscribe(self) -> Subscription:
         """Follow the records folded from now on (see JournaledFile.subscribe)."""
@@ -282,15 +290,16 @@ class BatchStore:
     def demands(self) -> list[tuple[str, Lease | None, bool, dict[str, int]]]:
         """(id, lease, cancelled, demand) of every batch, oldest first:
         O(batches), whatever their size."""
-        return [
-            (
-                batch_id,
-                Lease.model_validate(raw["lease"]) if raw.get("lease") else None,
-                bool(raw.get("cancelled")),
-                dict(raw.get("demand") or {}),
-            )
-            for batch_id, raw in self.file.read()["batches"].items()
-        ]
+        with self.file.reading() as document:
+            return [
+                (
+                    batch_id,
+                    Lease.model_validate(raw["lease"]) if raw.get("lease") else None,
+                    bool(raw.get("cancelled")),
+                    dict(raw.get("demand") or {}),
+                )
+                for batch_id, raw in document["batches"].items()
+            ]
 
     def remove(self, batch_ids: set[str]) -> None:
         with self.file.locked():

@@ -115,6 +115,7 @@ class JournaledFile:
         # A worker renews its lease from a second thread; the cached document
         # and the journal offset are shared, so one thread at a time.
         self._mutex = threading.RLock()
+        self._lock: FileLock | None = None
         self.bytes_written = 0
 
     # -- reading -----------------------------------------------------------
@@ -126,6 +127,13 @@ class JournaledFile:
             self._refresh()
             assert self._document is not None
             return self._document
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Document]:
+        """The current document, held still while the block looks at it: a
+        worker's lease keeper folds renewals from another thread."""
+        with self._mutex:
+            yield self.read()
 
     def subscribe(self) -> Subscription:
         """A consumer's own view of the records folded from now on."""
@@ -275,7 +283,13 @@ class JournaledFile:
         if self._locked:
             raise RuntimeError(f"{self.lock_path} is already held by this process")
         ensure_state_dir(self.path.parent)
-        lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=FILE_MODE)
+        if self._lock is None:
+            # One lock object for the file's life: making one per write costs
+            # more than the write. Threads are kept apart by ``_mutex``.
+            self._lock = FileLock(
+                self.lock_path, timeout=self.lock_timeout, mode=FILE_MODE, thread_local=False
+            )
+        lock = self._lock
         try:
             lock.acquire()
         except Timeout:

@@ -147,6 +147,13 @@ def pid_alive(pid: int, started: float | None = None) -> bool:
 
 def group_alive(pgid: int) -> bool:
     """Does any non-zombie process remain in process group ``pgid``?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False  # the common case, answered without reading /proc
+    except PermissionError:
+        return True
+    # Members exist, but zombies count for killpg: look at each.
     proc = Path("/proc")
     if proc.is_dir():
         for entry in proc.iterdir():
@@ -156,12 +163,6 @@ def group_alive(pgid: int) -> bool:
             if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
                 return True
         return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
