@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_STATE ?= .demo-state
 
 .DEFAULT_GOAL := help
-.PHONY: help install fmt lint type test check demo bench clean
+.PHONY: help install fmt lint type test test-fast check demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,14 +34,17 @@ type: $(STAMP) ## mypy strict
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest
 
+test-fast: $(STAMP) ## the test suite without the slow tests
+	$(PY) -m pytest -m "not slow"
+
 check: lint type test ## lint, type-check and test
 
 demo: $(STAMP) ## run the example plan on this machine (state in .demo-state/)
 	BATCHCTL_STATE_DIR=$(DEMO_STATE) ./demo.sh $(BATCHCTL)
 
-bench: $(STAMP) ## measure state at scale (results: bench/RESULTS.md)
-	$(PY) bench/state_scale.py --items 10000
-	$(PY) bench/state_scale.py --items 100000
+bench: $(STAMP) ## measure the engine at scale and local throughput (results: bench/RESULTS.md)
+	$(PY) bench/engine_scale.py --items 100000 --machines 1000
+	$(PY) bench/local_throughput.py --repeat 3
 
 clean: ## remove the venv, caches and demo state
 	rm -rf $(VENV) $(DEMO_STATE) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchlib import find_batchctl
+
 TICK_S = "1"  # batchctl's default tick, set explicitly so the caller's cannot leak in
 STAGING = "bench"
 SCENARIOS = ("trivial", "sleep")
@@ -292,18 +294,6 @@ def markdown(results: Sequence[Result], command: str, repeat: int, warmup: int) 
             )
     lines += ["", "Reproduce (from the repository root):", "", f"    {command}", ""]
     return "\n".join(lines)
-
-
-def find_batchctl(option: str | None) -> Path:
-    if option:
-        return Path(option).absolute()
-    beside = Path(sys.executable).parent / "batchctl"
-    if beside.is_file():
-        return beside.absolute()
-    found = shutil.which("batchctl")
-    if found is None:
-        sys.exit("batchctl not found: pass --batchctl PATH")
-    return Path(found).absolute()
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """The batchctl command line: wiring, and the one place errors become exit codes."""
 
 import os
+import signal
 import sys
 import tempfile
 import traceback
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -14,7 +16,7 @@ from batchctl.cli import batches, fleet
 from batchctl.cli.output import error_envelope
 from batchctl.cli.settings import resolve_state_dir
 from batchctl.model.clock import SystemClock
-from batchctl.model.errors import BatchctlError, ExitCode, InvalidInput
+from batchctl.model.errors import BatchctlError, ExitCode, Interrupted, InvalidInput
 
 app = typer.Typer(
     name="batchctl",
@@ -48,6 +50,7 @@ app.command("list")(batches.list_batches)
 app.command("cancel")(batches.cancel)
 app.command("retry")(batches.retry)
 app.command("logs")(batches.logs)
+app.command("prune")(batches.prune)
 app.command("machines")(fleet.machines)
 app.command("_batch-worker", hidden=True)(fleet.batch_worker)
 app.command("_run-executor", hidden=True)(fleet.run_executor)
@@ -56,9 +59,17 @@ app.command("_run-executor", hidden=True)(fleet.run_executor)
 def _report(error: BatchctlError, json_mode: bool) -> int:
     if json_mode:
         sys.stderr.write(error_envelope(error))
+    elif isinstance(error, Interrupted):
+        sys.stderr.write(f"batchctl: {error.message}\n")
     else:
         sys.stderr.write(f"batchctl: error: {error.message}\n")
     return int(error.exit_code)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(
+        "interrupted; whatever was already started goes on in the background (see batchctl list)"
+    )
 
 
 def _option_value(args: list[str], name: str) -> str | None:
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     json_mode = "--json" in args
     command = typer.main.get_command(app)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         result = command.main(args=args, prog_name="batchctl", standalone_mode=False)
     except BatchctlError as error:

@@ -1,4 +1,4 @@
-"""Commands about batches: run, status, list, cancel, logs."""
+"""Commands about batches: run, status, list, cancel, retry, logs, prune."""
 
 import sys
 import time
@@ -22,11 +22,13 @@ from batchctl.cli.render import (
     render_dry_run,
     render_item,
     render_list,
+    render_prune,
     render_retry,
     render_submit,
 )
 from batchctl.engine.service import BatchService, LogTarget
-from batchctl.model.errors import ExitCode, InvalidInput, NotFound
+from batchctl.model.age import parse_age
+from batchctl.model.errors import ExitCode, Interrupted, InvalidInput, NotFound
 from batchctl.model.plan import load_plan, parse_duration
 from batchctl.model.views import BatchList, BatchView
 from batchctl.transports.logs import follow_log
@@ -46,7 +48,7 @@ def _wait(service: BatchService, output: Output, batch_id: str) -> BatchView:
     try:
         with Progress(console, quiet=output.quiet) as progress:
             return service.wait(batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         sys.stderr.write(
             f"batchctl: stopped waiting; the worker carries on (batchctl status {batch_id})\n"
         )
@@ -221,4 +223,32 @@ def logs(
     for chunk in chunks:
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
+    return ExitCode.OK
+
+
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            help="Remove finished batches created longer ago than this (30d, 12h, 90m, 0s).",
+            show_default=False,
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
+    ] = False,
+    json_output: JsonOption = False,
+    state_dir: StateDirOption = None,
+) -> int:
+    """Remove old finished batches with their runs, run directories and worker logs."""
+    output = Output(json_mode=json_output)
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise InvalidInput(f"--older-than: {exc}", details={"option": "--older-than"}) from None
+    result = open_service(load_settings(state_dir)).prune(age, dry_run=dry_run)
+    output.result(result, lambda console: render_prune(console, result))
+    for failure in result.left_behind:
+        sys.stderr.write(f"batchctl: warning: could not delete {failure}\n")
     return ExitCode.OK

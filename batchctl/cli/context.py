@@ -83,7 +83,7 @@ def open_dispatcher(settings: Settings) -> Dispatcher:
         identity_of=identity_of,
         hash_dir=hash_test_dir,
         spawn_worker=lambda batch_id, fleet, token: spawn_worker(
-            settings.state_dir, batch_id, fleet, token
+            settings.state_dir, batch_id, fleet, token, log_path=batches.worker_log(batch_id)
         ),
     )
 

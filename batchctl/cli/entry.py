@@ -12,6 +12,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"batchctl {__version__}")
         return 0
-    from batchctl.cli.app import main as full_main
-
+    try:
+        from batchctl.cli.app import main as full_main
+    except KeyboardInterrupt:  # Ctrl-C while starting up: nothing has begun
+        sys.stderr.write("batchctl: interrupted\n")
+        return 130
     return full_main(args)

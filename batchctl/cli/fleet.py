@@ -84,7 +84,7 @@ def run_executor(
         settings=ExecutorSettings(kill_grace_s=grace, heartbeat_s=settings.tuning.heartbeat_s),
         machine_of=machine_of,
         make_runner=lambda run, entry, machine, env: make_runner(
-            run, entry, machine, env, state_dir=settings.state_dir, clock=clock, kill_grace_s=grace
+            run, entry, machine, env, state_dir=settings.state_dir, kill_grace_s=grace
         ),
     )
     print(f"{socket.gethostname()}: run {run.id} is {run.status.value}", file=sys.stderr)

@@ -5,7 +5,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-from batchctl.engine.service import DryRunResult, RetryResult, SubmitResult
+from batchctl.engine.service import DryRunResult, PruneResult, RetryResult, SubmitResult
 from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
 
 OUTCOME_STYLE = {
@@ -140,6 +140,35 @@ def render_list(console: Console, summaries: list[BatchSummary]) -> None:
             counts_line(summary.counts),
             summary.source,
         )
+    console.print(table)
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
+def render_prune(console: Console, result: PruneResult) -> None:
+    if not result.removed and not result.kept:
+        console.print(
+            f"nothing to prune: no batch was created before {_when(result.created_before)}",
+            markup=False,
+        )
+        return
+    verb = "would remove" if result.dry_run else "removed"
+    console.print(
+        f"{verb} {_count(len(result.removed), 'batch', 'batches')} created before "
+        f"{_when(result.created_before)} ({_count(result.runs_removed, 'run', 'runs')})"
+        + ("; dry run, nothing changed" if result.dry_run else ""),
+        markup=False,
+    )
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("BATCH", "ACTION", "REASON"):
+        table.add_column(column, no_wrap=column != "REASON", overflow="fold")
+    for batch_id in result.removed:
+        table.add_row(batch_id, verb, "finished")
+    for kept in result.kept:
+        table.add_row(kept.id, "kept", kept.reason)
+    console.print()
     console.print(table)
 
 

@@ -78,7 +78,10 @@ class Dispatcher:
         token = secrets.token_hex(16)
         lease = self._new_lease(token, self.this_process(), 0)
         taken = self.batches.swap_lease(
-            batch_id, when=lambda current: not self.lease_live(batch_id, current), new_lease=lease
+            batch_id,
+            when=lambda current: not self.lease_live(batch_id, current),
+            new_lease=lease,
+            unless_finished=True,
         )
         return token if taken else None
 
@@ -97,9 +100,12 @@ class Dispatcher:
             new_lease=renewed.model_copy(update={"fleet": current.fleet or renewed.fleet}),
         )
 
-    def release_lease(self, batch_id: str, token: str) -> None:
+    def release_lease(self, batch_id: str, token: str, *, finished: bool = False) -> None:
         self.batches.swap_lease(
-            batch_id, when=lambda lease: lease is not None and lease.token == token, new_lease=None
+            batch_id,
+            when=lambda lease: lease is not None and lease.token == token,
+            new_lease=None,
+            finished=finished,
         )
 
     def scheduler(self, token: str | None) -> Scheduler:
@@ -128,7 +134,7 @@ class Dispatcher:
         except LeaseLost:
             return None
         if report.done:
-            self.release_lease(batch_id, token)
+            self.release_lease(batch_id, token, finished=True)
         else:
             self._hand_to_worker(batch_id, token, self._fleet_arg(None))
         return report
@@ -151,7 +157,7 @@ class Dispatcher:
     def ensure_worker(self, batch: Batch) -> bool:
         """Start a worker for an unfinished batch nobody serves (a takeover of a
         dead lease). True if one was started."""
-        if self.lease_live(batch.id, batch.lease):
+        if batch.finished or self.lease_live(batch.id, batch.lease):
             return False
         token = self.take_lease(batch.id)
         if token is None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.model.clock import Clock
@@ -20,6 +23,7 @@ from batchctl.model.views import (
     MachineView,
     View,
     attempt_view,
+    batch_done,
     batch_summary,
     batch_view,
     item_view,
@@ -74,6 +78,49 @@ class LogTarget(View):
     attempt: int
     log_path: str
     finished: bool
+
+
+class KeptBatch(View):
+    id: str
+    reason: str
+
+
+class PruneResult(View):
+    """With ``dry_run``, what would be removed; nothing was."""
+
+    dry_run: bool
+    created_before: datetime
+    removed: list[str]
+    kept: list[KeptBatch]
+    runs_removed: int
+    # Run directories and worker logs that could not be deleted (their
+    # records are gone all the same).
+    left_behind: list[str]
+
+
+NOT_FINISHED = "not finished"
+
+
+def prune_cutoff(now: datetime, older_than: timedelta) -> datetime:
+    try:
+        return now - older_than
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)  # nothing is that old
+
+
+def _delete(path: Path) -> str | None:
+    """Delete a file or a directory tree; a missing one is fine. The path,
+    with the reason, if it could not be deleted."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    return None
 
 
 @dataclass
@@ -252,7 +299,11 @@ class BatchService:
             requeued[:] = list(again)
             if not again:
                 return []
-            return [{"op": "uncancel", "batch": batch.id}, items_record(batch.id, again)]
+            return [
+                {"op": "uncancel", "batch": batch.id},
+                {"op": "reopen", "batch": batch.id},
+                items_record(batch.id, again),
+            ]
 
         batch = self.batches.decide(batch_id, decide)
         if requeued:
@@ -316,3 +367,52 @@ class BatchService:
         runs = self._runs_of(batches)
         summaries = [batch_summary(batch_view(batch, runs)) for batch in batches]
         return sorted(summaries, key=lambda summary: summary.created_at, reverse=True)
+
+    def prune(self, older_than: timedelta, *, dry_run: bool) -> PruneResult:
+        """Remove every finished batch created more than ``older_than`` ago,
+        with every run of it (all attempts), their run directories and its
+        worker log, then compact both files. Unfinished batches are kept and
+        said so. With ``dry_run``, report the same and change nothing."""
+        cutoff = prune_cutoff(self.clock.now(), older_than)
+        finished, kept = self._prunable(self.batches.created_before(cutoff))
+        # With nothing to remove no lock is taken and nothing is written.
+        if dry_run or not finished:
+            return PruneResult(
+                dry_run=dry_run,
+                created_before=cutoff,
+                removed=finished,
+                kept=kept,
+                runs_removed=len(self.runs.ids_of_batches(finished)),
+                left_behind=[],
+            )
+        # Chosen again under the batches lock: a batch retried since the read
+        # above is unfinished now and stays whole. Its runs go first, so a
+        # prune cut short leaves batches that are still finished and are
+        # removed by the next prune, never runs that no batch owns.
+        with self.batches.removing() as remove_batches:
+            finished, kept = self._prunable(self.batches.created_before(cutoff))
+            run_ids = self.runs.remove_batches(finished)
+            remove_batches(finished)
+        # Deleted after the locks are released: large run directories must
+        # not keep the workers of other batches waiting for a lock.
+        doomed = [self.runs.run_dir(run_id) for run_id in sorted(run_ids)]
+        doomed += [self.batches.worker_log(batch_id) for batch_id in finished]
+        return PruneResult(
+            dry_run=False,
+            created_before=cutoff,
+            removed=finished,
+            kept=kept,
+            runs_removed=len(run_ids),
+            left_behind=[failure for path in doomed if (failure := _delete(path))],
+        )
+
+    def _prunable(self, batches: list[Batch]) -> tuple[list[str], list[KeptBatch]]:
+        runs = self._runs_of(batches)
+        finished: list[str] = []
+        kept: list[KeptBatch] = []
+        for batch in batches:
+            if batch_done(batch, runs):
+                finished.append(batch.id)
+            else:
+                kept.append(KeptBatch(id=batch.id, reason=NOT_FINISHED))
+        return finished, kept

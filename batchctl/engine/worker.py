@@ -36,13 +36,13 @@ def worker_argv(batch_id: str, state_dir: Path, fleet: str | None) -> list[str]:
     return argv
 
 
-def spawn_worker(state_dir: Path, batch_id: str, fleet: str | None, token: str) -> int:
+def spawn_worker(
+    state_dir: Path, batch_id: str, fleet: str | None, token: str, *, log_path: Path
+) -> int:
     """Start a detached worker that adopts the lease ``token`` (passed in its
     environment, not its argv, so other users cannot read it from ps)."""
     env = {**os.environ, LEASE_TOKEN_VARIABLE: token}
-    return spawn_detached(
-        worker_argv(batch_id, state_dir, fleet), state_dir / "workers" / f"{batch_id}.log", env=env
-    )
+    return spawn_detached(worker_argv(batch_id, state_dir, fleet), log_path, env=env)
 
 
 class _Stop:
@@ -105,7 +105,7 @@ def run_worker(
     else:
         token = dispatcher.take_lease(batch_id)
     if token is None:
-        log(f"batch {batch_id} is served by another live worker; exiting")
+        log(f"batch {batch_id} is finished or served by another live worker; exiting")
         return 0
     log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
     scheduler = dispatcher.scheduler(token)
@@ -135,7 +135,7 @@ def run_worker(
                         log(f"{utc_iso(clock.now())} {label}: {_names(names)}")
                 if report.done:
                     log(f"{utc_iso(clock.now())} batch {batch_id} is done")
-                    dispatcher.release_lease(batch_id, token)
+                    dispatcher.release_lease(batch_id, token, finished=True)
                     log(stats.line(dispatcher))
                     return 0
                 # Sleep to the next tick, or less if a run is due to end sooner.

@@ -86,3 +86,12 @@ class LeaseLost(StateError):
     """The worker's lease was taken over; a fenced write was refused."""
 
     code = "lease_lost"
+
+
+class Interrupted(BatchctlError):
+    """The user pressed Ctrl-C. Raised from our own SIGINT handler, so it
+    reaches the one place exit codes are decided (typer turns a
+    KeyboardInterrupt into a silent exit 130)."""
+
+    code = "interrupted"
+    exit_code = ExitCode.INTERRUPTED

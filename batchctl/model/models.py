@@ -159,6 +159,8 @@ class Batch(Record):
     entries: tuple[Entry, ...]
     items: dict[str, Item]
     cancelled: bool = False
+    # Set by the worker that saw every item final; ``retry`` clears it.
+    finished: bool = False
     lease: Lease | None = None
     # Ready items per selector that found no free machine at the last step;
     # younger batches hold that many slots back (older batches go first).

@@ -10,7 +10,7 @@ document and the record):
 - ``{"op": "lease", "batch": ID, "lease": {...} | null}``;
 - ``{"op": "demand", "batch": ID, "demand": {SELECTOR: COUNT}}`` ready items
   that found no machine (younger batches let them go first);
-- ``{"op": "remove", "batches": [ID, ...]}`` (prune).
+- ``{"op": "remove", "batches": [ID, ...]}`` (prune, followed by a compaction).
 
 Every decision that depends on the stored state (is this key taken, is this
 lease still ours, which items may be retried) is taken under the lock on the
@@ -21,9 +21,12 @@ another writer did since.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from batchctl.model.errors import LeaseLost, NotFound
 from batchctl.model.models import Batch, Item, Lease
@@ -40,6 +43,8 @@ from batchctl.state.merge import merge_raw_item
 
 BATCHES_SCHEMA_VERSION = 2
 MIN_ID_PREFIX = 4
+# Parses a stored time as the model would, without validating the whole batch.
+_CREATED_AT = TypeAdapter(datetime)
 
 
 def resolve_id(records: Mapping[str, Any], given: str, kind: str) -> str:
@@ -107,6 +112,10 @@ def fold_batches(document: Document, record: Record) -> None:
         batch["lease"] = record["lease"]
     elif op == "demand":
         batch["demand"] = record["demand"]
+    elif op == "finished":
+        batch["finished"] = True
+    elif op == "reopen":
+        batch["finished"] = False
     else:
         raise ValueError(f"unknown batches record {op!r}")
 
@@ -131,6 +140,7 @@ class BatchStore:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         compact_min_bytes: int | None = None,
     ) -> None:
+        self.state_dir = state_dir
         self.file = JournaledFile(
             state_dir / "batches.json",
             schema_version=BATCHES_SCHEMA_VERSION,
@@ -173,6 +183,16 @@ class BatchStore:
         """Every batch id, oldest first."""
         with self.file.reading() as document:
             return list(document["batches"])
+
+    def created_before(self, moment: datetime) -> list[Batch]:
+        """Every batch created before ``moment``, oldest first; only those
+        are validated, however large the younger ones are."""
+        with self.file.reading() as document:
+            return [
+                _validate(raw)
+                for raw in document["batches"].values()
+                if _CREATED_AT.validate_python(raw["created_at"]) < moment
+            ]
 
     def find_newest(self, plan_hash: str, staging: str) -> Batch | None:
         with self.file.reading() as document:
@@ -268,23 +288,31 @@ class BatchStore:
         *,
         when: Callable[[Lease | None], bool],
         new_lease: Lease | None,
+        finished: bool = False,
+        unless_finished: bool = False,
     ) -> bool:
         """Replace the lease if ``when(current lease)`` holds, deciding under the
-        lock (compare-and-swap). True if it was replaced."""
+        lock (compare-and-swap). True if it was replaced. ``finished`` marks
+        the batch done in the same write (its worker letting go for good);
+        ``unless_finished`` refuses to take the lease of a finished batch, so
+        a look at a batch that just ended does not start a worker for it."""
         with self.file.locked():
             raw = self.raw(batch_id)
             current = raw.get("lease")
+            if unless_finished and raw.get("finished"):
+                return False
             if not when(Lease.model_validate(current) if current else None):
                 return False
-            self.file.append(
-                [
-                    {
-                        "op": "lease",
-                        "batch": raw["id"],
-                        "lease": new_lease.model_dump(mode="json") if new_lease else None,
-                    }
-                ]
-            )
+            records: list[Record] = [
+                {
+                    "op": "lease",
+                    "batch": raw["id"],
+                    "lease": new_lease.model_dump(mode="json") if new_lease else None,
+                }
+            ]
+            if finished:
+                records.append({"op": "finished", "batch": raw["id"]})
+            self.file.append(records)
             return True
 
     def demands(self) -> list[tuple[str, Lease | None, bool, dict[str, int]]]:
@@ -304,6 +332,25 @@ class BatchStore:
     def remove(self, batch_ids: set[str]) -> None:
         with self.file.locked():
             self.file.append([{"op": "remove", "batches": sorted(batch_ids)}])
+
+    @contextlib.contextmanager
+    def removing(self) -> Iterator[Callable[[Collection[str]], None]]:
+        """Hold the lock while choosing batches to remove: reads in the block
+        see the fresh file and nobody can change a batch meanwhile; the block
+        may take the runs lock too (always after this one). The yielded
+        ``remove(ids)`` removes them and folds the journal into a new
+        snapshot at once, so the file shrinks by what was removed."""
+        with self.file.locked():
+
+            def remove(batch_ids: Collection[str]) -> None:
+                if batch_ids:
+                    self.file.append([{"op": "remove", "batches": sorted(batch_ids)}], compact=True)
+
+            yield remove
+
+    def worker_log(self, batch_id: str) -> Path:
+        """Where the batch's detached worker writes its log."""
+        return self.state_dir / "workers" / f"{batch_id}.log"
 
 
 def _validate(raw: Any) -> Batch:

@@ -10,8 +10,9 @@ records in one ``write`` and fsyncs. Writing a change therefore costs the
 bytes of the change, not of the file.
 
 Compaction (under the lock, once the journal outgrows the snapshot by
-``COMPACT_RATIO``) writes snapshot g+1 by temp file, fsync and ``os.replace``,
-then replaces the journal by an empty one of generation g+1. A crash between
+``COMPACT_RATIO``, or at once when a writer removes records so the file
+shrinks) writes snapshot g+1 by temp file, fsync and ``os.replace``, then
+replaces the journal by an empty one of generation g+1. A crash between
 the two leaves journal g beside snapshot g+1: its records are already in the
 snapshot, and readers ignore a journal older than the snapshot. Because the
 journal grows to a multiple of the snapshot before it is folded in, the bytes
@@ -313,8 +314,10 @@ class JournaledFile:
             self._locked = False
             lock.release()
 
-    def append(self, records: list[Record]) -> None:
-        """Append records (under the lock) and fold them in. One write, one fsync."""
+    def append(self, records: list[Record], *, compact: bool = False) -> None:
+        """Append records (under the lock) and fold them in. One write, one
+        fsync. With ``compact``, fold the journal into a new snapshot right
+        after, whatever its size (removals: the file is to shrink now)."""
         if not self._locked:
             raise RuntimeError("append needs the lock")
         if not records:
@@ -343,7 +346,9 @@ class JournaledFile:
             self.fold(self._document, record)
             self._publish(record)
         self._offset += len(payload)
-        if self._offset > max(self.compact_min_bytes, COMPACT_RATIO * self._snapshot_bytes):
+        if compact or self._offset > max(
+            self.compact_min_bytes, COMPACT_RATIO * self._snapshot_bytes
+        ):
             self.compact()
 
     def compact(self) -> None:

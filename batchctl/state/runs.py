@@ -6,7 +6,7 @@ Journal records:
 - ``{"op": "update", "run": ID, "set": {FIELD: VALUE}}`` the fields one
   transition changes (claimed, started, ended); applied only while the run
   is not terminal and only if its status does not move backwards;
-- ``{"op": "remove", "runs": [ID, ...]}`` (prune).
+- ``{"op": "remove", "runs": [ID, ...]}`` (prune, followed by a compaction).
 
 A run's status is written once per transition; liveness (heartbeats) never
 touches this file.
@@ -110,9 +110,12 @@ class RunIndex:
 
     live_by_machine: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     by_attempt: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    # Every attempt's run, so pruning a batch costs its runs, not all runs kept.
+    by_batch: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def add(self, raw: Mapping[str, Any]) -> None:
         self.by_attempt[(raw["batch_id"], raw["item"], raw["attempt"])] = raw["id"]
+        self.by_batch[raw["batch_id"]].add(raw["id"])
         if raw["status"] not in _TERMINAL_VALUES:
             self.live_by_machine[raw["machine"]].add(raw["id"])
 
@@ -121,6 +124,11 @@ class RunIndex:
         key = (raw["batch_id"], raw["item"], raw["attempt"])
         if self.by_attempt.get(key) == raw["id"]:
             del self.by_attempt[key]
+        of_batch = self.by_batch.get(raw["batch_id"])
+        if of_batch is not None:
+            of_batch.discard(raw["id"])
+            if not of_batch:
+                del self.by_batch[raw["batch_id"]]
 
 
 def new_run_id(now: datetime) -> str:
@@ -226,6 +234,16 @@ class RunStore:
             for live in self.index.live_by_machine.values()
             for run_id in live
         ]
+
+    def ids_of_batches(self, batch_ids: Iterable[str]) -> set[str]:
+        """The runs of these batches, every attempt: O(their runs), from the index."""
+        with self.file.reading():
+            return self._ids_of_batches(batch_ids)
+
+    def _ids_of_batches(self, batch_ids: Iterable[str]) -> set[str]:
+        return {
+            run_id for batch_id in batch_ids for run_id in self.index.by_batch.get(batch_id, ())
+        }
 
     def held(self) -> dict[str, int]:
         """How many slots each machine has taken."""
@@ -368,3 +386,14 @@ class RunStore:
     def remove(self, run_ids: set[str]) -> None:
         with self.file.locked():
             self.file.append([{"op": "remove", "runs": sorted(run_ids)}])
+
+    def remove_batches(self, batch_ids: Iterable[str]) -> set[str]:
+        """Remove every run of these batches (every attempt), chosen under the
+        lock from the fresh index, and fold the journal into a new snapshot
+        at once: the remove record alone would make the file bigger, not
+        smaller. Returns the ids of the runs removed."""
+        with self.file.locked():
+            run_ids = self._ids_of_batches(batch_ids)
+            if run_ids:
+                self.file.append([{"op": "remove", "runs": sorted(run_ids)}], compact=True)
+            return run_ids

@@ -1,9 +1,8 @@
-"""Test directories: their content hash, and a fresh copy for each run."""
+"""Test directories: their content hash."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -27,7 +26,3 @@ def hash_test_dir(root: Path) -> str:
             continue
         outer.update(f"{relative}\0{digest}\n".encode())
     return outer.hexdigest()
-
-
-def copy_test_dir(source: Path, destination: Path) -> None:
-    shutil.copytree(source, destination, symlinks=True)

@@ -7,10 +7,13 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from batchctl.transports.processes import group_alive, pid_alive
 from tests.helpers import (
@@ -315,6 +318,12 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
             lambda: any(r.get("pgid") for r in runs_json(state_dir).values()),
             what="the run to start",
         )
+
+        def handed_to_a_worker() -> bool:
+            leases = [b.get("lease") for b in stored_batches(state_dir).values()]
+            return any(lease and lease["pid"] != waiter.pid for lease in leases)
+
+        wait_until(handed_to_a_worker, what="`run` to hand the batch to its worker and wait")
         waiter.send_signal(signal.SIGINT)
         _, errors = waiter.communicate(timeout=30)
     finally:
@@ -329,3 +338,27 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, timeout=60)
     assert final.code == 0
     assert final.json()["data"]["items"][0]["outcome"] == "passed"
+
+
+# From 0.1 s on the interpreter is up; before that SIGINT ends it as for any program.
+@pytest.mark.parametrize("after_s", [0.1, 0.2, 0.4, 0.6])
+def test_ctrl_c_at_any_moment_is_exit_130_with_a_sentence_not_a_traceback(
+    workdir: Path, after_s: float
+) -> None:
+    make_suite(workdir / "suites", "slow", blocking_script(workdir / "release"))
+    write_plan(workdir, "version: 1\nentries:\n  - {name: slow, dir: suites/slow}\n")
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "batchctl", "run", "plan.yaml", "--wait"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after_s)  # the moment of the Ctrl-C is what varies here
+    waiter.send_signal(signal.SIGINT)
+    _, errors = waiter.communicate(timeout=30)
+    (workdir / "release").touch()
+
+    assert waiter.returncode == 130, errors
+    assert "Traceback" not in errors
+    assert errors.startswith("batchctl: "), errors

@@ -1,15 +1,13 @@
-"""How an executor runs one run on its machine: locally, or over ssh."""
+"""How an executor runs one run on its machine. Executors serve ssh machines;
+local runs are supervised by the worker itself (transports/local.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from batchctl.model.clock import Clock
 from batchctl.model.fleet import Machine
 from batchctl.model.models import Entry, Run
 from batchctl.transports.runners.base import Runner
-from batchctl.transports.runners.local import LocalRunner
 from batchctl.transports.runners.ssh import SshRunner
 
 
@@ -20,25 +18,17 @@ def make_runner(
     env: dict[str, str],
     *,
     state_dir: Path,
-    clock: Clock,
     kill_grace_s: float,
 ) -> Runner:
-    if machine.transport == "ssh":
-        return SshRunner(
-            machine=machine,
-            run_id=run.id,
-            test_dir=Path(entry.abs_dir),
-            artifacts_dir=Path(run.artifacts_path),
-            entrypoint=machine.entrypoint,
-            env=env,
-            known_hosts=state_dir / "ssh" / "known_hosts",
-            kill_grace_s=kill_grace_s,
-        )
-    return LocalRunner(
+    if machine.transport != "ssh":
+        raise LookupError(f"machine {machine.name!r} is not an ssh machine")
+    return SshRunner(
+        machine=machine,
+        run_id=run.id,
         test_dir=Path(entry.abs_dir),
-        run_dir=Path(run.log_path).parent,
+        artifacts_dir=Path(run.artifacts_path),
         entrypoint=machine.entrypoint,
-        env={**os.environ, **env},
-        clock=clock,
+        env=env,
+        known_hosts=state_dir / "ssh" / "known_hosts",
         kill_grace_s=kill_grace_s,
     )
