@@ -38,7 +38,12 @@ from batchctl.model.clock import Clock
 from batchctl.model.fleet import FleetSource
 from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
-from batchctl.transports.processes import group_alive, identity_alive, identity_of
+from batchctl.transports.processes import (
+    group_alive,
+    group_of_run,
+    identity_alive,
+    identity_of,
+)
 from batchctl.transports.rundir import write_atomically
 from batchctl.transports.runners.base import Ended, from_exit_code
 
@@ -218,23 +223,24 @@ class LocalTransport:
         claim = _read(run_dir / "claim")
         if claim is None or claim == VOID:
             return None  # not started yet (the scheduler relaunches after its grace)
+        pgid = int(claim)
+        supervisor = run.supervisor or self._identify(pgid)
+        alive = supervisor is not None and identity_alive(supervisor) is not False
+        # Read after the liveness check: the wrapper writes its exit status
+        # before it exits, so a dead wrapper without one died early.
         exit_text = _read(run_dir / "exit")
         if exit_text is not None:
-            ended = _ended_from(exit_text)
-            if group_alive(int(claim)):
+            if group_of_run(pgid, run.id):
                 # Whatever the entrypoint left behind in its group goes with it.
-                self._signal_group(int(claim), signal.SIGKILL)
+                self._signal_group(pgid, signal.SIGKILL)
             return _finish(
-                ended,
+                _ended_from(exit_text),
                 _mtime(run_dir / "exit") or now,
                 started_at=_mtime(run_dir / "claim"),
             )
-        supervisor = run.supervisor or self._identify(int(claim))
-        if supervisor is None or identity_alive(supervisor) is False:
-            if group_alive(int(claim)):
-                self._begin_stop(
-                    run, int(claim), RunStatus.INTERRUPTED, "its supervisor is gone", now
-                )
+        if not alive:
+            if group_of_run(pgid, run.id):
+                self._begin_stop(run, pgid, RunStatus.INTERRUPTED, "its supervisor is gone", now)
                 self._stopping[run.id].lost = True
                 return None
             lost.append(run.id)
@@ -304,9 +310,15 @@ class LocalTransport:
                 run.id, RunStatus.INTERRUPTED, now=now, message="cancelled before it started"
             )
         claim = _read(run_dir / "claim")
-        if claim is not None and claim != VOID and run.id not in self._stopping:
+        if (
+            claim is not None
+            and claim != VOID
+            and run.id not in self._stopping
+            and _read(run_dir / "exit") is None
+            and group_of_run(int(claim), run.id)
+        ):
             self._begin_stop(run, int(claim), RunStatus.INTERRUPTED, "cancelled", now)
-        self.check([run], now)
+        self.check([run], now)  # records an end already written, or a lost wrapper
         return self.runs.get(run.id)
 
     def _begin_stop(
@@ -315,14 +327,14 @@ class LocalTransport:
         self._stopping[run.id] = _Stopping(
             status, message, now + timedelta(seconds=self.kill_grace_s)
         )
-        self._signal_group(pgid, signal.SIGTERM)
+        self._signal_group(pgid, signal.SIGTERM)  # the caller made sure the group is the run's
 
     def _continue_stop(
         self, run: Run, run_dir: Path, stopping: _Stopping, now: datetime
     ) -> Callable[[Run], Run | None] | None:
         claim = _read(run_dir / "claim")
         pgid = int(claim) if claim and claim != VOID else None
-        if pgid is not None and group_alive(pgid):
+        if pgid is not None and group_of_run(pgid, run.id):
             if now >= stopping.kill_at and not stopping.killed:
                 self._signal_group(pgid, signal.SIGKILL)
                 stopping.killed = True

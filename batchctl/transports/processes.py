@@ -166,6 +166,28 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def group_of_run(pgid: int, run_id: str) -> bool:
+    """Does process group ``pgid`` still hold a process of run ``run_id``?
+    A group whose leader is gone may have been emptied and its number given
+    to someone else; its members are recognised by the run id they inherited
+    in their environment. Costs a look at /proc only when the group exists."""
+    if not group_alive(pgid):
+        return False
+    marker = f"BATCHCTL_RUN_ID={run_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(int(entry.name))
+        if not fields or fields[0] in ("Z", "X") or int(fields[2]) != pgid:
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def processes_with_env(name: str, value: str) -> list[int]:
     """Pids of live processes whose environment has ``name=value`` (Linux)."""
     marker = f"{name}={value}".encode()

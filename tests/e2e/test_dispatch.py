@@ -319,11 +319,14 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
             what="the run to start",
         )
 
-        def handed_to_a_worker() -> bool:
-            leases = [b.get("lease") for b in stored_batches(state_dir).values()]
-            return any(lease and lease["pid"] != waiter.pid for lease in leases)
-
-        wait_until(handed_to_a_worker, what="`run` to hand the batch to its worker and wait")
+        # Its first progress line says `run` is following the batch.
+        assert waiter.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(waiter.stdout, selectors.EVENT_READ)
+        seen = ""
+        while "running" not in seen:
+            assert selector.select(timeout=30), f"no progress line within 30s: {seen!r}"
+            seen += os.read(waiter.stdout.fileno(), 65536).decode()
         waiter.send_signal(signal.SIGINT)
         _, errors = waiter.communicate(timeout=30)
     finally:

@@ -88,10 +88,11 @@ def test_a_supervisor_this_host_cannot_see_is_never_signalled(
 def test_an_outcome_its_dead_executor_left_behind_is_recorded(
     runs: RunStore, transport: DetachedTransport
 ) -> None:
-    gone = subprocess.Popen(["true"])
+    gone = subprocess.Popen(["sleep", "60"])
     identity = identity_of(gone.pid)
     assert identity is not None
     run = claim(runs, prepared(runs), identity)
+    gone.kill()
     gone.wait()
     run_dir = runs.run_dir(run.id)
     run_dir.mkdir(parents=True)
