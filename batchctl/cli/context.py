@@ -38,10 +38,14 @@ def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
     return resolver.resolve(fleet)
 
 
-def open_dispatcher(settings: Settings) -> Dispatcher:
+def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatcher:
+    """``long_lived``: for the worker, which keeps the state in memory for the
+    life of a batch (its stores share repeated values)."""
     clock = SystemClock()
-    batches = BatchStore(settings.state_dir, lock_timeout=settings.lock_timeout)
-    runs = RunStore(settings.state_dir, lock_timeout=settings.lock_timeout)
+    batches = BatchStore(
+        settings.state_dir, lock_timeout=settings.lock_timeout, share_values=long_lived
+    )
+    runs = RunStore(settings.state_dir, lock_timeout=settings.lock_timeout, share_values=long_lived)
     fleet = FleetSource(lambda: resolve_fleet(settings, clock))
     transport = DetachedTransport(
         runs,

@@ -43,7 +43,7 @@ def batch_worker(
     fleet: FleetOption = None,
 ) -> int:
     """Backfill the batch's queued items onto idle machines until it is done."""
-    dispatcher = open_dispatcher(load_settings(state_dir, fleet))
+    dispatcher = open_dispatcher(load_settings(state_dir, fleet), long_lived=True)
 
     def log(line: str) -> None:
         print(line, flush=True)

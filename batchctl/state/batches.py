@@ -21,6 +21,7 @@ another writer did since.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -79,7 +80,7 @@ def share_document_values(document: Document) -> None:
         share_batch_values(batch)
 
 
-def fold_batches(document: Document, record: Record) -> None:
+def fold_batches(document: Document, record: Record, *, share: bool = False) -> None:
     """Apply one journal record. Records about batches that are gone (pruned)
     are ignored, as are item names a batch does not have: the set of items
     is fixed at creation."""
@@ -87,7 +88,8 @@ def fold_batches(document: Document, record: Record) -> None:
     op = record["op"]
     if op == "create":
         batch = record["batch"]
-        share_batch_values(batch)
+        if share:
+            share_batch_values(batch)
         batches.setdefault(batch["id"], batch)
         return
     if op == "remove":
@@ -102,7 +104,8 @@ def fold_batches(document: Document, record: Record) -> None:
         for name, proposed in record["items"].items():
             stored = items.get(name)
             if stored is not None:
-                intern_values(proposed, _SHARED_ITEM_VALUES)
+                if share:
+                    intern_values(proposed, _SHARED_ITEM_VALUES)
                 items[name] = merge_raw_item(stored, proposed)
     elif op == "cancel":
         batch["cancelled"] = True
@@ -139,14 +142,17 @@ class BatchStore:
         *,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         compact_min_bytes: int | None = None,
+        share_values: bool = False,
     ) -> None:
+        """``share_values``: for a process that keeps the state for long (a
+        worker), share repeated strings; a one-shot read skips the cost."""
         self.state_dir = state_dir
         self.file = JournaledFile(
             state_dir / "batches.json",
             schema_version=BATCHES_SCHEMA_VERSION,
             collection="batches",
-            fold=fold_batches,
-            on_load=share_document_values,
+            fold=functools.partial(fold_batches, share=share_values),
+            on_load=share_document_values if share_values else None,
             lock_timeout=lock_timeout,
             compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )

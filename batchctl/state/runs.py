@@ -154,8 +154,13 @@ class RunStore:
         *,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         compact_min_bytes: int | None = None,
+        share_values: bool = False,
     ) -> None:
+        """``share_values``: for a process that keeps the state for long (a
+        worker), share repeated strings; a one-shot read skips the cost."""
         self.state_dir = state_dir
+        self.share_values = share_values
+        self._runs_prefix = str(state_dir / "runs")
         self.index = RunIndex()
         self.file = JournaledFile(
             state_dir / "runs.json",
@@ -170,7 +175,8 @@ class RunStore:
     def _index_all(self, document: Document) -> None:
         self.index = RunIndex()
         for raw in document["runs"].values():
-            intern_values(raw, _SHARED_RUN_VALUES)
+            if self.share_values:
+                intern_values(raw, _SHARED_RUN_VALUES)
             self.index.add(raw)
 
     def _fold(self, document: Document, record: Record) -> None:
@@ -178,13 +184,15 @@ class RunStore:
         op = record["op"]
         if op == "create":
             for raw in record["runs"]:
-                intern_values(raw, _SHARED_RUN_VALUES)
+                if self.share_values:
+                    intern_values(raw, _SHARED_RUN_VALUES)
                 if raw["id"] not in runs:
                     runs[raw["id"]] = raw
                     self.index.add(raw)
         elif op == "update":
             stored = runs.get(record["run"])
-            intern_values(record["set"], _SHARED_RUN_VALUES)
+            if self.share_values:
+                intern_values(record["set"], _SHARED_RUN_VALUES)
             if (
                 stored is not None
                 and apply_run_update(stored, record["set"])
@@ -207,13 +215,10 @@ class RunStore:
         record when it is the usual place in its run directory."""
         if "log_path" in raw:
             return Run.model_validate(raw)
-        run_dir = self.run_dir(raw["id"])
+        # Strings, not Paths: a 100,000-run view builds these 200,000 times.
+        run_dir = f"{self._runs_prefix}/{raw['id']}"
         return Run.model_validate(
-            {
-                **raw,
-                "log_path": str(run_dir / "output.log"),
-                "artifacts_path": str(run_dir / "artifacts"),
-            }
+            {**raw, "log_path": f"{run_dir}/output.log", "artifacts_path": f"{run_dir}/artifacts"}
         )
 
     # -- reading -----------------------------------------------------------
