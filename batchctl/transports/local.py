@@ -36,7 +36,7 @@ from typing import Any
 
 from batchctl.model.clock import Clock
 from batchctl.model.fleet import FleetSource
-from batchctl.model.models import ProcessIdentity, Run, RunStatus
+from batchctl.model.models import Run, RunStatus
 from batchctl.state.runs import RunStore
 from batchctl.transports.processes import (
     group_alive,
@@ -224,7 +224,7 @@ class LocalTransport:
         if claim is None or claim == VOID:
             return None  # not started yet (the scheduler relaunches after its grace)
         pgid = int(claim)
-        supervisor = run.supervisor or self._identify(pgid)
+        supervisor = run.supervisor or identity_of(pgid)
         alive = supervisor is not None and identity_alive(supervisor) is not False
         # Read after the liveness check: the wrapper writes its exit status
         # before it exits, so a dead wrapper without one died early.
@@ -265,9 +265,6 @@ class LocalTransport:
                 else None
             )
         return None
-
-    def _identify(self, pid: int) -> ProcessIdentity | None:
-        return identity_of(pid)
 
     def _record(self, run: Run, ended: Ended) -> None:
         """A run that could not start: it ends here, with why."""
