@@ -2,9 +2,53 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+
+
+class BenchFailed(Exception):
+    """A measured command failed: the figures would mean nothing."""
+
+
+def environment_without_tuning() -> dict[str, str]:
+    """The caller's environment without any BATCHCTL_* variable: the bench
+    never tunes the engine by accident."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("BATCHCTL_")}
+
+
+def timed_run(argv: Sequence[str], env: dict[str, str], out: Path, timeout_s: float) -> float:
+    """Wall seconds of one whole command; its stdout goes to OUT and its
+    stderr beside it (``OUT.stderr``), not to a pipe. A non-zero exit or a
+    timeout raises BenchFailed with the end of its stderr."""
+    err = out.with_name(out.name + ".stderr")
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise BenchFailed(f"timed out after {timeout_s:g} s: {shlex.join(argv)}") from None
+        elapsed = time.perf_counter() - start
+    if code != 0:
+        tail = err.read_text(errors="replace")[-2000:]
+        raise BenchFailed(f"exit {code}: {shlex.join(argv)}\n{tail}")
+    return elapsed
 
 
 def find_batchctl(option: str | None) -> Path:

@@ -48,9 +48,7 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +57,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import find_batchctl
+from benchlib import BenchFailed, environment_without_tuning, find_batchctl, timed_run
 
 STAGING = "bench"
 SMALL_ITEMS = 1000  # the separate batch whose status view must stay quick
@@ -79,10 +77,6 @@ PEAK_RSS_TARGET_MB = 500.0
 STATUS_TARGET_S = 1.0
 SMALL_STATUS_TARGET_S = 0.15
 STARTUP_RATIO_TARGET = 2.0
-
-
-class BenchFailed(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -118,37 +112,6 @@ def build(root: Path, items: int, fleet: Path) -> Layout:
     plan = root / "plan.yaml"
     plan.write_text("\n".join(lines) + "\n")
     return Layout(root=root, plan=plan, fleet=fleet, state=root / "state")
-
-
-def bench_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BATCHCTL_")}
-
-
-def timed_run(argv: Sequence[str], env: dict[str, str], out: Path, timeout_s: float) -> float:
-    """Wall seconds of one whole command; its stdout goes to OUT and its
-    stderr beside it, not to a pipe."""
-    err = out.with_name(out.name + ".stderr")
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        try:
-            code = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise BenchFailed(f"timed out after {timeout_s:g} s: {shlex.join(argv)}") from None
-        elapsed = time.perf_counter() - start
-    if code != 0:
-        tail = err.read_text(errors="replace")[-2000:]
-        raise BenchFailed(f"exit {code}: {shlex.join(argv)}\n{tail}")
-    return elapsed
 
 
 def state_args(layout: Layout) -> list[str]:
@@ -555,7 +518,7 @@ def main() -> None:
     # Another busy process on the machine shows in every figure: say so.
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     batchctl = find_batchctl(args.batchctl)
-    env = bench_environment()
+    env = environment_without_tuning()
     command = shlex.join(
         [
             ".venv/bin/python",

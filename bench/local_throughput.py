@@ -49,18 +49,16 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import find_batchctl
+from benchlib import BenchFailed, environment_without_tuning, find_batchctl, timed_run
 
 TICK_S = "1"  # batchctl's default tick, set explicitly so the caller's cannot leak in
 STAGING = "bench"
@@ -160,38 +158,9 @@ def parallel_argv(parallel: Path, layout: Layout, slots: int) -> list[str]:
 
 
 def bench_environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCTL_")}
+    env = environment_without_tuning()
     env["BATCHCTL_TICK"] = TICK_S
     return env
-
-
-class BenchFailed(Exception):
-    pass
-
-
-def timed_run(argv: Sequence[str], env: dict[str, str], log: Path, timeout_s: float) -> float:
-    """Wall seconds of one whole command; its output goes to LOG, not a pipe."""
-    with open(log, "wb") as out:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise BenchFailed(f"timed out after {timeout_s:g} s: {shlex.join(argv)}") from None
-        elapsed = time.perf_counter() - start
-    if code != 0:
-        tail = log.read_text(errors="replace")[-2000:]
-        raise BenchFailed(f"exit {code}: {shlex.join(argv)}\n{tail}")
-    return elapsed
 
 
 @dataclass
