@@ -45,7 +45,7 @@ from batchctl.transports.processes import (
     identity_of,
 )
 from batchctl.transports.rundir import write_atomically
-from batchctl.transports.runners.base import Ended, from_exit_code
+from batchctl.transports.runners.base import Ended, ending, from_exit_code
 
 # $1 run directory, $2 the entrypoint's path; the rest is its argv.
 WRAPPER = r"""
@@ -233,7 +233,7 @@ class LocalTransport:
             if group_of_run(pgid, run.id):
                 # Whatever the entrypoint left behind in its group goes with it.
                 self._signal_group(pgid, signal.SIGKILL)
-            return _finish(
+            return ending(
                 _ended_from(exit_text),
                 _mtime(run_dir / "exit") or now,
                 started_at=_mtime(run_dir / "claim"),
@@ -244,7 +244,7 @@ class LocalTransport:
                 self._stopping[run.id].lost = True
                 return None
             lost.append(run.id)
-            return _finish(Ended(RunStatus.INTERRUPTED, message="its supervisor is gone"), now)
+            return ending(Ended(RunStatus.INTERRUPTED, message="its supervisor is gone"), now)
         timeout_s = self.entries(run)[1].get("timeout_s")
         started_at = run.started_at or _mtime(run_dir / "claim") or now
         if timeout_s is not None and now - started_at >= timedelta(seconds=timeout_s):
@@ -337,7 +337,7 @@ class LocalTransport:
                 stopping.killed = True
             return None
         del self._stopping[run.id]
-        return _finish(Ended(stopping.status, message=stopping.message), now)
+        return ending(Ended(stopping.status, message=stopping.message), now)
 
     def _signal_group(self, pgid: int, sig: int) -> None:
         """Signal the group the wrapper made, while it has members: a process
@@ -401,23 +401,3 @@ def _ended_from(exit_text: str) -> Ended:
         ended = from_exit_code(code)
         return Ended(ended.status, exit_code=code, message=f"killed by signal {code - 128}")
     return from_exit_code(code)
-
-
-def _finish(
-    ended: Ended, now: datetime, *, started_at: datetime | None = None
-) -> Callable[[Run], Run | None]:
-    def change(run: Run) -> Run | None:
-        if run.status.terminal:
-            return None
-        return run.model_copy(
-            update={
-                "status": ended.status,
-                "exit_code": ended.exit_code,
-                "error_code": ended.error_code,
-                "message": ended.message,
-                "ended_at": now,
-                "started_at": run.started_at or started_at or now,
-            }
-        )
-
-    return change

@@ -22,6 +22,7 @@ from batchctl.model.clock import Clock
 from batchctl.model.fleet import SIM_OUTCOMES, FleetSource, Machine
 from batchctl.model.models import Run, RunStatus
 from batchctl.state.runs import RunStore
+from batchctl.transports.runners.base import Ended, ending
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ class SimTransport:
             _, run_id = heapq.heappop(self._due)
             plan = self._plans.pop(run_id, None)
             if plan is not None:
-                ended[run_id] = _ending(plan, now)
+                outcome = Ended(plan.status, plan.exit_code, plan.error_code, "simulated")
+                ended[run_id] = ending(outcome, now)
         if ended:
             self.runs.update_many(ended)
 
@@ -124,20 +126,3 @@ class SimTransport:
         if not self._due:
             return None
         return max(0.0, (self._due[0][0] - now).total_seconds())
-
-
-def _ending(plan: SimOutcome, now: datetime) -> Callable[[Run], Run | None]:
-    def end(run: Run) -> Run | None:
-        if run.status.terminal:
-            return None
-        return run.model_copy(
-            update={
-                "status": plan.status,
-                "exit_code": plan.exit_code,
-                "error_code": plan.error_code,
-                "message": "simulated",
-                "ended_at": now,
-            }
-        )
-
-    return end

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
-from batchctl.model.models import RunStatus
+from batchctl.model.models import Run, RunStatus
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,29 @@ class Ended:
     exit_code: int | None = None
     error_code: str | None = None
     message: str | None = None
+
+
+def ending(
+    ended: Ended, now: datetime, *, started_at: datetime | None = None
+) -> Callable[[Run], Run | None]:
+    """The change that ends a run as ``ended`` says, for ``RunStore.update``;
+    nothing for a run already over."""
+
+    def change(run: Run) -> Run | None:
+        if run.status.terminal:
+            return None
+        return run.model_copy(
+            update={
+                "status": ended.status,
+                "exit_code": ended.exit_code,
+                "error_code": ended.error_code,
+                "message": ended.message,
+                "ended_at": now,
+                "started_at": run.started_at or started_at or now,
+            }
+        )
+
+    return change
 
 
 def from_exit_code(code: int) -> Ended:
