@@ -75,6 +75,23 @@ def ensure_state_dir(path: Path) -> Path:
     return path
 
 
+def take_lock(lock: FileLock, lock_path: Path, timeout: float) -> None:
+    """Acquire a state file's lock, or say clearly which lock and why not."""
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockTimeout(
+            f"timed out after {timeout:g}s waiting for the lock {lock_path} "
+            "(another batchctl holds it; raise BATCHCTL_LOCK_TIMEOUT to wait longer)",
+            details={"lock": str(lock_path), "timeout_s": timeout},
+        ) from None
+    except OSError as exc:
+        raise StateError(
+            f"cannot take the lock {lock_path}: {exc.strerror}",
+            details={"lock": str(lock_path)},
+        ) from None
+
+
 class JournaledFile:
     """One state file (snapshot + journal) and this process's view of it.
 
@@ -291,19 +308,7 @@ class JournaledFile:
                 self.lock_path, timeout=self.lock_timeout, mode=FILE_MODE, thread_local=False
             )
         lock = self._lock
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockTimeout(
-                f"timed out after {self.lock_timeout:g}s waiting for the lock {self.lock_path} "
-                "(another batchctl holds it; raise BATCHCTL_LOCK_TIMEOUT to wait longer)",
-                details={"lock": str(self.lock_path), "timeout_s": self.lock_timeout},
-            ) from None
-        except OSError as exc:
-            raise StateError(
-                f"cannot take the lock {self.lock_path}: {exc.strerror}",
-                details={"lock": str(self.lock_path)},
-            ) from None
+        take_lock(lock, self.lock_path, self.lock_timeout)
         self._locked = True
         try:
             if not self._swept:
@@ -388,7 +393,7 @@ class JournaledFile:
             if keep_last_good and target.exists():
                 self._keep_last_good(target)
             os.replace(temp_name, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 Path(temp_name).unlink()
@@ -442,7 +447,7 @@ def _write_error(path: Path, exc: OSError) -> StateError:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

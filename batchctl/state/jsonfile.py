@@ -17,28 +17,23 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
-from batchctl.model.errors import LockTimeout, StateTooNew, StateUnreadable
+from batchctl.model.errors import StateTooNew, StateUnreadable
+from batchctl.state.journal import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    FILE_MODE,
+    Document,
+    ensure_state_dir,
+    fsync_dir,
+    take_lock,
+)
 from batchctl.state.memory import without_gc
 
-DEFAULT_LOCK_TIMEOUT_S = 30.0
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-
-Document = dict[str, Any]
 T = TypeVar("T")
-
-
-def ensure_state_dir(path: Path) -> Path:
-    """Create the state directory 0700 (and tighten it if we just made it)."""
-    if not path.is_dir():
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        path.chmod(DIR_MODE)
-    return path
 
 
 class JsonStateFile:
@@ -98,14 +93,7 @@ class JsonStateFile:
     def locked(self) -> Iterator[None]:
         ensure_state_dir(self.path.parent)
         lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=FILE_MODE)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockTimeout(
-                f"timed out after {self.lock_timeout:g}s waiting for the lock {self.lock_path} "
-                "(another batchctl holds it; raise BATCHCTL_LOCK_TIMEOUT to wait longer)",
-                details={"lock": str(self.lock_path), "timeout_s": self.lock_timeout},
-            ) from None
+        take_lock(lock, self.lock_path, self.lock_timeout)
         try:
             yield
         finally:
@@ -139,7 +127,7 @@ class JsonStateFile:
             with contextlib.suppress(FileNotFoundError):
                 Path(temp_name).unlink()
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _keep_last_good(self) -> None:
         staging = self.last_good_path.with_name(self.last_good_path.name + ".tmp")
@@ -147,11 +135,3 @@ class JsonStateFile:
             staging.unlink()
         os.link(self.path, staging)
         os.replace(staging, self.last_good_path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
