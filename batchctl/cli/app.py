@@ -13,8 +13,8 @@ import typer
 
 from batchctl import __version__
 from batchctl.cli import batches, fleet
-from batchctl.cli.output import error_envelope
-from batchctl.cli.settings import resolve_state_dir
+from batchctl.cli.envelope import error_envelope
+from batchctl.cli.locations import resolve_state_dir
 from batchctl.model.clock import SystemClock
 from batchctl.model.errors import BatchctlError, ExitCode, Interrupted, InvalidInput
 
@@ -102,9 +102,11 @@ def _write_crash_report(args: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     json_mode = "--json" in args
-    command = typer.main.get_command(app)
     signal.signal(signal.SIGINT, _interrupt)
     try:
+        # Built inside the handlers: a Ctrl-C while typer builds it is an
+        # interruption like any other, not a traceback.
+        command = typer.main.get_command(app)
         result = command.main(args=args, prog_name="batchctl", standalone_mode=False)
     except BatchctlError as error:
         return _report(error, json_mode)

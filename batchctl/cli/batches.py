@@ -26,16 +26,18 @@ from batchctl.cli.render import (
     render_retry,
     render_submit,
 )
-from batchctl.engine.service import BatchService, LogTarget
+from batchctl.engine.service import BatchService, LogTarget, SubmitResult
 from batchctl.model.age import parse_age
 from batchctl.model.errors import ExitCode, Interrupted, InvalidInput, NotFound
 from batchctl.model.plan import load_plan, parse_duration
+from batchctl.model.viewdoc import Document
 from batchctl.model.views import BatchList, BatchView
 from batchctl.transports.logs import follow_log
 
-# How often a waiting command looks at the batch: often enough to report the
-# end promptly, rarely enough not to compete with the worker for the CPU.
-WAIT_POLL_S = 0.5
+# How often a waiting command looks at the batch at most: often enough to
+# report the end promptly. Large batches are looked at less often (a look
+# costs O(items); see BatchService.wait).
+WAIT_POLL_S = 0.05
 
 WaitOption = Annotated[
     bool,
@@ -43,7 +45,7 @@ WaitOption = Annotated[
 ]
 
 
-def _wait(service: BatchService, output: Output, batch_id: str) -> BatchView:
+def _wait(service: BatchService, output: Output, batch_id: str) -> Document:
     console = output.stderr if output.json_mode else output.stdout
     try:
         with Progress(console, quiet=output.quiet) as progress:
@@ -55,8 +57,8 @@ def _wait(service: BatchService, output: Output, batch_id: str) -> BatchView:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
-def _waited_exit_code(view: BatchView) -> int:
-    all_passed = all(item.outcome == "passed" for item in view.items)
+def _waited_exit_code(view: Document) -> int:
+    all_passed = all(item["outcome"] == "passed" for item in view["items"])
     return int(ExitCode.OK if all_passed else ExitCode.NOT_ALL_PASSED)
 
 
@@ -106,16 +108,21 @@ def run(
         preview = service.dry_run(loaded, staging=staging)
         output.result(preview, lambda console: render_dry_run(console, preview))
         return ExitCode.OK
-    result = service.submit(loaded, staging=staging, force_new=new, queue_timeout_s=queue_timeout_s)
+    batch_id, resumed = service.submit(
+        loaded, staging=staging, force_new=new, queue_timeout_s=queue_timeout_s
+    )
     if not wait:
+        result = SubmitResult(resumed=resumed, batch=service.view(batch_id))
         output.result(result, lambda console: render_submit(console, result))
         if not result.batch.done:
-            output.note(f"the batch goes on in the background: batchctl status {result.batch.id}")
+            output.note(f"the batch goes on in the background: batchctl status {batch_id}")
         return ExitCode.OK
-    output.note(f"{'resumed' if result.resumed else 'created'} batch {result.batch.id}")
-    final = _wait(service, output, result.batch.id)
-    finished = result.model_copy(update={"batch": final})
-    output.result(finished, lambda console: render_batch(console, final))
+    output.note(f"{'resumed' if resumed else 'created'} batch {batch_id}")
+    final = _wait(service, output, batch_id)
+    output.result(
+        {"resumed": resumed, "batch": final},
+        lambda console: render_batch(console, BatchView.model_validate(final)),
+    )
     return _waited_exit_code(final)
 
 
@@ -140,7 +147,7 @@ def status(
         output.result(detail, lambda console: render_item(console, detail))
         return ExitCode.OK
     view = _wait(service, output, batch_id) if wait else service.status(batch_id)
-    output.result(view, lambda console: render_batch(console, view))
+    output.result(view, lambda console: render_batch(console, BatchView.model_validate(view)))
     return _waited_exit_code(view) if wait else ExitCode.OK
 
 
@@ -188,7 +195,7 @@ def retry(
         return ExitCode.OK
     output.note(f"re-queued: {', '.join(result.requeued) or 'nothing'}")
     final = _wait(service, output, result.batch.id)
-    output.result(final, lambda console: render_batch(console, final))
+    output.result(final, lambda console: render_batch(console, BatchView.model_validate(final)))
     return _waited_exit_code(final)
 
 

@@ -1,7 +1,9 @@
-"""The ``batchctl`` command's entry point: answers ``--version`` before
-importing anything else, so asking for it costs an interpreter start, not
-the whole command line (typer, pydantic, the engine)."""
+"""The ``batchctl`` command's entry point: answers ``--version``, and
+``status ID --json`` of a finished batch (``quick``), before importing
+anything else, so they cost an interpreter start and what they read, not the
+whole command line (typer, pydantic, the engine)."""
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -23,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"batchctl {__version__}")
         return 0
+    if args[:1] == ["status"]:
+        from batchctl.cli.quick import answer
+
+        code = answer(args, os.environ)
+        if code is not None:
+            return code
     signal.signal(signal.SIGINT, _interrupted_while_starting)
     try:
         from batchctl.cli.app import main as full_main

@@ -6,31 +6,15 @@ message goes to stderr so scripts can parse stdout blindly.
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 from rich.console import Console
 
-from batchctl.model.errors import BatchctlError
+from batchctl.cli.envelope import print_ok
 
-ENVELOPE_SCHEMA_VERSION = "v1"
 PIPE_WIDTH = 160
-
-
-def _dumps(document: dict[str, Any]) -> str:
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
-
-
-def error_envelope(error: BatchctlError) -> str:
-    return _dumps(
-        {
-            "schema_version": ENVELOPE_SCHEMA_VERSION,
-            "status": "error",
-            "error": {"code": error.code, "message": error.message, "details": error.details},
-        }
-    )
 
 
 class Output:
@@ -42,15 +26,13 @@ class Output:
         self.stdout = Console(highlight=False, soft_wrap=False, width=width)
         self.stderr = Console(stderr=True, highlight=False)
 
-    def result(self, data: BaseModel, render: Callable[[Console], None]) -> None:
+    def result(
+        self, data: BaseModel | Mapping[str, Any], render: Callable[[Console], None]
+    ) -> None:
+        """``data`` is a view model, or a view already in its JSON form (what
+        large batches use: validating 100,000 items only to print them is waste)."""
         if self.json_mode:
-            document = {
-                "schema_version": ENVELOPE_SCHEMA_VERSION,
-                "status": "ok",
-                "data": data.model_dump(mode="json"),
-            }
-            sys.stdout.write(_dumps(document))
-            sys.stdout.flush()
+            print_ok(data)
         else:
             render(self.stdout)
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.live import Live
 
 from batchctl.cli.render import batch_table, counts_line
+from batchctl.model.viewdoc import BatchReading
 from batchctl.model.views import BatchView
 
 
@@ -35,16 +36,17 @@ class Progress(AbstractContextManager["Progress"]):
         if self.live is not None:
             self.live.__exit__(exc_type, exc, traceback)
 
-    def update(self, view: BatchView) -> None:
+    def update(self, reading: BatchReading) -> None:
         if self.quiet:
             return
         if self.live is not None:
+            view = BatchView.model_validate(reading.document())
             self.live.update(
                 batch_table(view, title=f"batch {view.id}: {counts_line(view.counts)}")
             )
             self.live.refresh()
             return
-        line = f"batch {view.id}: {counts_line(view.counts)}"
+        line = f"batch {reading.batch['id']}: {counts_line(reading.counts())}"
         if line != self.last_line:
             self.console.print(line, markup=False, highlight=False)
             self.last_line = line

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchctl.cli.locations import resolve_state_dir
 from batchctl.engine.dispatch import Tuning
 from batchctl.model.errors import InvalidInput
 from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S
@@ -21,15 +22,6 @@ class Settings:
     env_tag: str | None
     fleet_path: Path | None
     tuning: Tuning
-
-
-def resolve_state_dir(option: str | None, environ: Mapping[str, str]) -> Path:
-    if option:
-        return Path(option).expanduser().absolute()
-    if environ.get("BATCHCTL_STATE_DIR"):
-        return Path(environ["BATCHCTL_STATE_DIR"]).expanduser().absolute()
-    xdg = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg).expanduser().absolute() / "batchctl"
 
 
 def seconds_from_env(environ: Mapping[str, str], variable: str, default: float) -> float:

@@ -13,7 +13,7 @@ from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.model.clock import Clock
 from batchctl.model.errors import LeaseLost
 from batchctl.model.fleet import Fleet, FleetSource
-from batchctl.model.models import Batch, Lease, ProcessIdentity
+from batchctl.model.models import Lease, ProcessIdentity
 from batchctl.model.policy import Backoff
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
@@ -108,6 +108,12 @@ class Dispatcher:
             finished=finished,
         )
 
+    def tidy_state(self) -> None:
+        """After a batch ends: fold large journals into their snapshots, so
+        whoever reads the finished batch parses snapshots (journal.tidy)."""
+        self.batches.file.tidy()
+        self.runs.file.tidy()
+
     def scheduler(self, token: str | None) -> Scheduler:
         return Scheduler(
             batches=self.batches,
@@ -154,13 +160,16 @@ class Dispatcher:
         )
         self.renew_lease(batch_id, token, holder=holder)
 
-    def ensure_worker(self, batch: Batch) -> bool:
+    def ensure_worker(self, batch_id: str) -> bool:
         """Start a worker for an unfinished batch nobody serves (a takeover of a
-        dead lease). True if one was started."""
-        if batch.finished or self.lease_live(batch.id, batch.lease):
+        dead lease). True if one was started. O(1) in the batch's size."""
+        if self.batches.finished(batch_id):
             return False
-        token = self.take_lease(batch.id)
+        lease = self.batches.lease(batch_id)
+        if self.lease_live(batch_id, lease):
+            return False
+        token = self.take_lease(batch_id)
         if token is None:
             return False
-        self._hand_to_worker(batch.id, token, self._fleet_arg(batch.lease))
+        self._hand_to_worker(batch_id, token, self._fleet_arg(lease))
         return True

@@ -15,6 +15,8 @@ from batchctl.model.errors import InvalidPlan, NotFound
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, SkipCode
 from batchctl.model.plan import Plan, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
+from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S
+from batchctl.model.viewdoc import BatchReading, Document
 from batchctl.model.views import (
     BatchSummary,
     BatchView,
@@ -22,11 +24,8 @@ from batchctl.model.views import (
     ItemDetail,
     MachineView,
     View,
-    attempt_view,
-    batch_done,
+    attempt_document,
     batch_summary,
-    batch_view,
-    item_view,
     machine_views,
 )
 from batchctl.state.batches import BatchStore, items_record
@@ -56,9 +55,6 @@ class DryRunResult(View):
     source: str
     would_resume: str | None
     items: list[DryRunItem]
-
-
-DEFAULT_QUEUE_TIMEOUT_S = 86_400
 
 
 def new_batch_id(clock: Clock) -> str:
@@ -99,6 +95,8 @@ class PruneResult(View):
 
 
 NOT_FINISHED = "not finished"
+# A waiting command sleeps this many times what a look at the batch cost.
+WAIT_SPACING = 4.0
 
 
 def prune_cutoff(now: datetime, older_than: timedelta) -> datetime:
@@ -142,9 +140,27 @@ class BatchService:
             fleet=self.dispatcher.fleet, held=self.runs.held(), now=self.clock.now()
         )
 
-    def view(self, batch: Batch) -> BatchView:
+    def reading(self, batch_id: str, *, explain: bool = True) -> BatchReading:
+        """The stored batch joined with the stored runs, as they are: O(1)
+        until asked for something. ``explain``: say why queued items wait
+        (the fleet is loaded only if one does). It looks at the stores' live
+        records: use it before the next read of either store. The batch is
+        read first: every run a decision names was written before it."""
+        return BatchReading(
+            self.batches.raw(batch_id),
+            self.runs.stored(),
+            self.runs.runs_prefix,
+            _LazyReasons(self._fleet_context) if explain else None,
+        )
+
+    def view_document(self, batch_id: str) -> Document:
+        """The view as JSON-ready data: O(items + needs), no validation."""
         with without_gc():
-            return batch_view(batch, self._runs_of([batch]), self._fleet_context())
+            return self.reading(batch_id).document()
+
+    def view(self, batch_id: str) -> BatchView:
+        with without_gc():
+            return BatchView.model_validate(self.reading(batch_id).document())
 
     def submit(
         self,
@@ -153,7 +169,8 @@ class BatchService:
         staging: str,
         force_new: bool,
         queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S,
-    ) -> SubmitResult:
+    ) -> tuple[str, bool]:
+        """The batch created or resumed, and whether it was resumed."""
         # Resolve the fleet first: a bad fleet file must fail before anything is written.
         _ = self.dispatcher.fleet
         existing = None if force_new else self.batches.find_newest(plan.plan_hash, staging)
@@ -184,7 +201,7 @@ class BatchService:
         )
         if not batch.cancelled:
             self.dispatcher.foreground_pass(batch.id)
-        return SubmitResult(resumed=resumed, batch=self.view(self.batches.get(batch.id)))
+        return batch.id, resumed
 
     def dry_run(self, plan: Plan, *, staging: str) -> DryRunResult:
         problems = missing_dir_problems(plan)
@@ -210,18 +227,17 @@ class BatchService:
             ],
         )
 
-    def status(self, batch_id: str) -> BatchView:
+    def status(self, batch_id: str) -> Document:
         """The joined view; an unfinished batch whose worker died is taken over."""
-        batch = self.batches.get(batch_id)
-        view = self.view(batch)
-        if not view.done:
-            self.dispatcher.ensure_worker(batch)
-        return view
+        document = self.view_document(batch_id)
+        if not document["done"]:
+            self.dispatcher.ensure_worker(document["id"])
+        return document
 
     def cancel(self, batch_id: str, *, settle_s: float) -> BatchView:
         """Stop dispatching, skip queued items, stop running runs (they end
         interrupted), and wait up to ``settle_s`` for them to be recorded."""
-        before = self.view(self.batches.get(batch_id))
+        before = self.view(batch_id)
         if before.done:
             return before
 
@@ -242,31 +258,38 @@ class BatchService:
                 transport.terminate(run)
         # Whatever is still in flight is finished by the batch's worker (a
         # fresh one if it died), which keeps stopping runs until none is left.
-        self.dispatcher.ensure_worker(batch)
+        self.dispatcher.ensure_worker(batch.id)
         while self._live_runs(batch) and self.clock.monotonic() < deadline:
             self.sleep(0.05)
-        return self.view(self.batches.get(batch.id))
+        return self.view(batch.id)
 
     def item_detail(self, batch_id: str, item_name: str) -> ItemDetail:
         """One item in full: its decision, every attempt's run, blame, reason."""
-        batch = self.batches.get(batch_id)
-        entry = self._entry(batch, item_name)
-        item = batch.items[item_name]
-        run_ids = [*item.history, *([item.run_id] if item.run_id else [])]
-        # One read of runs.json: every item's latest run (for needs and
-        # reasons) plus this item's earlier attempts.
-        runs = self.runs.get_many(
-            [*(i.run_id for i in batch.items.values() if i.run_id), *item.history]
-        )
-        view = item_view(entry, item, batch, runs, self._fleet_context())
-        return ItemDetail(
-            **view.model_dump(),
-            batch_id=batch.id,
-            dir=entry.dir,
-            timeout_s=entry.timeout_s,
-            retries=entry.retries,
-            retry_on=list(entry.retry_on),
-            attempts=[attempt_view(runs[run_id]) for run_id in run_ids if run_id in runs],
+        reading = self.reading(batch_id)
+        entry = reading.entries.get(item_name)
+        if entry is None:
+            raise NotFound(
+                f"batch {reading.batch['id']} has no item {item_name!r} "
+                f"(items: {', '.join(reading.entries)})",
+                details={"batch": reading.batch["id"], "item": item_name},
+            )
+        item = reading.items[item_name]
+        run_ids = [*item.get("history", ()), *([item["run_id"]] if item.get("run_id") else [])]
+        attempts = [
+            attempt_document(reading.runs[run_id], reading.runs_prefix)
+            for run_id in run_ids
+            if run_id in reading.runs
+        ]
+        return ItemDetail.model_validate(
+            {
+                **reading.item_document(item_name),
+                "batch_id": reading.batch["id"],
+                "dir": entry["dir"],
+                "timeout_s": entry["timeout_s"],
+                "retries": entry["retries"],
+                "retry_on": list(entry["retry_on"]),
+                "attempts": attempts,
+            }
         )
 
     def _entry(self, batch: Batch, item_name: str) -> Entry:
@@ -308,18 +331,40 @@ class BatchService:
         batch = self.batches.decide(batch_id, decide)
         if requeued:
             self.dispatcher.foreground_pass(batch.id)
-        return RetryResult(requeued=requeued, batch=self.view(self.batches.get(batch.id)))
+        return RetryResult(requeued=requeued, batch=self.view(batch.id))
 
     def wait(
-        self, batch_id: str, *, on_progress: Callable[[BatchView], None], poll_s: float
-    ) -> BatchView:
-        """Follow the batch to the end, taking over its worker if it dies."""
+        self,
+        batch_id: str,
+        *,
+        on_progress: Callable[[BatchReading], None],
+        poll_s: float,
+        max_poll_s: float = 0.5,
+    ) -> Document:
+        """Follow the batch until its worker has finished it — every item
+        final and the finished mark written, so nothing changes after this
+        returns — taking over its worker if it dies.
+
+        A look costs O(items) over records already in memory, plus reading
+        what was appended since the last look. Looks are spaced by
+        WAIT_SPACING times their own cost, between ``poll_s`` and
+        ``max_poll_s``: a small batch's end is seen within ``poll_s``, and a
+        large one is not watched at the expense of its worker."""
         while True:
-            view = self.status(batch_id)
-            on_progress(view)
-            if view.done:
-                return view
-            self.sleep(poll_s)
+            began = self.clock.monotonic()
+            reading = self.reading(batch_id)
+            with without_gc():
+                done = reading.done()
+            # Shown before anything reads the stores again: a reading looks
+            # at the stores' live records, and a batches read that lands
+            # after the runs read shows runs that seem missing.
+            on_progress(reading)
+            batch_id = reading.batch["id"]
+            if done and reading.batch.get("finished", False):
+                return self.view_document(batch_id)
+            self.dispatcher.ensure_worker(batch_id)
+            spent = self.clock.monotonic() - began
+            self.sleep(min(max(poll_s, WAIT_SPACING * spent), max_poll_s))
 
     def _transport_kind(self, run: Run) -> str:
         machine = self.dispatcher.fleet.get(run.machine)
@@ -338,7 +383,7 @@ class BatchService:
         the batch goes on. None if it has no run (yet)."""
         while True:
             target = self._log_target(batch_id, item_name)
-            if target is not None or not wait or self.status(batch_id).done:
+            if target is not None or not wait or self.reading(batch_id).done():
                 return target
             self.sleep(poll_s)
 
@@ -363,9 +408,11 @@ class BatchService:
         return machine_views(self.dispatcher.fleet, self.runs.non_terminal())
 
     def list_batches(self) -> list[BatchSummary]:
-        batches = self.batches.all()
-        runs = self._runs_of(batches)
-        summaries = [batch_summary(batch_view(batch, runs)) for batch in batches]
+        runs = self.runs.stored()
+        summaries = [
+            batch_summary(BatchReading(batch, runs, self.runs.runs_prefix).summary())
+            for batch in self.batches.all_raw()
+        ]
         return sorted(summaries, key=lambda summary: summary.created_at, reverse=True)
 
     def prune(self, older_than: timedelta, *, dry_run: bool) -> PruneResult:
@@ -407,12 +454,26 @@ class BatchService:
         )
 
     def _prunable(self, batches: list[Batch]) -> tuple[list[str], list[KeptBatch]]:
-        runs = self._runs_of(batches)
+        runs = self.runs.stored()
         finished: list[str] = []
         kept: list[KeptBatch] = []
         for batch in batches:
-            if batch_done(batch, runs):
+            if BatchReading(self.batches.raw(batch.id), runs, self.runs.runs_prefix).done():
                 finished.append(batch.id)
             else:
                 kept.append(KeptBatch(id=batch.id, reason=NOT_FINISHED))
         return finished, kept
+
+
+class _LazyReasons:
+    """Explains queued items from the fleet, loaded on the first question:
+    a finished batch's view never needs the fleet file."""
+
+    def __init__(self, context: Callable[[], FleetContext]) -> None:
+        self._make_context = context
+        self._context: FleetContext | None = None
+
+    def queued_reason(self, selector: str, not_before: str | None) -> str:
+        if self._context is None:
+            self._context = self._make_context()
+        return self._context.queued_reason(selector, not_before)

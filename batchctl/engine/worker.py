@@ -136,6 +136,7 @@ def run_worker(
                 if report.done:
                     log(f"{utc_iso(clock.now())} batch {batch_id} is done")
                     dispatcher.release_lease(batch_id, token, finished=True)
+                    dispatcher.tidy_state()
                     log(stats.line(dispatcher))
                     return 0
                 # Sleep to the next tick, or less if a run is due to end sooner.

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
+
 
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -42,19 +44,7 @@ class RunStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
-
-
-# Statuses a run may move to from each status; terminal ones go nowhere.
-RUN_STATUS_ORDER: dict[RunStatus, int] = {
-    RunStatus.PENDING: 0,
-    RunStatus.RUNNING: 1,
-    RunStatus.SUCCEEDED: 2,
-    RunStatus.FAILED: 2,
-    RunStatus.ERROR: 2,
-    RunStatus.TIMEOUT: 2,
-    RunStatus.INTERRUPTED: 2,
-}
+        return self in TERMINAL_STATUSES
 
 
 class Entry(Record):
@@ -166,7 +156,7 @@ class Batch(Record):
     # younger batches hold that many slots back (older batches go first).
     demand: dict[str, int] = Field(default_factory=dict)
     # Items ready this long without a machine taking them are skipped.
-    queue_timeout_s: int = 86_400
+    queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S
 
 
 class Run(Record):

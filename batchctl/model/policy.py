@@ -6,51 +6,34 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from batchctl.model.models import Entry, Item, ItemState, Run, RunStatus
+from batchctl.model import rules
+from batchctl.model.models import Entry, Item, ItemState, Run
 
-RUN_OUTCOME: dict[RunStatus, str] = {
-    RunStatus.PENDING: "running",
-    RunStatus.RUNNING: "running",
-    RunStatus.SUCCEEDED: "passed",
-    RunStatus.FAILED: "failed",
-    RunStatus.ERROR: "error",
-    RunStatus.TIMEOUT: "timeout",
-    RunStatus.INTERRUPTED: "interrupted",
-}
+
+def _status(run: Run | None) -> str | None:
+    return run.status.value if run is not None else None
 
 
 def retry_due(entry: Entry, item: Item, run: Run | None) -> bool:
     """A dispatched attempt whose run ended in a status the entry retries on,
     with attempts left."""
-    return (
-        item.state is ItemState.DISPATCHED
-        and run is not None
-        and run.status.terminal
-        and run.status.value in entry.retry_on
-        and item.attempt <= entry.retries
+    return rules.retry_due(
+        item.state.value, _status(run), entry.retry_on, item.attempt, entry.retries
     )
 
 
 def item_passed(item: Item, run: Run | None) -> bool:
-    return (
-        item.state is ItemState.DISPATCHED and run is not None and run.status is RunStatus.SUCCEEDED
-    )
+    return rules.passed(item.state.value, _status(run))
 
 
 def item_is_final(entry: Entry, item: Item, run: Run | None, *, cancelled: bool = False) -> bool:
-    """Nothing more will happen to this item: skipped, or its run ended and no
-    retry follows (a cancelled batch retries nothing). A dispatched item whose
-    run record is gone (runs.json deleted or pruned by hand) is final too:
-    nobody will ever record that run's end."""
-    if item.state is ItemState.SKIPPED:
-        return True
-    if item.state is ItemState.QUEUED:
-        return False
-    if run is None:
-        return True
-    if not run.status.terminal:
-        return False
-    return cancelled or not retry_due(entry, item, run)
+    """See ``rules.final``."""
+    return rules.final(
+        item.state.value,
+        _status(run),
+        due_for_retry=retry_due(entry, item, run),
+        cancelled=cancelled,
+    )
 
 
 def unmet_needs(entry: Entry, items: Mapping[str, Item], runs: Mapping[str, Run]) -> list[str]:
@@ -60,17 +43,6 @@ def unmet_needs(entry: Entry, items: Mapping[str, Item], runs: Mapping[str, Run]
         for needed in entry.needs
         if not item_passed(items[needed], runs.get(items[needed].run_id or ""))
     ]
-
-
-def item_outcome(
-    entry: Entry, item: Item, items: Mapping[str, Item], runs: Mapping[str, Run]
-) -> str:
-    if item.state is ItemState.SKIPPED:
-        return "skipped"
-    if item.state is ItemState.QUEUED:
-        return "waiting" if unmet_needs(entry, items, runs) else "queued"
-    run = runs.get(item.run_id or "")
-    return RUN_OUTCOME[run.status] if run is not None else "interrupted"
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,17 @@ added; none is removed or renamed without bumping the envelope's schema_version.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from batchctl.model.clock import utc_iso
 from batchctl.model.fleet import Fleet, Machine
-from batchctl.model.models import Batch, Entry, Item, ItemState, Run
-from batchctl.model.policy import item_is_final, item_outcome, unmet_needs
+from batchctl.model.models import Batch, Run
+from batchctl.model.viewdoc import BatchReading, run_document
 
 
 class View(BaseModel):
@@ -96,22 +96,6 @@ class BatchList(View):
     batches: list[BatchSummary]
 
 
-def run_view(run: Run) -> RunView:
-    # Built from validated records: constructed without validating again,
-    # which is most of the cost of a 100,000-item view.
-    return RunView.model_construct(
-        id=run.id,
-        status=run.status.value,
-        exit_code=run.exit_code,
-        error_code=run.error_code,
-        message=run.message,
-        started_at=run.started_at,
-        ended_at=run.ended_at,
-        log_path=run.log_path,
-        artifacts_path=run.artifacts_path,
-    )
-
-
 @dataclass(frozen=True)
 class FleetContext:
     """What explaining a queued item needs beyond the batch: the fleet, how
@@ -124,7 +108,11 @@ class FleetContext:
     # answer, so a view costs O(items + selectors x machines).
     by_selector: dict[str, str] = field(default_factory=dict)
 
-    def selector_reason(self, selector: str) -> str:
+    def queued_reason(self, selector: str, not_before: str | None) -> str:
+        if not_before is not None:
+            until = datetime.fromisoformat(not_before)
+            if until > self.now:
+                return f"retry backoff until {utc_iso(until)}"
         if selector not in self.by_selector:
             self.by_selector[selector] = self._selector_reason(selector)
         return self.by_selector[selector]
@@ -144,113 +132,34 @@ class FleetContext:
         return "ready; dispatching on the next tick"
 
 
-def attempt_view(run: Run) -> AttemptView:
-    return AttemptView(**run_view(run).model_dump(), attempt=run.attempt, machine=run.machine)
+def stored_batch(batch: Batch) -> dict[str, Any]:
+    """A typed batch as it would be stored (for views of batches in hand)."""
+    return batch.model_dump(mode="json")
 
 
-def _reason(
-    entry: Entry,
-    item: Item,
-    batch: Batch,
-    runs: Mapping[str, Run],
-    context: FleetContext | None,
-    entries: Mapping[str, Entry],
-) -> str | None:
-    """Why a queued item is not running yet, in words."""
-    if item.state is ItemState.DISPATCHED and item.run_id and item.run_id not in runs:
-        return f"its run {item.run_id} is not in runs.json (removed by hand?)"
-    if item.state is not ItemState.QUEUED:
-        return None
-    items = batch.items
-    waiting_on = unmet_needs(entry, items, runs)
-    if waiting_on:
-        return "waiting on " + ", ".join(
-            f"{name} ({item_outcome(entries[name], items[name], items, runs)})"
-            for name in waiting_on
-        )
-    if context is None:
-        return "ready; waiting for a matching machine"
-    if item.not_before is not None and item.not_before > context.now:
-        return f"retry backoff until {utc_iso(item.not_before)}"
-    return context.selector_reason(entry.selector)
-
-
-def item_view(
-    entry: Entry,
-    item: Item,
-    batch: Batch,
-    runs: Mapping[str, Run],
-    context: FleetContext | None = None,
-    entries: Mapping[str, Entry] | None = None,
-) -> ItemView:
-    run = runs.get(item.run_id or "")
-    if entries is None:
-        entries = {e.name: e for e in batch.entries}
-    return ItemView.model_construct(
-        name=item.name,
-        selector=entry.selector,
-        needs=list(entry.needs),
-        state=item.state.value,
-        outcome=item_outcome(entry, item, batch.items, runs),
-        attempt=item.attempt,
-        run_id=item.run_id,
-        machine=item.machine,
-        error_code=item.error_code.value if item.error_code else None,
-        reason=_reason(entry, item, batch, runs, context, entries),
-        blame=item.blame,
-        history=list(item.history),
-        run=run_view(run) if run is not None else None,
-    )
-
-
-def batch_done(batch: Batch, runs: Mapping[str, Run]) -> bool:
-    """Every item final. In a cancelled batch nothing is retried, so an
-    interrupted run with retries left is final too."""
-    return all(
-        item_is_final(
-            entry,
-            batch.items[entry.name],
-            runs.get(batch.items[entry.name].run_id or ""),
-            cancelled=batch.cancelled,
-        )
-        for entry in batch.entries
-    )
+def stored_runs(runs: Mapping[str, Run]) -> dict[str, dict[str, Any]]:
+    return {run_id: run.model_dump(mode="json") for run_id, run in runs.items()}
 
 
 def batch_view(
     batch: Batch, runs: Mapping[str, Run], context: FleetContext | None = None
 ) -> BatchView:
-    entries = {entry.name: entry for entry in batch.entries}
-    items = [
-        item_view(entry, batch.items[entry.name], batch, runs, context, entries)
-        for entry in batch.entries
-    ]
-    return BatchView(
-        id=batch.id,
-        plan_hash=batch.plan_hash,
-        staging=batch.staging,
-        source=batch.source,
-        created_by=batch.created_by,
-        created_at=batch.created_at,
-        expected_count=batch.expected_count,
-        done=batch_done(batch, runs),
-        cancelled=batch.cancelled,
-        queue_timeout_s=batch.queue_timeout_s,
-        counts=dict(Counter(item.outcome for item in items)),
-        items=items,
-    )
+    """The view of a typed batch and runs; the commands build theirs from
+    stored records (``viewdoc``) without making models first."""
+    reading = BatchReading(stored_batch(batch), stored_runs(runs), "", context)
+    return BatchView.model_validate(reading.document())
 
 
-def batch_summary(view: BatchView) -> BatchSummary:
-    return BatchSummary(
-        id=view.id,
-        plan_hash=view.plan_hash,
-        staging=view.staging,
-        source=view.source,
-        created_at=view.created_at,
-        done=view.done,
-        counts=view.counts,
-    )
+def attempt_document(run: Mapping[str, Any], runs_prefix: str) -> dict[str, Any]:
+    return {
+        **run_document(run, runs_prefix),
+        "attempt": run["attempt"],
+        "machine": run["machine"],
+    }
+
+
+def batch_summary(view: Mapping[str, Any]) -> BatchSummary:
+    return BatchSummary.model_validate({field: view[field] for field in BatchSummary.model_fields})
 
 
 class MachineRunView(View):

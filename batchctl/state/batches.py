@@ -29,98 +29,25 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from batchctl.model.errors import LeaseLost, NotFound
+from batchctl.model.errors import LeaseLost
 from batchctl.model.models import Batch, Item, Lease
+from batchctl.state.folds import (
+    BATCHES_SCHEMA_VERSION,
+    fold_batches,
+    resolve_id,
+    share_document_values,
+)
 from batchctl.state.journal import (
     COMPACT_MIN_BYTES,
     DEFAULT_LOCK_TIMEOUT_S,
-    Document,
     JournaledFile,
     Record,
     Subscription,
 )
-from batchctl.state.memory import intern_values, without_gc
-from batchctl.state.merge import merge_raw_item
+from batchctl.state.memory import without_gc
 
-BATCHES_SCHEMA_VERSION = 2
-MIN_ID_PREFIX = 4
 # Parses a stored time as the model would, without validating the whole batch.
 _CREATED_AT = TypeAdapter(datetime)
-
-
-def resolve_id(records: Mapping[str, Any], given: str, kind: str) -> str:
-    """An exact id, or a unique prefix of at least MIN_ID_PREFIX characters."""
-    if given in records:
-        return given
-    if len(given) >= MIN_ID_PREFIX:
-        matches = [key for key in records if key.startswith(given)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise NotFound(
-                f"{kind} id {given!r} is ambiguous: it starts {len(matches)} {kind} ids",
-                details={kind: given, "matches": matches[:10]},
-            )
-    raise NotFound(f"no {kind} with id {given!r}", details={kind: given})
-
-
-_SHARED_ENTRY_VALUES = ("dir", "abs_dir", "selector", "retry_on")
-_SHARED_ITEM_VALUES = ("state", "machine", "updated_at", "not_before", "error_code")
-
-
-def share_batch_values(batch: dict[str, Any]) -> None:
-    for entry in batch.get("entries", ()):
-        intern_values(entry, _SHARED_ENTRY_VALUES)
-    for item in batch.get("items", {}).values():
-        intern_values(item, _SHARED_ITEM_VALUES)
-
-
-def share_document_values(document: Document) -> None:
-    for batch in document["batches"].values():
-        share_batch_values(batch)
-
-
-def fold_batches(document: Document, record: Record, *, share: bool = False) -> None:
-    """Apply one journal record. Records about batches that are gone (pruned)
-    are ignored, as are item names a batch does not have: the set of items
-    is fixed at creation."""
-    batches: dict[str, Any] = document["batches"]
-    op = record["op"]
-    if op == "create":
-        batch = record["batch"]
-        if share:
-            share_batch_values(batch)
-        batches.setdefault(batch["id"], batch)
-        return
-    if op == "remove":
-        for batch_id in record["batches"]:
-            batches.pop(batch_id, None)
-        return
-    batch = batches.get(record["batch"])
-    if batch is None:
-        return
-    if op == "items":
-        items = batch["items"]
-        for name, proposed in record["items"].items():
-            stored = items.get(name)
-            if stored is not None:
-                if share:
-                    intern_values(proposed, _SHARED_ITEM_VALUES)
-                items[name] = merge_raw_item(stored, proposed)
-    elif op == "cancel":
-        batch["cancelled"] = True
-    elif op == "uncancel":
-        batch["cancelled"] = False
-    elif op == "lease":
-        batch["lease"] = record["lease"]
-    elif op == "demand":
-        batch["demand"] = record["demand"]
-    elif op == "finished":
-        batch["finished"] = True
-    elif op == "reopen":
-        batch["finished"] = False
-    else:
-        raise ValueError(f"unknown batches record {op!r}")
 
 
 def items_record(batch_id: str, items: Mapping[str, Item]) -> Record:
@@ -165,6 +92,14 @@ class BatchStore:
             records = document["batches"]
             raw: dict[str, Any] = records[resolve_id(records, batch_id, "batch")]
             return raw
+
+    def all_raw(self) -> list[dict[str, Any]]:
+        """Every stored batch, oldest first (not copies: look, do not change)."""
+        with self.file.reading() as document:
+            return list(document["batches"].values())
+
+    def finished(self, batch_id: str) -> bool:
+        return bool(self.raw(batch_id).get("finished", False))
 
     def get(self, batch_id: str) -> Batch:
         with self.file.reading():

@@ -38,13 +38,17 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from filelock import FileLock, Timeout
 
 from batchctl.model.errors import LockTimeout, StateError, StateTooNew, StateUnreadable
 from batchctl.state.memory import without_gc
+
+if TYPE_CHECKING:
+    # Imported where a lock is taken: a read (``status``) takes none, and
+    # filelock costs as much to import as the whole read of a small batch.
+    from filelock import FileLock
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 FILE_MODE = 0o600
@@ -54,6 +58,12 @@ DIR_MODE = 0o700
 # writes at most 1/COMPACT_RATIO of the bytes appended.
 COMPACT_RATIO = 2.0
 COMPACT_MIN_BYTES = 4 << 20
+# When a batch ends its journal is folded early, once it holds a quarter of
+# the snapshot (and TIDY_MIN_BYTES): readers of the finished batch then parse
+# one snapshot instead of folding records. Amortised, that compaction writes
+# at most 1/TIDY_RATIO bytes per byte appended.
+TIDY_RATIO = 0.25
+TIDY_MIN_BYTES = 1 << 20
 _READ_RETRIES = 20
 
 Document = dict[str, Any]
@@ -77,6 +87,8 @@ def ensure_state_dir(path: Path) -> Path:
 
 def take_lock(lock: FileLock, lock_path: Path, timeout: float) -> None:
     """Acquire a state file's lock, or say clearly which lock and why not."""
+    from filelock import Timeout
+
     try:
         lock.acquire()
     except Timeout:
@@ -302,6 +314,8 @@ class JournaledFile:
             raise RuntimeError(f"{self.lock_path} is already held by this process")
         ensure_state_dir(self.path.parent)
         if self._lock is None:
+            from filelock import FileLock
+
             # One lock object for the file's life: making one per write costs
             # more than the write. Threads are kept apart by ``_mutex``.
             self._lock = FileLock(
@@ -355,6 +369,16 @@ class JournaledFile:
             self.compact_min_bytes, COMPACT_RATIO * self._snapshot_bytes
         ):
             self.compact()
+
+    def tidy(self) -> bool:
+        """Compact now if the journal is large against the snapshot (see
+        TIDY_RATIO); True if it did. Takes the lock."""
+        with self.locked():
+            journal_bytes = self._offset
+            if journal_bytes <= max(TIDY_MIN_BYTES, TIDY_RATIO * self._snapshot_bytes):
+                return False
+            self.compact()
+            return True
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot (under the lock)."""

@@ -20,7 +20,7 @@ number of runs ever kept.
 from __future__ import annotations
 
 import secrets
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,33 +28,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from batchctl.model.models import RUN_STATUS_ORDER, Run, RunStatus
-from batchctl.state.batches import resolve_id
+from batchctl.model.models import Run, RunStatus
+from batchctl.model.rules import RUN_STATUS_RANK
+from batchctl.state.folds import RUNS_SCHEMA_VERSION, RunFold, RunIndex, resolve_id
 from batchctl.state.journal import (
     COMPACT_MIN_BYTES,
     DEFAULT_LOCK_TIMEOUT_S,
-    Document,
     JournaledFile,
     Record,
     Subscription,
-)
-from batchctl.state.memory import intern_values
-
-RUNS_SCHEMA_VERSION = 2
-_TERMINAL_VALUES = frozenset(status.value for status in RunStatus if status.terminal)
-_RANK = {status.value: rank for status, rank in RUN_STATUS_ORDER.items()}
-# Values many runs repeat (see memory.intern_values).
-_SHARED_RUN_VALUES = (
-    "batch_id",
-    "machine",
-    "test_dir",
-    "test_dir_hash",
-    "status",
-    "created_at",
-    "started_at",
-    "ended_at",
-    "message",
-    "error_code",
 )
 
 
@@ -104,47 +86,8 @@ class _Occupancy:
         return None
 
 
-@dataclass
-class RunIndex:
-    """What the fold derives from the runs, kept current record by record."""
-
-    live_by_machine: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    by_attempt: dict[tuple[str, str, int], str] = field(default_factory=dict)
-    # Every attempt's run, so pruning a batch costs its runs, not all runs kept.
-    by_batch: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-
-    def add(self, raw: Mapping[str, Any]) -> None:
-        self.by_attempt[(raw["batch_id"], raw["item"], raw["attempt"])] = raw["id"]
-        self.by_batch[raw["batch_id"]].add(raw["id"])
-        if raw["status"] not in _TERMINAL_VALUES:
-            self.live_by_machine[raw["machine"]].add(raw["id"])
-
-    def drop(self, raw: Mapping[str, Any]) -> None:
-        self.live_by_machine[raw["machine"]].discard(raw["id"])
-        key = (raw["batch_id"], raw["item"], raw["attempt"])
-        if self.by_attempt.get(key) == raw["id"]:
-            del self.by_attempt[key]
-        of_batch = self.by_batch.get(raw["batch_id"])
-        if of_batch is not None:
-            of_batch.discard(raw["id"])
-            if not of_batch:
-                del self.by_batch[raw["batch_id"]]
-
-
 def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
-
-
-def apply_run_update(stored: dict[str, Any], changes: Mapping[str, Any]) -> bool:
-    """Apply a transition to a stored run in place. Status only moves
-    forward and a terminal run is final. True if it applied."""
-    if stored["status"] in _TERMINAL_VALUES:
-        return False
-    status = changes.get("status", stored["status"])
-    if _RANK[status] < _RANK[stored["status"]]:
-        return False
-    stored.update(changes)
-    return True
 
 
 class RunStore:
@@ -160,52 +103,23 @@ class RunStore:
         worker), share repeated strings; a one-shot read skips the cost."""
         self.state_dir = state_dir
         self.share_values = share_values
-        self._runs_prefix = str(state_dir / "runs")
-        self.index = RunIndex()
+        # Where run directories are, as a string: views derive 200,000 paths
+        # from it for a 100,000-item batch.
+        self.runs_prefix = str(state_dir / "runs")
+        self._fold = RunFold(share=share_values)
         self.file = JournaledFile(
             state_dir / "runs.json",
             schema_version=RUNS_SCHEMA_VERSION,
             collection="runs",
             fold=self._fold,
-            on_load=self._index_all,
+            on_load=self._fold.index_all,
             lock_timeout=lock_timeout,
             compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )
 
-    def _index_all(self, document: Document) -> None:
-        self.index = RunIndex()
-        for raw in document["runs"].values():
-            if self.share_values:
-                intern_values(raw, _SHARED_RUN_VALUES)
-            self.index.add(raw)
-
-    def _fold(self, document: Document, record: Record) -> None:
-        runs: dict[str, Any] = document["runs"]
-        op = record["op"]
-        if op == "create":
-            for raw in record["runs"]:
-                if self.share_values:
-                    intern_values(raw, _SHARED_RUN_VALUES)
-                if raw["id"] not in runs:
-                    runs[raw["id"]] = raw
-                    self.index.add(raw)
-        elif op == "update":
-            stored = runs.get(record["run"])
-            if self.share_values:
-                intern_values(record["set"], _SHARED_RUN_VALUES)
-            if (
-                stored is not None
-                and apply_run_update(stored, record["set"])
-                and stored["status"] in _TERMINAL_VALUES
-            ):
-                self.index.live_by_machine[stored["machine"]].discard(stored["id"])
-        elif op == "remove":
-            for run_id in record["runs"]:
-                raw = runs.pop(run_id, None)
-                if raw is not None:
-                    self.index.drop(raw)
-        else:
-            raise ValueError(f"unknown runs record {op!r}")
+    @property
+    def index(self) -> RunIndex:
+        return self._fold.index
 
     def run_dir(self, run_id: str) -> Path:
         return self.state_dir / "runs" / run_id
@@ -216,12 +130,17 @@ class RunStore:
         if "log_path" in raw:
             return Run.model_validate(raw)
         # Strings, not Paths: a 100,000-run view builds these 200,000 times.
-        run_dir = f"{self._runs_prefix}/{raw['id']}"
+        run_dir = f"{self.runs_prefix}/{raw['id']}"
         return Run.model_validate(
             {**raw, "log_path": f"{run_dir}/output.log", "artifacts_path": f"{run_dir}/artifacts"}
         )
 
     # -- reading -----------------------------------------------------------
+
+    def stored(self) -> Mapping[str, Any]:
+        """Every stored run by id, as stored (not copies: look, do not change)."""
+        runs: Mapping[str, Any] = self.file.read()["runs"]
+        return runs
 
     def get(self, run_id: str) -> Run:
         records = self.file.read()["runs"]
@@ -327,7 +246,7 @@ class RunStore:
             proposed = change(current)
             if (
                 proposed is None
-                or RUN_STATUS_ORDER[proposed.status] < RUN_STATUS_ORDER[current.status]
+                or RUN_STATUS_RANK[proposed.status] < RUN_STATUS_RANK[current.status]
             ):
                 return current
             before = current.model_dump(mode="json")
@@ -351,7 +270,7 @@ class RunStore:
                 proposed = None if current.status.terminal else change(current)
                 if (
                     proposed is None
-                    or RUN_STATUS_ORDER[proposed.status] < RUN_STATUS_ORDER[current.status]
+                    or RUN_STATUS_RANK[proposed.status] < RUN_STATUS_RANK[current.status]
                 ):
                     results.append(current)
                     continue

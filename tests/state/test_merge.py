@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from batchctl.model.models import Item, ItemState, SkipCode
-from batchctl.state.merge import item_version, merge_item, merge_items
+from batchctl.state import merge
+from batchctl.state.folds import fold_batches
+
+
+def stored(item: Item) -> dict[str, Any]:
+    """As the journal stores it: defaults left out."""
+    return item.model_dump(mode="json", exclude_defaults=True)
+
+
+def merge_item(kept: Item, proposed: Item) -> Item:
+    return Item.model_validate(merge.merge_item(stored(kept), stored(proposed)))
+
+
+def item_version(item: Item) -> tuple[int, int]:
+    return merge.item_version(stored(item))
+
 
 QUEUED = Item(name="a")
 DISPATCHED = Item(name="a", state=ItemState.DISPATCHED, run_id="r1", machine="m1")
@@ -34,9 +51,11 @@ def test_a_retry_attempt_outranks_the_earlier_dispatch() -> None:
 
 
 def test_unknown_names_are_ignored_and_missing_ones_kept() -> None:
-    stored = {"a": QUEUED, "b": Item(name="b")}
-    merged = merge_items(stored, {"a": DISPATCHED, "zzz": Item(name="zzz")})
-    assert merged == {"a": DISPATCHED, "b": Item(name="b")}
+    batch = {"id": "b1", "items": {"a": stored(QUEUED), "b": stored(Item(name="b"))}}
+    document: dict[str, Any] = {"batches": {"b1": batch}}
+    proposed = {"a": stored(DISPATCHED), "zzz": stored(Item(name="zzz"))}
+    fold_batches(document, {"op": "items", "batch": "b1", "items": proposed})
+    assert batch["items"] == {"a": stored(DISPATCHED), "b": stored(Item(name="b"))}
 
 
 items = st.builds(
@@ -49,11 +68,11 @@ items = st.builds(
 
 
 @given(items, items)
-def test_merge_never_moves_backwards(stored: Item, proposed: Item) -> None:
-    merged = merge_item(stored, proposed)
-    assert item_version(merged) >= item_version(stored)
+def test_merge_never_moves_backwards(kept: Item, proposed: Item) -> None:
+    merged = merge_item(kept, proposed)
+    assert item_version(merged) >= item_version(kept)
     assert item_version(merged) >= item_version(proposed)
-    assert merged in (stored, proposed)
+    assert merged in (kept, proposed)
 
 
 @given(st.lists(items, min_size=1, max_size=6))

@@ -1,0 +1,109 @@
+"""``batchctl status ID --json`` of a finished batch, answered from the stored
+records before the rest of the command line is imported.
+
+A finished batch's view needs no fleet, no clock and no worker: every item is
+final, so nothing waits to be explained and nothing needs taking over. So it
+is read raw (``state.folds``), joined (``model.viewdoc``) and printed, which
+costs an interpreter start plus O(items + runs read), where the full command
+line costs its imports (typer, pydantic: several times a small batch's read)
+and the validation of every record of a large one.
+
+Anything else returns None and the full command line answers: another form
+of the command, an unfinished batch, an error to report. It prints the same
+document, built by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from batchctl.cli.envelope import print_ok
+from batchctl.cli.locations import resolve_state_dir
+from batchctl.model.errors import BatchctlError
+from batchctl.model.viewdoc import BatchReading, Document
+from batchctl.state.folds import (
+    BATCHES_SCHEMA_VERSION,
+    RUNS_SCHEMA_VERSION,
+    RunFold,
+    fold_batches,
+    resolve_id,
+)
+from batchctl.state.journal import JournaledFile
+from batchctl.state.memory import without_gc
+
+
+def parse_status_json(args: Sequence[str]) -> tuple[str, str | None] | None:
+    """(batch id, --state-dir) for exactly ``status ID --json [--state-dir DIR]
+    [--fleet FILE] [--quiet]`` in any order; None for every other command
+    line. The fleet is not read: a finished batch's view does not need it."""
+    if not args or args[0] != "status":
+        return None
+    batch_id: str | None = None
+    state_dir: str | None = None
+    json_seen = fleet_seen = False
+    rest = list(args[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--json" and not json_seen:
+            json_seen = True
+        elif arg in ("--quiet", "-q"):
+            continue  # JSON mode prints no remarks anyway
+        elif arg == "--state-dir" and rest and state_dir is None:
+            state_dir = rest.pop(0)
+        elif arg.startswith("--state-dir=") and state_dir is None:
+            state_dir = arg.removeprefix("--state-dir=")
+        elif arg == "--fleet" and rest and not fleet_seen:
+            rest.pop(0)
+            fleet_seen = True
+        elif arg.startswith("--fleet=") and not fleet_seen:
+            fleet_seen = True
+        elif not arg.startswith("-") and batch_id is None:
+            batch_id = arg
+        else:
+            return None
+    if batch_id is None or not json_seen:
+        return None
+    return batch_id, state_dir
+
+
+def finished_view(state_dir: Path, batch_id: str) -> Document | None:
+    """The view of a finished batch; None while it is not finished."""
+    batches = JournaledFile(
+        state_dir / "batches.json",
+        schema_version=BATCHES_SCHEMA_VERSION,
+        collection="batches",
+        fold=fold_batches,
+    )
+    records = batches.read()["batches"]
+    batch = records[resolve_id(records, batch_id, "batch")]
+    # The worker marks a batch finished once every item is final; until then
+    # the full command explains waiting items and looks after the worker.
+    if not batch.get("finished", False):
+        return None
+    runs = JournaledFile(
+        state_dir / "runs.json",
+        schema_version=RUNS_SCHEMA_VERSION,
+        collection="runs",
+        fold=RunFold(),
+    )
+    document = BatchReading(batch, runs.read()["runs"], str(state_dir / "runs")).document()
+    # Retried since, by a command the worker has not seen yet: not finished.
+    return document if document["done"] else None
+
+
+def answer(args: Sequence[str], environ: Mapping[str, str]) -> int | None:
+    """Print the answer and return the exit code, or None: not answered here."""
+    request = parse_status_json(args)
+    if request is None:
+        return None
+    batch_id, state_option = request
+    try:
+        with without_gc():
+            document = finished_view(resolve_state_dir(state_option, environ), batch_id)
+    except (BatchctlError, OSError):
+        return None  # the full command line reports it, in its words
+    if document is None:
+        return None
+    print_ok(document)
+    return 0

@@ -1,0 +1,190 @@
+"""The batch view (SPEC §8) built straight from stored records, as the plain
+JSON-ready documents `status --json` prints.
+
+The records are read as they are stored (dicts with defaults left out), not
+validated into models: a view of a 100,000-item batch costs one pass over
+its items and their latest runs, O(items + needs), with no per-field
+validation. The typed views (``views``) are validated from these documents,
+so there is one way a view is made. Standard library only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from batchctl.model import rules
+
+Document = dict[str, Any]
+Stored = Mapping[str, Any]
+
+
+class QueuedReasons(Protocol):
+    """Why a ready, queued item has no machine yet: it needs the fleet and the
+    clock, which a view of stored records alone does not have."""
+
+    def queued_reason(self, selector: str, not_before: str | None) -> str: ...
+
+
+def run_document(run: Stored, runs_prefix: str) -> Document:
+    """A run as the view shows it. Where its log and artifacts are is left out
+    of a stored run when it is the usual place in its run directory."""
+    run_dir = f"{runs_prefix}/{run['id']}"
+    return {
+        "id": run["id"],
+        "status": run.get("status", "pending"),
+        "exit_code": run.get("exit_code"),
+        "error_code": run.get("error_code"),
+        "message": run.get("message"),
+        "started_at": run.get("started_at"),
+        "ended_at": run.get("ended_at"),
+        "log_path": run.get("log_path") or f"{run_dir}/output.log",
+        "artifacts_path": run.get("artifacts_path") or f"{run_dir}/artifacts",
+    }
+
+
+class BatchReading:
+    """One stored batch joined with the stored runs: each item's outcome,
+    finality and reason, and the whole view."""
+
+    def __init__(
+        self,
+        batch: Stored,
+        runs: Mapping[str, Stored],
+        runs_prefix: str,
+        reasons: QueuedReasons | None = None,
+    ) -> None:
+        self.batch = batch
+        self.runs = runs
+        self.runs_prefix = runs_prefix
+        self.reasons = reasons
+        self.items: Mapping[str, Stored] = batch["items"]
+        self.entries: dict[str, Stored] = {entry["name"]: entry for entry in batch["entries"]}
+        self.cancelled: bool = batch.get("cancelled", False)
+
+    def run_of(self, item: Stored) -> Stored | None:
+        run_id = item.get("run_id")
+        return self.runs.get(run_id) if run_id else None
+
+    def _status(self, item: Stored) -> str | None:
+        run = self.run_of(item)
+        return run.get("status", "pending") if run is not None else None
+
+    def unmet_needs(self, entry: Stored) -> list[str]:
+        """The needed items that have not passed yet, in the entry's order."""
+        return [
+            needed
+            for needed in entry.get("needs", ())
+            if not rules.passed(
+                self.items[needed].get("state", rules.QUEUED), self._status(self.items[needed])
+            )
+        ]
+
+    def outcome(self, entry: Stored, item: Stored) -> str:
+        state = item.get("state", rules.QUEUED)
+        waiting = state == rules.QUEUED and bool(self.unmet_needs(entry))
+        return rules.outcome(state, self._status(item), waiting=waiting)
+
+    def is_final(self, entry: Stored, item: Stored) -> bool:
+        state = item.get("state", rules.QUEUED)
+        status = self._status(item)
+        due = rules.retry_due(
+            state, status, entry["retry_on"], item.get("attempt", 1), entry["retries"]
+        )
+        return rules.final(state, status, due_for_retry=due, cancelled=self.cancelled)
+
+    def done(self) -> bool:
+        """Every item final. O(items)."""
+        return all(self.is_final(entry, self.items[name]) for name, entry in self.entries.items())
+
+    def counts(self) -> dict[str, int]:
+        """Items per outcome. O(items + needs)."""
+        return dict(
+            Counter(self.outcome(entry, self.items[name]) for name, entry in self.entries.items())
+        )
+
+    def reason(self, entry: Stored, item: Stored) -> str | None:
+        """Why a queued item is not running yet, in words."""
+        state = item.get("state", rules.QUEUED)
+        run_id = item.get("run_id")
+        if state == rules.DISPATCHED and run_id and run_id not in self.runs:
+            return f"its run {run_id} is not in runs.json (removed by hand?)"
+        if state != rules.QUEUED:
+            return None
+        waiting_on = self.unmet_needs(entry)
+        if waiting_on:
+            return "waiting on " + ", ".join(
+                f"{name} ({self.outcome(self.entries[name], self.items[name])})"
+                for name in waiting_on
+            )
+        if self.reasons is None:
+            return "ready; waiting for a matching machine"
+        return self.reasons.queued_reason(entry["selector"], item.get("not_before"))
+
+    def item_document(self, name: str) -> Document:
+        return self._item_document(self.entries[name], self.items[name])[0]
+
+    def _item_document(self, entry: Stored, item: Stored) -> tuple[Document, bool]:
+        """An item's view and whether it is final: one look at its run."""
+        state = item.get("state", rules.QUEUED)
+        run_id = item.get("run_id")
+        run = self.runs.get(run_id) if run_id else None
+        status = run.get("status", "pending") if run is not None else None
+        attempt = item.get("attempt", 1)
+        waiting = state == rules.QUEUED and bool(self.unmet_needs(entry))
+        document = {
+            "name": item["name"],
+            "selector": entry["selector"],
+            # Stored lists are shown as they are: a view is read, not changed.
+            "needs": entry.get("needs") or [],
+            "state": state,
+            "outcome": rules.outcome(state, status, waiting=waiting),
+            "attempt": attempt,
+            "run_id": run_id,
+            "machine": item.get("machine"),
+            "error_code": item.get("error_code"),
+            "reason": None
+            if state == rules.SKIPPED or run is not None
+            else self.reason(entry, item),
+            "blame": item.get("blame"),
+            "history": item.get("history") or [],
+            "run": run_document(run, self.runs_prefix) if run is not None else None,
+        }
+        due = rules.retry_due(state, status, entry["retry_on"], attempt, entry["retries"])
+        return document, rules.final(state, status, due_for_retry=due, cancelled=self.cancelled)
+
+    def heading(self, done: bool | None = None) -> Document:
+        """The batch's own fields, without its items; ``done`` if known."""
+        batch = self.batch
+        return {
+            "id": batch["id"],
+            "plan_hash": batch["plan_hash"],
+            "staging": batch["staging"],
+            "source": batch["source"],
+            "created_by": batch["created_by"],
+            "created_at": batch["created_at"],
+            "expected_count": batch["expected_count"],
+            "done": self.done() if done is None else done,
+            "cancelled": self.cancelled,
+            "queue_timeout_s": batch.get("queue_timeout_s", rules.DEFAULT_QUEUE_TIMEOUT_S),
+        }
+
+    def summary(self) -> Document:
+        """The batch's own fields and its counts, without the items."""
+        return {**self.heading(), "counts": self.counts()}
+
+    def document(self) -> Document:
+        """The whole view, in one pass: O(items + needs)."""
+        items: list[Document] = []
+        done = True
+        stored_items = self.items
+        for name, entry in self.entries.items():
+            item, final = self._item_document(entry, stored_items[name])
+            items.append(item)
+            done = done and final
+        return {
+            **self.heading(done),
+            "counts": dict(Counter(item["outcome"] for item in items)),
+            "items": items,
+        }
