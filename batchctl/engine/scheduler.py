@@ -339,6 +339,10 @@ class Scheduler:
     def step(self, batch_id: str, now: datetime) -> StepReport:
         report = StepReport(done=False)
         memory = self._catch_up(batch_id)
+        # Classified before the check, so that the runs in flight the step
+        # looks at include those of items read since the last step (a
+        # worker's first step: the runs the command that made it started).
+        memory.settle(now)
         if self._check(memory, now, report):
             memory = self._catch_up(batch_id)  # fold what the transports recorded
         relaunch = self._reap(memory, now, report)

@@ -6,10 +6,15 @@ wrapper below in a session of its own (its pid is the test's process group).
 The wrapper claims the run, runs the entrypoint with its output going to the
 run's log, and writes the exit status to ``exit`` in the run directory.
 
-- **Claiming is exclusive**: the claim is a hard link created with ``ln``,
-  which fails if the name exists; of two wrappers started for one run (a
-  worker that died before seeing its start, then its successor), one runs it.
-  Stopping a run nobody claimed takes the claim first, so it never starts.
+- **Claiming is exclusive**: the wrapper creates ``claim`` with the shell's
+  noclobber (``set -C``: an ``O_EXCL`` open), which fails if the name
+  exists; of two wrappers started for one run (a worker that died before
+  seeing its start, then its successor), one runs it. Stopping a run nobody
+  claimed takes the claim first (a hard link, as exclusive), so it never
+  starts. The wrapper runs no other program than the test: every external
+  command it ran would cost a process per run.
+- **Small files are written whole**: ``claim`` and ``exit`` are each one
+  short ``write``; read empty, they mean "not yet".
 - **Nothing is lost with the worker**: the wrapper outlives it (own session),
   and the ``exit`` file says how the test ended to whichever worker looks
   next. A wrapper that died without writing it ends the run ``interrupted``
@@ -36,7 +41,7 @@ from typing import Any
 
 from batchctl.model.clock import Clock
 from batchctl.model.fleet import FleetSource
-from batchctl.model.models import Run, RunStatus
+from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
 from batchctl.transports.processes import (
     group_alive,
@@ -50,15 +55,12 @@ from batchctl.transports.runners.base import Ended, ending, from_exit_code
 # $1 run directory, $2 the entrypoint's path; the rest is its argv.
 WRAPPER = r"""
 run_dir=$1; shift
-echo $$ > "$run_dir/claim.$$" || exit 125
-if ! ln "$run_dir/claim.$$" "$run_dir/claim" 2>/dev/null; then
-  rm -f "$run_dir/claim.$$"; exit 0
-fi
-rm -f "$run_dir/claim.$$"
+set -C
+echo $$ > "$run_dir/claim" || exit 0
+set +C
 cd "$run_dir/work" || exit 125
 "$@" </dev/null >>"$run_dir/output.log" 2>&1
-code=$?
-echo $code > "$run_dir/exit.$$" && mv "$run_dir/exit.$$" "$run_dir/exit"
+echo $? > "$run_dir/exit"
 """
 VOID = "void"  # the claim of a run stopped before anyone started it
 
@@ -230,6 +232,7 @@ class LocalTransport:
         # before it exits, so a dead wrapper without one died early.
         exit_text = _read(run_dir / "exit")
         if exit_text is not None:
+            self._drop_adopted(run.id)
             if group_of_run(pgid, run.id):
                 # Whatever the entrypoint left behind in its group goes with it.
                 self._signal_group(pgid, signal.SIGKILL)
@@ -239,12 +242,15 @@ class LocalTransport:
                 started_at=_mtime(run_dir / "claim"),
             )
         if not alive:
+            self._drop_adopted(run.id)
             if group_of_run(pgid, run.id):
                 self._begin_stop(run, pgid, RunStatus.INTERRUPTED, "its supervisor is gone", now)
                 self._stopping[run.id].lost = True
                 return None
             lost.append(run.id)
             return ending(Ended(RunStatus.INTERRUPTED, message="its supervisor is gone"), now)
+        if supervisor is not None and run.id not in self._pidfds:
+            self._adopt(run.id, supervisor)
         timeout_s = self.entries(run)[1].get("timeout_s")
         started_at = run.started_at or _mtime(run_dir / "claim") or now
         if timeout_s is not None and now - started_at >= timedelta(seconds=timeout_s):
@@ -276,6 +282,23 @@ class LocalTransport:
             error_code=ended.error_code,
             message=ended.message,
         )
+
+    def _adopt(self, run_id: str, wrapper: ProcessIdentity) -> None:
+        """Be woken by the end of a live wrapper another process started (the
+        command that made the batch, an earlier worker): its pidfd turns
+        readable when it exits, whoever its parent is. Opened right after
+        its identity was seen alive; should the pid be reused in between,
+        the cost is one early step."""
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfds[run_id] = os.pidfd_open(wrapper.pid)
+
+    def _drop_adopted(self, run_id: str) -> None:
+        """An adopted wrapper's pidfd stays readable once it has exited: close
+        it when its end is seen (a child's is closed when it is reaped)."""
+        if run_id not in self._children:
+            fd = self._pidfds.pop(run_id, None)
+            if fd is not None:
+                os.close(fd)
 
     def _reap_children(self) -> None:
         for run_id, child in list(self._children.items()):

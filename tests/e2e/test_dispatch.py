@@ -233,6 +233,38 @@ def test_killed_worker_is_taken_over_and_the_batch_completes(
     )
 
 
+def test_the_slot_a_run_started_before_the_worker_frees_is_used_at_once(
+    workdir: Path, state_dir: Path
+) -> None:
+    """The first run is started by `run` itself, before the worker exists;
+    the worker is woken by that run's end too, not only by its next tick
+    (set to a minute here)."""
+    gate = workdir / "gate"
+    (workdir / "fleet.yaml").write_text(
+        "machines:\n  - {name: solo, transport: local, tags: [local], slots: 1}\n"
+    )
+    make_suite(workdir / "suites", "first", blocking_script(gate))
+    make_suite(workdir / "suites", "second")
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        "  - {name: first, dir: suites/first}\n"
+        "  - {name: second, dir: suites/second}\n",
+    )
+    env = {"BATCHCTL_FLEET": str(workdir / "fleet.yaml"), "BATCHCTL_TICK": "60"}
+    batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir, env=env).json()["data"][
+        "batch"
+    ]["id"]
+    log = state_dir / "workers" / f"{batch_id}.log"
+    wait_until(lambda: log.exists() and "holds batch" in log.read_text(), what="the worker")
+    gate.touch()
+
+    final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=30)
+
+    assert final.code == 0, final.stderr
+    assert [item["outcome"] for item in final.json()["data"]["items"]] == ["passed", "passed"]
+
+
 def test_killed_executor_is_interrupted_and_its_test_process_terminated(
     workdir: Path, state_dir: Path
 ) -> None:
