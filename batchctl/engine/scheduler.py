@@ -283,10 +283,10 @@ class Scheduler:
         self._memory[batch_id] = memory
         return memory
 
-    def load(self, batch_id: str) -> None:
-        """Read the batch whole, once (a worker does this before its first
-        tick: O(batch); every tick after reads only what changed)."""
-        self._catch_up(batch_id)
+    def load(self, batch_id: str, now: datetime) -> None:
+        """Read and classify the batch whole, once (a worker does this before
+        its first tick: O(batch); every tick after costs what changed)."""
+        self._catch_up(batch_id).settle(now)
 
     def _catch_up(self, batch_id: str) -> BatchMemory:
         batch_records = self._batch_feed.drain()

@@ -111,7 +111,7 @@ def run_worker(
     scheduler = dispatcher.scheduler(token)
     stats = WorkerStats()
     began = clock.monotonic()
-    scheduler.load(batch_id)
+    scheduler.load(batch_id, clock.now())
     stats.load_s = clock.monotonic() - began
     with LeaseKeeper(dispatcher, batch_id, token) as keeper:
         try:
