@@ -283,6 +283,12 @@ class Scheduler:
         self._memory[batch_id] = memory
         return memory
 
+    def forget(self, batch_id: str) -> None:
+        """Let go of a batch's memory (a worker done with it)."""
+        memory = self._memory.get(batch_id)
+        if memory is not None:
+            self._memory = {key: kept for key, kept in self._memory.items() if kept is not memory}
+
     def load(self, batch_id: str, now: datetime) -> None:
         """Read and classify the batch whole, once (a worker does this before
         its first tick: O(batch); every tick after costs what changed)."""

@@ -136,6 +136,9 @@ def run_worker(
                 if report.done:
                     log(f"{utc_iso(clock.now())} batch {batch_id} is done")
                     dispatcher.release_lease(batch_id, token, finished=True)
+                    # The batch's memory goes before the files are compacted:
+                    # compaction needs room for their whole text.
+                    scheduler.forget(batch_id)
                     dispatcher.tidy_state()
                     log(stats.line(dispatcher))
                     return 0

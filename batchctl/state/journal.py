@@ -58,11 +58,11 @@ DIR_MODE = 0o700
 # writes at most 1/COMPACT_RATIO of the bytes appended.
 COMPACT_RATIO = 2.0
 COMPACT_MIN_BYTES = 4 << 20
-# When a batch ends its journal is folded early, once it holds a quarter of
-# the snapshot (and TIDY_MIN_BYTES): readers of the finished batch then parse
-# one snapshot instead of folding records. Amortised, that compaction writes
-# at most 1/TIDY_RATIO bytes per byte appended.
-TIDY_RATIO = 0.25
+# When a batch ends its journal is folded early, once it is as large as the
+# snapshot (and TIDY_MIN_BYTES): readers of the finished batch then parse one
+# snapshot instead of folding records. Amortised, that compaction writes at
+# most 1/TIDY_RATIO bytes per byte appended.
+TIDY_RATIO = 1.0
 TIDY_MIN_BYTES = 1 << 20
 _READ_RETRIES = 20
 

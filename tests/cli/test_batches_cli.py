@@ -99,6 +99,12 @@ def test_status_and_list_show_the_batch(plan: Path, cli: CliRunner) -> None:
     assert status.code == 0
     assert batch_id in status.stdout
     assert "waiting on build" in status.stdout
+    # Piped, the table is plain aligned text: every row's columns line up.
+    table = status.stdout.split("\n\n")[1].splitlines()
+    assert table[0].split() == ["ITEM", "OUTCOME", "TRY", "MACHINE", "SELECTOR", "DETAIL"]
+    assert [line.split()[0] for line in table[1:]] == ["build", "test"]
+    outcome_column = table[0].index("OUTCOME")
+    assert {line[outcome_column:].split()[0] for line in table[1:]} <= {"running", "waiting"}
     assert by_prefix.json()["data"]["id"] == batch_id
     batches = listing.json()["data"]["batches"]
     assert [(b["id"], b["staging"], b["done"]) for b in batches] == [(batch_id, "x", False)]
