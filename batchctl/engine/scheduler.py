@@ -435,7 +435,19 @@ class Scheduler:
                 launched = max(run.created_at, self._launched.get(run.id, run.created_at))
                 if now - launched > grace:
                     relaunch.append(run)
+        self._forget_launches(memory)
         return relaunch
+
+    def _forget_launches(self, memory: BatchMemory) -> None:
+        """Only unclaimed runs need their launch time; once the record of
+        launches is much larger than the runs in flight, keep just theirs.
+        Amortised O(1) per launch."""
+        if len(self._launched) <= 2 * len(memory.active) + 1000:
+            return
+        in_flight = {run.id for name in memory.active if (run := memory.run_of(name)) is not None}
+        self._launched = {
+            run_id: moment for run_id, moment in self._launched.items() if run_id in in_flight
+        }
 
     def _saw_run(self, memory: BatchMemory, run: Run) -> None:
         memory.runs[run.id] = run

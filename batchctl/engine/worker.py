@@ -172,12 +172,27 @@ class WorkerStats:
 
     def line(self, dispatcher: Dispatcher) -> str:
         written = dispatcher.batches.file.bytes_written + dispatcher.runs.file.bytes_written
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_kib = peak_rss_kib()
         return (
             f"stats: load_s={self.load_s:.3f} steps={self.steps} "
             f"longest_step_s={self.longest_s:.3f} "
             f"state_bytes_written={written} peak_rss_kib={peak_kib}"
         )
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak resident memory: the kernel's high-water mark
+    of its address space (VmHWM). Not ``ru_maxrss``, which a process started
+    by fork and exec inherits from its parent (the command that spawned the
+    worker, holding a 100,000-item plan) and keeps across the exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _names(names: list[str], shown: int = 20) -> str:

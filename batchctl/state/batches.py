@@ -44,7 +44,7 @@ from batchctl.state.journal import (
     Record,
     Subscription,
 )
-from batchctl.state.memory import without_gc
+from batchctl.state.memory import share_fields_set, without_gc
 
 # Parses a stored time as the model would, without validating the whole batch.
 _CREATED_AT = TypeAdapter(datetime)
@@ -74,6 +74,7 @@ class BatchStore:
         """``share_values``: for a process that keeps the state for long (a
         worker), share repeated strings; a one-shot read skips the cost."""
         self.state_dir = state_dir
+        self.share_values = share_values
         self.file = JournaledFile(
             state_dir / "batches.json",
             schema_version=BATCHES_SCHEMA_VERSION,
@@ -103,12 +104,21 @@ class BatchStore:
 
     def get(self, batch_id: str) -> Batch:
         with self.file.reading():
-            return _validate(self.raw(batch_id))
+            batch = _validate(self.raw(batch_id))
+        if self.share_values:
+            for entry in batch.entries:
+                share_fields_set(entry)
+            for item in batch.items.values():
+                share_fields_set(item)
+        return batch
 
     def item(self, batch_id: str, name: str) -> Item:
         """One item, validated on its own: O(1), not O(batch)."""
         with self.file.reading() as document:
-            return Item.model_validate(document["batches"][batch_id]["items"][name])
+            item = Item.model_validate(document["batches"][batch_id]["items"][name])
+        if self.share_values:
+            share_fields_set(item)
+        return item
 
     def lease(self, batch_id: str) -> Lease | None:
         with self.file.reading():

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,7 +268,12 @@ class JournaledFile:
         if end < 0:
             return
         assert self._document is not None
-        for line in data[: end + 1].splitlines():
+        # Line by line from the buffer read: a journal holding a 100,000-item
+        # batch's creation is not copied whole a second time.
+        start = 0
+        while start <= end:
+            newline = data.index(b"\n", start)
+            line, start = data[start:newline], newline + 1
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
@@ -391,9 +397,8 @@ class JournaledFile:
             "schema_version": self.schema_version,
             "generation": generation,
         }
-        payload = orjson.dumps(snapshot)
-        self._replace(self.path, payload, keep_last_good=True)
-        self._snapshot_bytes = len(payload)
+        written = self._replace(self.path, json_pieces(snapshot), keep_last_good=True)
+        self._snapshot_bytes = written
         self._generation = generation
         self._offset = 0
         self._start_journal()
@@ -403,14 +408,20 @@ class JournaledFile:
         header = orjson.dumps(
             {"schema_version": self.schema_version, "generation": self._generation}
         )
-        self._replace(self.journal_path, header + b"\n", keep_last_good=False)
+        self._replace(self.journal_path, [header + b"\n"], keep_last_good=False)
         self._offset = len(header) + 1
 
-    def _replace(self, target: Path, payload: bytes, *, keep_last_good: bool) -> None:
+    def _replace(self, target: Path, pieces: Iterable[bytes], *, keep_last_good: bool) -> int:
+        """Write ``pieces`` to a temp file, fsync it and move it over
+        ``target``; the bytes written."""
         fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        written = 0
         try:
             try:
-                _write_all(fd, payload)
+                with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as out:
+                    for piece in pieces:
+                        out.write(piece)
+                        written += len(piece)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -422,7 +433,8 @@ class JournaledFile:
             with contextlib.suppress(OSError):
                 Path(temp_name).unlink()
             raise _write_error(target, exc) from None
-        self.bytes_written += len(payload)
+        self.bytes_written += written
+        return written
 
     def _keep_last_good(self, target: Path) -> None:
         staging = self.last_good_path.with_name(self.last_good_path.name + ".tmp")
@@ -454,6 +466,42 @@ class Subscription:
             self.file.read()
             pending, self.pending = self.pending, []
             return pending
+
+
+_WRITE_BUFFER = 1 << 20
+# A dict or list with more members than this is written this many at a time.
+PIECE_MEMBERS = 1000
+
+
+def json_pieces(value: Any, depth: int = 4) -> Iterator[bytes]:
+    """The JSON text of ``value`` (what ``orjson.dumps`` gives) in pieces, so
+    a snapshot of 50 MB is written without ever holding its whole text: a
+    dict or list with more than PIECE_MEMBERS members is dumped that many at
+    a time, a smaller one member by member, down to ``depth`` levels (a
+    document, its collection, a record, a record's items). Memory: one
+    piece, O(PIECE_MEMBERS members)."""
+    if depth == 0 or not isinstance(value, dict | list):
+        yield orjson.dumps(value)
+        return
+    opening, closing = (b"{", b"}") if isinstance(value, dict) else (b"[", b"]")
+    yield opening
+    if len(value) > PIECE_MEMBERS:
+        members = iter(value.items()) if isinstance(value, dict) else iter(value)
+        first = True
+        while chunk := list(itertools.islice(members, PIECE_MEMBERS)):
+            body = orjson.dumps(dict(chunk) if isinstance(value, dict) else chunk)[1:-1]
+            yield body if first else b"," + body
+            first = False
+    elif isinstance(value, dict):
+        for position, (key, member) in enumerate(value.items()):
+            yield (b"," if position else b"") + orjson.dumps(key) + b":"
+            yield from json_pieces(member, depth - 1)
+    else:
+        for position, member in enumerate(value):
+            if position:
+                yield b","
+            yield from json_pieces(member, depth - 1)
+    yield closing
 
 
 def _write_all(fd: int, payload: bytes) -> None:

@@ -3,16 +3,20 @@ compaction and its crashes, leftovers of killed writers, write volume."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchctl.model.errors import StateUnreadable
 from batchctl.model.models import Item, ItemState
+from batchctl.state import journal
 from batchctl.state.batches import BatchStore
-from batchctl.state.journal import JournaledFile
+from batchctl.state.journal import JournaledFile, json_pieces
 from tests.state.test_store import sample_batch
 
 
@@ -151,3 +155,45 @@ def test_a_file_written_by_the_previous_single_file_format_is_read(state_dir: Pa
     store.apply_items("old", {"a": Item(name="a", state=ItemState.DISPATCHED, run_id="r")})
 
     assert BatchStore(state_dir).get("old").items["a"].run_id == "r"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=3), children, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+@given(json_values)
+def test_a_snapshot_written_in_pieces_is_the_same_text(value: Any) -> None:
+    """Snapshots are written piece by piece (never the whole text in memory):
+    the pieces join to exactly what one dump gives, at any piece size."""
+    kept = journal.PIECE_MEMBERS
+    try:
+        for members in (1, 2, 1000):
+            journal.PIECE_MEMBERS = members
+            assert b"".join(json_pieces(value)) == orjson.dumps(value)
+    finally:
+        journal.PIECE_MEMBERS = kept
+
+
+def test_a_compacted_file_reads_back_the_same(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "PIECE_MEMBERS", 3)
+    store = BatchStore(state_dir)
+    for number in range(7):
+        store.create_or_get(
+            f"hash{number}",
+            "",
+            force_new=True,
+            new_batch=functools.partial(sample_batch, f"b{number}"),
+        )
+    before = orjson.loads(orjson.dumps(store.file.read()["batches"]))
+    with store.file.locked():
+        store.file.compact()
+
+    assert len(before) == 7
+    assert BatchStore(state_dir).file.read()["batches"] == before

@@ -126,3 +126,20 @@ def test_lock_wait_is_bounded_and_names_the_lock(state_dir: Path) -> None:
         store.create_or_get("h", "s", force_new=False, new_batch=sample_batch)
 
     assert str(lock_path) in caught.value.message
+
+
+def test_shared_field_name_sets_change_nothing_a_model_shows(state_dir: Path) -> None:
+    """A long-lived store shares one set of field names among models; copies
+    and dumps behave exactly as with a set of their own."""
+    store = BatchStore(state_dir, share_values=True)
+    store.create_or_get("h", "", force_new=True, new_batch=lambda: sample_batch("b1", ("a", "b")))
+    batch = store.get("b1")
+    first, second = batch.items["a"], batch.items["b"]
+    assert first.model_fields_set is second.model_fields_set
+
+    moved = first.model_copy(update={"state": ItemState.DISPATCHED, "run_id": "r1"})
+
+    assert "run_id" in moved.model_fields_set
+    assert "run_id" not in second.model_fields_set
+    assert second.model_dump(exclude_unset=True) == {"name": "b"}
+    assert batch.entries[0].model_fields_set is batch.entries[1].model_fields_set
