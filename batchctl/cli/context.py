@@ -16,7 +16,13 @@ from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.detached import DetachedTransport
 from batchctl.transports.local import EntryLookup, LocalTransport
-from batchctl.transports.processes import identity_alive, identity_of, pid_alive, this_process
+from batchctl.transports.processes import (
+    identity_alive,
+    identity_of,
+    pid_alive,
+    sleep_unless_it_ends,
+    this_process,
+)
 from batchctl.transports.sim import SimTransport
 from batchctl.transports.testdir import hash_test_dir
 
@@ -101,6 +107,7 @@ def open_service(settings: Settings) -> BatchService:
         identity=user_at_host(),
         dispatcher=dispatcher,
         sleep=time.sleep,
+        sleep_unless_it_ends=sleep_unless_it_ends,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.model.clock import Clock
 from batchctl.model.errors import InvalidPlan, NotFound
-from batchctl.model.models import Batch, Entry, Item, ItemState, Run, SkipCode
+from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
 from batchctl.model.plan import Plan, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
 from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S
@@ -129,6 +129,8 @@ class BatchService:
     identity: str
     dispatcher: Dispatcher
     sleep: Callable[[float], None]
+    # Sleep, or less: until the given process ends (see processes.sleep_unless_it_ends).
+    sleep_unless_it_ends: Callable[[ProcessIdentity | None, float], None]
 
     def _runs_of(self, batches: Iterable[Batch]) -> dict[str, Run]:
         return self.runs.get_many(
@@ -363,8 +365,14 @@ class BatchService:
             if done and reading.batch.get("finished", False):
                 return self.view_document(batch_id)
             self.dispatcher.ensure_worker(batch_id)
+            lease = self.batches.lease(batch_id)
             spent = self.clock.monotonic() - began
-            self.sleep(min(max(poll_s, WAIT_SPACING * spent), max_poll_s))
+            # Woken early by the worker's exit: it exits right after marking
+            # the batch finished, or when it dies (then it is taken over).
+            self.sleep_unless_it_ends(
+                lease.holder if lease is not None else None,
+                min(max(poll_s, WAIT_SPACING * spent), max_poll_s),
+            )
 
     def _transport_kind(self, run: Run) -> str:
         machine = self.dispatcher.fleet.get(run.machine)

@@ -135,11 +135,13 @@ def run_worker(
                         log(f"{utc_iso(clock.now())} {label}: {_names(names)}")
                 if report.done:
                     log(f"{utc_iso(clock.now())} batch {batch_id} is done")
-                    dispatcher.release_lease(batch_id, token, finished=True)
-                    # The batch's memory goes before the files are compacted:
-                    # compaction needs room for their whole text.
+                    # The batch's memory goes, then the files are compacted,
+                    # and only then is the batch marked finished: whoever
+                    # waited for it reads settled files, with no worker
+                    # still busy beside it.
                     scheduler.forget(batch_id)
                     dispatcher.tidy_state()
+                    dispatcher.release_lease(batch_id, token, finished=True)
                     log(stats.line(dispatcher))
                     return 0
                 # Sleep to the next tick, or less if a run is due to end sooner.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -105,6 +106,22 @@ def signal_process(identity: ProcessIdentity, sig: int) -> bool:
         return True
     except OSError:
         return False
+    finally:
+        os.close(pidfd)
+
+
+def sleep_unless_it_ends(identity: ProcessIdentity | None, seconds: float) -> None:
+    """Sleep ``seconds``, or less: until that process ends, when it is one
+    this host can watch (its pidfd turns readable as it exits)."""
+    pidfd = None
+    if identity is not None and identity_alive(identity) is True:
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(identity.pid)
+    if pidfd is None:
+        time.sleep(seconds)
+        return
+    try:
+        select.select([pidfd], [], [], seconds)
     finally:
         os.close(pidfd)
 
