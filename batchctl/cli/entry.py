@@ -25,16 +25,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"batchctl {__version__}")
         return 0
-    if args[:1] == ["status"]:
-        from batchctl.cli.quick import answer
-
-        code = answer(args, os.environ)
-        if code is not None:
-            return code
     signal.signal(signal.SIGINT, _interrupted_while_starting)
     try:
+        if args[:1] == ["status"]:
+            from batchctl.cli.quick import answer
+
+            code = answer(args, os.environ)
+            if code is not None:
+                return code
         from batchctl.cli.app import main as full_main
-    except Interrupted:  # Ctrl-C while starting up: nothing has begun
+    except Interrupted:  # Ctrl-C while starting up or reading: nothing has changed
         sys.stderr.write("batchctl: interrupted\n")
         return int(Interrupted.exit_code)
     return full_main(args)

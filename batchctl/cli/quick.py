@@ -20,7 +20,7 @@ from pathlib import Path
 
 from batchctl.cli.envelope import print_ok
 from batchctl.cli.locations import resolve_state_dir
-from batchctl.model.errors import BatchctlError
+from batchctl.model.errors import Interrupted
 from batchctl.model.viewdoc import BatchReading, Document
 from batchctl.state.folds import (
     BATCHES_SCHEMA_VERSION,
@@ -101,8 +101,13 @@ def answer(args: Sequence[str], environ: Mapping[str, str]) -> int | None:
     try:
         with without_gc():
             document = finished_view(resolve_state_dir(state_option, environ), batch_id)
-    except (BatchctlError, OSError):
-        return None  # the full command line reports it, in its words
+    except Interrupted:
+        raise
+    except Exception:
+        # Whatever it is (an unknown id, an unreadable or damaged file, a
+        # bug), the full command line reports it, in its words, with its
+        # exit code and, for a bug, its crash report.
+        return None
     if document is None:
         return None
     print_ok(document)

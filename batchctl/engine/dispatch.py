@@ -11,7 +11,7 @@ from pathlib import Path
 from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.model.clock import Clock
-from batchctl.model.errors import LeaseLost
+from batchctl.model.errors import LeaseLost, StateError
 from batchctl.model.fleet import Fleet, FleetSource
 from batchctl.model.models import Lease, ProcessIdentity
 from batchctl.model.policy import Backoff
@@ -100,19 +100,37 @@ class Dispatcher:
             new_lease=renewed.model_copy(update={"fleet": current.fleet or renewed.fleet}),
         )
 
-    def release_lease(self, batch_id: str, token: str, *, finished: bool = False) -> None:
+    def release_lease(self, batch_id: str, token: str) -> None:
         self.batches.swap_lease(
             batch_id,
             when=lambda lease: lease is not None and lease.token == token,
             new_lease=None,
-            finished=finished,
         )
 
-    def tidy_state(self) -> None:
+    def finish_batch(self, batch_id: str, token: str) -> bool:
+        """Let go of a batch seen done, unless a retry queued items again
+        meanwhile (False: go on serving it). See BatchStore.finish."""
+        return self.batches.finish(batch_id, token)
+
+    def finish_if_abandoned(self, batch_id: str) -> None:
+        """Mark finished a batch whose items are all final and whose worker is
+        gone without marking it (killed at the very end): take its dead lease
+        and let go, as the worker would have. A live worker is left to it."""
+        token = self.take_lease(batch_id)
+        if token is not None and not self.finish_batch(batch_id, token):
+            self.release_lease(batch_id, token)
+
+    def tidy_state(self) -> str | None:
         """After a batch ends: fold large journals into their snapshots, so
-        whoever reads the finished batch parses snapshots (journal.tidy)."""
-        self.batches.file.tidy()
-        self.runs.file.tidy()
+        whoever reads the finished batch parses snapshots (journal.tidy).
+        Only an optimisation: a failure (a full disk, a busy lock) is
+        returned as a sentence for the log, not raised."""
+        try:
+            self.batches.file.tidy()
+            self.runs.file.tidy()
+        except StateError as error:
+            return error.message
+        return None
 
     def scheduler(self, token: str | None) -> Scheduler:
         return Scheduler(
@@ -139,9 +157,7 @@ class Dispatcher:
             report = self.scheduler(token).step(batch_id, self.clock.now())
         except LeaseLost:
             return None
-        if report.done:
-            self.release_lease(batch_id, token, finished=True)
-        else:
+        if not (report.done and self.finish_batch(batch_id, token)):
             self._hand_to_worker(batch_id, token, self._fleet_arg(None))
         return report
 

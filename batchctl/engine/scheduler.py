@@ -283,16 +283,55 @@ class Scheduler:
         self._memory[batch_id] = memory
         return memory
 
-    def forget(self, batch_id: str) -> None:
-        """Let go of a batch's memory (a worker done with it)."""
-        memory = self._memory.get(batch_id)
-        if memory is not None:
-            self._memory = {key: kept for key, kept in self._memory.items() if kept is not memory}
-
     def load(self, batch_id: str, now: datetime) -> None:
         """Read and classify the batch whole, once (a worker does this before
         its first tick: O(batch); every tick after costs what changed)."""
-        self._catch_up(batch_id).settle(now)
+        memory = self._catch_up(batch_id)
+        self._reclaim_orphans(memory, now)
+        memory.settle(now)
+
+    def _reclaim_orphans(self, memory: BatchMemory, now: datetime) -> None:
+        """Runs no item points at that were never started: prepared by a
+        worker killed between its two writes of a step (the runs, then the
+        decisions naming them). They hold their machines' slots, and nobody
+        else would start them. A run for its item's current attempt is
+        dispatched and started now, as its worker meant to; any other is
+        ended. Safe at load: this worker holds the lease, so no other step
+        is halfway. O(runs of the batch)."""
+        unowned = self.runs.ids_of_batches([memory.id]) - memory.owner.keys()
+        orphans = [
+            run for run in self.runs.get_many(unowned).values() if run.status is RunStatus.PENDING
+        ]
+        reclaimed: dict[str, Item] = {}
+        for run in sorted(orphans, key=lambda run: run.id):
+            item = memory.items.get(run.item)
+            if (
+                item is not None
+                and item.state is ItemState.QUEUED
+                and item.attempt == run.attempt
+                and run.item not in reclaimed
+            ):
+                reclaimed[run.item] = item.model_copy(
+                    update={
+                        "state": ItemState.DISPATCHED,
+                        "run_id": run.id,
+                        "machine": run.machine,
+                        "updated_at": now,
+                    }
+                )
+            else:
+                self.runs.finish(
+                    run.id,
+                    RunStatus.INTERRUPTED,
+                    now=now,
+                    message="prepared by a worker that stopped before dispatching it",
+                )
+        if not reclaimed:
+            return
+        self.batches.apply_items(memory.id, reclaimed, lease_token=self.lease_token)
+        self._catch_up(memory.id)  # folds the decisions just recorded
+        chosen = {item.run_id for item in reclaimed.values()}
+        self._start([run for run in orphans if run.id in chosen], now)
 
     def _catch_up(self, batch_id: str) -> BatchMemory:
         batch_records = self._batch_feed.drain()

@@ -364,7 +364,12 @@ class BatchService:
             batch_id = reading.batch["id"]
             if done and reading.batch.get("finished", False):
                 return self.view_document(batch_id)
-            self.dispatcher.ensure_worker(batch_id)
+            if done:
+                # Every item is final but no worker marked it finished: its
+                # worker died at the very end. Let go of it in its place.
+                self.dispatcher.finish_if_abandoned(batch_id)
+            else:
+                self.dispatcher.ensure_worker(batch_id)
             lease = self.batches.lease(batch_id)
             spent = self.clock.monotonic() - began
             # Woken early by the worker's exit: it exits right after marking

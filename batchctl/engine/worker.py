@@ -134,16 +134,20 @@ def run_worker(
                     if names:
                         log(f"{utc_iso(clock.now())} {label}: {_names(names)}")
                 if report.done:
+                    # The files are compacted before the batch is marked
+                    # finished: whoever waited for it reads settled files,
+                    # with no worker still busy beside it. A retry that came
+                    # in meanwhile keeps the batch (and this worker) going.
+                    trouble = dispatcher.tidy_state()
+                    if trouble is not None:
+                        log(f"{utc_iso(clock.now())} not compacted: {trouble}")
+                    # Logged before the finished mark, which is the last
+                    # thing written: `--wait` returns once it sees the mark.
                     log(f"{utc_iso(clock.now())} batch {batch_id} is done")
-                    # The batch's memory goes, then the files are compacted,
-                    # and only then is the batch marked finished: whoever
-                    # waited for it reads settled files, with no worker
-                    # still busy beside it.
-                    scheduler.forget(batch_id)
-                    dispatcher.tidy_state()
-                    dispatcher.release_lease(batch_id, token, finished=True)
                     log(stats.line(dispatcher))
-                    return 0
+                    if dispatcher.finish_batch(batch_id, token):
+                        return 0
+                    log(f"{utc_iso(clock.now())} items of batch {batch_id} queued again; going on")
                 # Sleep to the next tick, or less if a run is due to end sooner.
                 due = scheduler.due_in(clock.now())
                 tick = dispatcher.tuning.tick_s

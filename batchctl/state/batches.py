@@ -239,14 +239,13 @@ class BatchStore:
         *,
         when: Callable[[Lease | None], bool],
         new_lease: Lease | None,
-        finished: bool = False,
         unless_finished: bool = False,
     ) -> bool:
         """Replace the lease if ``when(current lease)`` holds, deciding under the
-        lock (compare-and-swap). True if it was replaced. ``finished`` marks
-        the batch done in the same write (its worker letting go for good);
-        ``unless_finished`` refuses to take the lease of a finished batch, so
-        a look at a batch that just ended does not start a worker for it."""
+        lock (compare-and-swap). True if it was replaced. ``unless_finished``
+        refuses to take the lease of a finished batch, so a look at a batch
+        that just ended does not start a worker for it (a worker lets go of
+        a finished batch with ``finish``)."""
         with self.file.locked():
             raw = self.raw(batch_id)
             current = raw.get("lease")
@@ -254,16 +253,37 @@ class BatchStore:
                 return False
             if not when(Lease.model_validate(current) if current else None):
                 return False
-            records: list[Record] = [
-                {
-                    "op": "lease",
-                    "batch": raw["id"],
-                    "lease": new_lease.model_dump(mode="json") if new_lease else None,
-                }
-            ]
-            if finished:
-                records.append({"op": "finished", "batch": raw["id"]})
-            self.file.append(records)
+            self.file.append(
+                [
+                    {
+                        "op": "lease",
+                        "batch": raw["id"],
+                        "lease": new_lease.model_dump(mode="json") if new_lease else None,
+                    }
+                ]
+            )
+            return True
+
+    def finish(self, batch_id: str, lease_token: str) -> bool:
+        """The worker letting go of a batch it saw done: release the lease
+        and mark the batch finished, in one write, decided under the lock.
+        Not if an item is queued again (a ``retry`` since the worker's last
+        step): then nothing is written, the lease stays, and False says the
+        worker goes on. True also when the lease is no longer ours (there is
+        nothing of ours to let go). O(items), once per batch."""
+        with self.file.locked():
+            raw = self.raw(batch_id)
+            current = raw.get("lease")
+            if not current or current.get("token") != lease_token:
+                return True
+            if any(item.get("state", "queued") == "queued" for item in raw["items"].values()):
+                return False
+            self.file.append(
+                [
+                    {"op": "lease", "batch": raw["id"], "lease": None},
+                    {"op": "finished", "batch": raw["id"]},
+                ]
+            )
             return True
 
     def demands(self) -> list[tuple[str, Lease | None, bool, dict[str, int]]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,8 @@ class LocalTransport:
         self.environ = dict(os.environ if environ is None else environ)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[str, int] = {}
+        # Runs whose exited wrapper has woken the worker once already.
+        self._woke: set[str] = set()
         self._stopping: dict[str, _Stopping] = {}
 
     # -- starting ------------------------------------------------------------
@@ -186,8 +189,30 @@ class LocalTransport:
             self._pidfds[run.id] = os.pidfd_open(child.pid)
 
     def wakeup_fds(self) -> list[int]:
-        """Readable as soon as a wrapper this process started exits."""
+        """Readable as soon as a watched wrapper exits: the worker's own
+        children and the wrappers it adopted. A pidfd stays readable once its
+        process is gone, so each one wakes the worker once after its exit
+        (the step that follows sees the end) and is then let go, whether or
+        not a check looked at its run again (a run stopped, or ended by
+        another process): a worker never spins on an exited wrapper."""
+        exited = _readable(list(self._pidfds.values()))
+        for run_id, fd in list(self._pidfds.items()):
+            if fd not in exited:
+                continue
+            if run_id in self._woke:
+                self._unwatch(run_id)
+            else:
+                self._woke.add(run_id)
         return list(self._pidfds.values())
+
+    def _unwatch(self, run_id: str) -> None:
+        self._woke.discard(run_id)
+        child = self._children.pop(run_id, None)
+        if child is not None:
+            child.poll()  # reaped: it has exited
+        fd = self._pidfds.pop(run_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def due_in(self, now: datetime) -> float | None:
         """A stop waiting for its KILL, or a timeout, is the next thing due."""
@@ -223,6 +248,13 @@ class LocalTransport:
                 lost.append(run.id)
             return change
         claim = _read(run_dir / "claim")
+        if claim is None and _left_empty(run_dir / "claim", now):
+            # Its wrapper created the claim and died, or could not write its
+            # pid (a full disk), before it ran anything: nobody runs it.
+            lost.append(run.id)
+            return ending(
+                Ended(RunStatus.INTERRUPTED, message="its wrapper died while claiming it"), now
+            )
         if claim is None or claim == VOID:
             return None  # not started yet (the scheduler relaunches after its grace)
         pgid = int(claim)
@@ -289,6 +321,8 @@ class LocalTransport:
         readable when it exits, whoever its parent is. Opened right after
         its identity was seen alive; should the pid be reused in between,
         the cost is one early step."""
+        if identity_alive(wrapper) is not True:
+            return  # not one this host can watch (another boot or pid namespace)
         with contextlib.suppress(OSError, AttributeError):
             self._pidfds[run_id] = os.pidfd_open(wrapper.pid)
 
@@ -296,26 +330,20 @@ class LocalTransport:
         """An adopted wrapper's pidfd stays readable once it has exited: close
         it when its end is seen (a child's is closed when it is reaped)."""
         if run_id not in self._children:
-            fd = self._pidfds.pop(run_id, None)
-            if fd is not None:
-                os.close(fd)
+            self._unwatch(run_id)
 
     def _reap_children(self) -> None:
         for run_id, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[run_id]
+                self._woke.discard(run_id)
                 fd = self._pidfds.pop(run_id, None)
                 if fd is not None:
                     os.close(fd)
 
     def _forget(self, run_id: str) -> None:
         self._stopping.pop(run_id, None)
-        child = self._children.pop(run_id, None)
-        if child is not None:
-            child.poll()
-        fd = self._pidfds.pop(run_id, None)
-        if fd is not None:
-            os.close(fd)
+        self._unwatch(run_id)
 
     # -- stopping ------------------------------------------------------------
 
@@ -399,6 +427,28 @@ def _take_claim(run_dir: Path) -> bool:
         return False
     finally:
         void.unlink(missing_ok=True)
+
+
+# A claim is created, then written, by one shell: empty for longer than
+# this, its wrapper is gone.
+EMPTY_CLAIM_GRACE_S = 10.0
+
+
+def _left_empty(claim: Path, now: datetime) -> bool:
+    """The claim exists, holds nothing, and has for EMPTY_CLAIM_GRACE_S."""
+    try:
+        status = claim.stat()
+    except OSError:
+        return False
+    written = datetime.fromtimestamp(status.st_mtime, UTC)
+    return status.st_size == 0 and (now - written).total_seconds() > EMPTY_CLAIM_GRACE_S
+
+
+def _readable(fds: list[int]) -> set[int]:
+    if not fds:
+        return set()
+    ready, _, _ = select.select(fds, [], [], 0)
+    return set(ready)
 
 
 def _read(path: Path) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batchctl.cli.quick import answer, parse_status_json
+from batchctl.transports.processes import this_process
 from tests.cli.test_startup import imported_after
 from tests.helpers import blocking_script, make_suite, run_batchctl, stored_batches, write_plan
 
@@ -126,3 +127,40 @@ def test_wait_returns_once_the_worker_has_let_go_of_the_batch(
         stored = stored_batches(state_dir)[batch_id]
         assert stored.get("finished") is True
         assert stored.get("lease") is None
+
+
+def test_wait_on_a_done_batch_its_worker_never_marked_finished_returns(
+    workdir: Path, state_dir: Path
+) -> None:
+    """A worker killed after its last step but before letting go: every item
+    is final, nothing will mark the batch finished. `--wait` lets go in its
+    place and returns, instead of waiting for a mark that never comes."""
+    from batchctl.state.batches import BatchStore
+
+    make_suite(workdir / "suites", "pass")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/pass}\n")
+    batch_id = run_batchctl("run", "plan.yaml", "--wait", "--json").json()["data"]["batch"]["id"]
+    # Its lease names a worker that is gone and a fleet file that is gone
+    # too: a new worker could not even start.
+    dead = this_process().model_copy(update={"pid": os.getpid() + 100_000, "start_ticks": 1})
+    lease = {
+        "token": "t",
+        "pid": dead.pid,
+        "host": "here",
+        "heartbeat_at": "2026-11-22T00:00:00Z",
+        "fleet": str(workdir / "gone.yaml"),
+        "holder": dead.model_dump(),
+    }
+    store = BatchStore(state_dir)
+    with store.file.locked():
+        store.file.append(
+            [
+                {"op": "reopen", "batch": batch_id},
+                {"op": "lease", "batch": batch_id, "lease": lease},
+            ]
+        )
+
+    waited = run_batchctl("status", batch_id, "--wait", "--json", timeout=30)
+
+    assert waited.code == 0, waited.stderr
+    assert stored_batches(state_dir)[batch_id].get("finished") is True

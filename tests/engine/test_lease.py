@@ -14,7 +14,7 @@ from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.worker import run_worker
 from batchctl.model.clock import SystemClock
 from batchctl.model.fleet import Fleet, FleetSource, Machine
-from batchctl.model.models import Batch, Item, Lease, ProcessIdentity, Run
+from batchctl.model.models import Batch, Item, Lease, ProcessIdentity, Run, SkipCode
 from batchctl.model.plan import load_plan_text
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
@@ -165,7 +165,32 @@ def test_a_look_at_a_batch_that_just_ended_starts_no_worker(
     looker.spawn_worker = spawn
     token = looker.take_lease("b1")
     assert token is not None
-    looker.release_lease("b1", token, finished=True)  # the worker saw it done
+    # The worker skipped its only item and let go of the batch.
+    batches.apply_items("b1", {"a": batches.item("b1", "a").skipped(SkipCode.CANCELLED, NOW)})
+    assert looker.finish_batch("b1", token)
 
     assert not looker.ensure_worker("b1")
     assert spawned == []
+
+
+def test_a_batch_queued_again_before_its_worker_lets_go_is_not_marked_finished(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """A retry between the worker's last step and its letting go: the worker
+    keeps the lease and goes on, instead of marking a batch with queued
+    items finished (nobody would ever serve it)."""
+    batches, runs = one_item_batch(tmp_path, state_dir)
+    worker = dispatcher(
+        batches,
+        runs,
+        SlowTransport(runs, FakeClock()),
+        LeaseJudge(STALE_S, time.monotonic, lambda _: False),
+    )
+    token = worker.take_lease("b1")
+    assert token is not None
+
+    assert not worker.finish_batch("b1", token)  # its item is queued
+
+    stored = batches.file.read()["batches"]["b1"]
+    assert stored.get("finished") is not True
+    assert stored["lease"]["token"] == token

@@ -18,7 +18,7 @@ from batchctl.model.plan import load_plan_text
 from batchctl.model.policy import Backoff
 from batchctl.model.views import FleetContext, batch_view
 from batchctl.state.batches import BatchStore
-from batchctl.state.runs import RunStore
+from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.testdir import hash_test_dir
 from tests.fakes import FakeClock, FakeTransport
 from tests.helpers import make_suite
@@ -250,6 +250,29 @@ def test_a_step_without_the_lease_writes_nothing(world: World) -> None:
     assert world.batches.get("b1").items["a"].state is ItemState.QUEUED
     assert world.transport.started == []
     assert world.runs.non_terminal() == []  # no slot held by an orphaned run
+
+
+def test_runs_prepared_by_a_worker_killed_before_its_decision_are_reclaimed(
+    world: World,
+) -> None:
+    """A worker killed between its two writes of a step (the runs, then the
+    decisions naming them) leaves runs no item points at, holding every slot.
+    The next worker dispatches and starts them when it loads the batch."""
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="test")
+    world.batch(entries("{name: a, dir: suites/ok}"))
+    [orphan] = world.runs.prepare_many(
+        [PrepareRequest("b1", "a", 1, ["m1"], str(world.tmp / "suites" / "ok"), "h")],
+        slots={"m1": 1},
+        now=world.clock.now(),
+    )
+    assert orphan.run is not None
+
+    successor = world.scheduler()
+    successor.load("b1", world.clock.now())
+
+    assert world.run_of("a") == orphan.run.id  # dispatched as its worker meant
+    assert world.transport.started == [orphan.run.id]
+    assert world.batches.get("b1").items["a"].attempt == 1
 
 
 def test_a_pending_run_whose_starter_died_is_started_once_after_the_grace(world: World) -> None:
