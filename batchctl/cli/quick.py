@@ -22,14 +22,7 @@ from batchctl.cli.envelope import print_ok
 from batchctl.cli.locations import resolve_state_dir
 from batchctl.model.errors import Interrupted
 from batchctl.model.viewdoc import BatchReading, Document
-from batchctl.state.folds import (
-    BATCHES_SCHEMA_VERSION,
-    RUNS_SCHEMA_VERSION,
-    RunFold,
-    fold_batches,
-    resolve_id,
-)
-from batchctl.state.journal import JournaledFile
+from batchctl.state.folds import RunFold, batches_file, resolve_id, runs_file
 from batchctl.state.memory import without_gc
 
 
@@ -69,24 +62,14 @@ def parse_status_json(args: Sequence[str]) -> tuple[str, str | None] | None:
 
 def finished_view(state_dir: Path, batch_id: str) -> Document | None:
     """The view of a finished batch; None while it is not finished."""
-    batches = JournaledFile(
-        state_dir / "batches.json",
-        schema_version=BATCHES_SCHEMA_VERSION,
-        collection="batches",
-        fold=fold_batches,
-    )
+    batches = batches_file(state_dir)
     records = batches.read()["batches"]
     batch = records[resolve_id(records, batch_id, "batch")]
     # The worker marks a batch finished once every item is final; until then
     # the full command explains waiting items and looks after the worker.
     if not batch.get("finished", False):
         return None
-    runs = JournaledFile(
-        state_dir / "runs.json",
-        schema_version=RUNS_SCHEMA_VERSION,
-        collection="runs",
-        fold=RunFold(),
-    )
+    runs = runs_file(state_dir, RunFold())
     document = BatchReading(batch, runs.read()["runs"], str(state_dir / "runs")).document()
     # Retried since, by a command the worker has not seen yet: not finished.
     return document if document["done"] else None

@@ -82,13 +82,16 @@ class BatchReading:
         ]
 
     def outcome(self, entry: Stored, item: Stored) -> str:
-        state = item.get("state", rules.QUEUED)
-        waiting = state == rules.QUEUED and bool(self.unmet_needs(entry))
-        return rules.outcome(state, self._status(item), waiting=waiting)
+        return self._outcome(entry, item.get("state", rules.QUEUED), self._status(item))
 
     def is_final(self, entry: Stored, item: Stored) -> bool:
-        state = item.get("state", rules.QUEUED)
-        status = self._status(item)
+        return self._final(entry, item, item.get("state", rules.QUEUED), self._status(item))
+
+    def _outcome(self, entry: Stored, state: str, status: str | None) -> str:
+        waiting = state == rules.QUEUED and bool(self.unmet_needs(entry))
+        return rules.outcome(state, status, waiting=waiting)
+
+    def _final(self, entry: Stored, item: Stored, state: str, status: str | None) -> bool:
         due = rules.retry_due(
             state, status, entry["retry_on"], item.get("attempt", 1), entry["retries"]
         )
@@ -128,20 +131,17 @@ class BatchReading:
     def _item_document(self, entry: Stored, item: Stored) -> tuple[Document, bool]:
         """An item's view and whether it is final: one look at its run."""
         state = item.get("state", rules.QUEUED)
-        run_id = item.get("run_id")
-        run = self.runs.get(run_id) if run_id else None
+        run = self.run_of(item)
         status = run.get("status", "pending") if run is not None else None
-        attempt = item.get("attempt", 1)
-        waiting = state == rules.QUEUED and bool(self.unmet_needs(entry))
         document = {
             "name": item["name"],
             "selector": entry["selector"],
             # Stored lists are shown as they are: a view is read, not changed.
             "needs": entry.get("needs") or [],
             "state": state,
-            "outcome": rules.outcome(state, status, waiting=waiting),
-            "attempt": attempt,
-            "run_id": run_id,
+            "outcome": self._outcome(entry, state, status),
+            "attempt": item.get("attempt", 1),
+            "run_id": item.get("run_id"),
             "machine": item.get("machine"),
             "error_code": item.get("error_code"),
             "reason": None
@@ -151,8 +151,7 @@ class BatchReading:
             "history": item.get("history") or [],
             "run": run_document(run, self.runs_prefix) if run is not None else None,
         }
-        due = rules.retry_due(state, status, entry["retry_on"], attempt, entry["retries"])
-        return document, rules.final(state, status, due_for_retry=due, cancelled=self.cancelled)
+        return document, self._final(entry, item, state, status)
 
     def heading(self, done: bool | None = None) -> Document:
         """The batch's own fields, without its items; ``done`` if known."""

@@ -21,7 +21,6 @@ another writer did since.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -31,16 +30,10 @@ from pydantic import TypeAdapter
 
 from batchctl.model.errors import LeaseLost
 from batchctl.model.models import Batch, Item, Lease
-from batchctl.state.folds import (
-    BATCHES_SCHEMA_VERSION,
-    fold_batches,
-    resolve_id,
-    share_document_values,
-)
+from batchctl.state.folds import batches_file, resolve_id
 from batchctl.state.journal import (
     COMPACT_MIN_BYTES,
     DEFAULT_LOCK_TIMEOUT_S,
-    JournaledFile,
     Record,
     Subscription,
 )
@@ -75,12 +68,9 @@ class BatchStore:
         worker), share repeated strings; a one-shot read skips the cost."""
         self.state_dir = state_dir
         self.share_values = share_values
-        self.file = JournaledFile(
-            state_dir / "batches.json",
-            schema_version=BATCHES_SCHEMA_VERSION,
-            collection="batches",
-            fold=functools.partial(fold_batches, share=share_values),
-            on_load=share_document_values if share_values else None,
+        self.file = batches_file(
+            state_dir,
+            share=share_values,
             lock_timeout=lock_timeout,
             compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )

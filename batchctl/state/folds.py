@@ -10,13 +10,16 @@ runs).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from batchctl.model.errors import NotFound
 from batchctl.model.rules import RUN_STATUS_RANK, TERMINAL_STATUSES
+from batchctl.state.journal import COMPACT_MIN_BYTES, DEFAULT_LOCK_TIMEOUT_S, JournaledFile
 from batchctl.state.memory import intern_values
 from batchctl.state.merge import merge_item
 
@@ -198,3 +201,41 @@ class RunFold:
                     self.index.drop(raw)
         else:
             raise ValueError(f"unknown runs record {op!r}")
+
+
+def batches_file(
+    state_dir: Path,
+    *,
+    share: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    compact_min_bytes: int = COMPACT_MIN_BYTES,
+) -> JournaledFile:
+    """batches.json (snapshot + journal) folded by ``fold_batches``."""
+    return JournaledFile(
+        state_dir / "batches.json",
+        schema_version=BATCHES_SCHEMA_VERSION,
+        collection="batches",
+        fold=functools.partial(fold_batches, share=share),
+        on_load=share_document_values if share else None,
+        lock_timeout=lock_timeout,
+        compact_min_bytes=compact_min_bytes,
+    )
+
+
+def runs_file(
+    state_dir: Path,
+    fold: RunFold,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    compact_min_bytes: int = COMPACT_MIN_BYTES,
+) -> JournaledFile:
+    """runs.json (snapshot + journal) folded by ``fold``, which keeps its index."""
+    return JournaledFile(
+        state_dir / "runs.json",
+        schema_version=RUNS_SCHEMA_VERSION,
+        collection="runs",
+        fold=fold,
+        on_load=fold.index_all,
+        lock_timeout=lock_timeout,
+        compact_min_bytes=compact_min_bytes,
+    )

@@ -30,11 +30,10 @@ from typing import Any
 
 from batchctl.model.models import Run, RunStatus
 from batchctl.model.rules import RUN_STATUS_RANK
-from batchctl.state.folds import RUNS_SCHEMA_VERSION, RunFold, RunIndex, resolve_id
+from batchctl.state.folds import RunFold, RunIndex, resolve_id, runs_file
 from batchctl.state.journal import (
     COMPACT_MIN_BYTES,
     DEFAULT_LOCK_TIMEOUT_S,
-    JournaledFile,
     Record,
     Subscription,
 )
@@ -107,12 +106,9 @@ class RunStore:
         # from it for a 100,000-item batch.
         self.runs_prefix = str(state_dir / "runs")
         self._fold = RunFold(share=share_values)
-        self.file = JournaledFile(
-            state_dir / "runs.json",
-            schema_version=RUNS_SCHEMA_VERSION,
-            collection="runs",
-            fold=self._fold,
-            on_load=self._fold.index_all,
+        self.file = runs_file(
+            state_dir,
+            self._fold,
             lock_timeout=lock_timeout,
             compact_min_bytes=COMPACT_MIN_BYTES if compact_min_bytes is None else compact_min_bytes,
         )

@@ -335,11 +335,7 @@ class LocalTransport:
     def _reap_children(self) -> None:
         for run_id, child in list(self._children.items()):
             if child.poll() is not None:
-                del self._children[run_id]
-                self._woke.discard(run_id)
-                fd = self._pidfds.pop(run_id, None)
-                if fd is not None:
-                    os.close(fd)
+                self._unwatch(run_id)
 
     def _forget(self, run_id: str) -> None:
         self._stopping.pop(run_id, None)
