@@ -5,12 +5,14 @@ The fake transport obeys the same contract as the real ones
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from batchctl.model.models import ProcessIdentity, Run, RunStatus
+from batchctl.model.models import Batch, ProcessIdentity, Run, RunStatus
+from batchctl.model.viewdoc import BatchReading
+from batchctl.model.views import BatchView, FleetContext
 from batchctl.state.runs import RunStore
 
 FAKE_SUPERVISOR = ProcessIdentity(boot_id="fake", pid_ns="fake", pid=999_999, start_ticks=1)
@@ -114,3 +116,13 @@ class FakeTransport:
             if run.status is RunStatus.RUNNING and run.item not in self.hold:
                 status, code = self.outcomes.get(run.item, (RunStatus.SUCCEEDED, 0))
                 self.finish(run.id, status, code)
+
+
+def batch_view(
+    batch: Batch, runs: Mapping[str, Run], context: FleetContext | None = None
+) -> BatchView:
+    """The view the commands show, of a typed batch and runs in hand: through
+    the same builder, from their stored form."""
+    stored = {run_id: run.model_dump(mode="json") for run_id, run in runs.items()}
+    reading = BatchReading(batch.model_dump(mode="json"), stored, "", context)
+    return BatchView.model_validate(reading.document())

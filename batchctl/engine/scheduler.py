@@ -35,7 +35,13 @@ from pathlib import Path
 from batchctl.engine.lease import LeaseJudge
 from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
-from batchctl.model.policy import Backoff, prefer_fresh_machines, retry_delay, retry_due
+from batchctl.model.policy import (
+    Backoff,
+    prefer_fresh_machines,
+    ready_since,
+    retry_delay,
+    retry_due,
+)
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
 from batchctl.transports.base import Transport
@@ -208,14 +214,10 @@ class BatchMemory:
         heapq.heappush(self.expiry, (deadline, self.order[name], name, item.attempt))
 
     def ready_since(self, name: str, item: Item) -> datetime:
-        """When the item became ready: queued, backoff over, needs passed
-        (from stored times, so a restarted worker agrees). O(needs), once."""
-        moments = [moment for moment in (item.updated_at, item.not_before) if moment]
-        for needed in self.entries[name].needs:
-            run = self.run_of(needed)
-            if run is not None and run.ended_at is not None:
-                moments.append(run.ended_at)
-        return max(moments) if moments else self.created_at
+        """When the item became ready (``policy.ready_since``: from stored
+        times, so a restarted worker agrees), else when the batch was made.
+        The runs of needed items are kept: they have dependents. O(needs), once."""
+        return ready_since(self.entries[name], item, self.items, self.runs) or self.created_at
 
     def still_queued(self, name: str, attempt: int) -> bool:
         item = self.items[name]

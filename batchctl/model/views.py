@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict
 
 from batchctl.model.clock import utc_iso
 from batchctl.model.fleet import Fleet, Machine
-from batchctl.model.models import Batch, Run
-from batchctl.model.viewdoc import BatchReading, run_document
+from batchctl.model.models import Run
+from batchctl.model.viewdoc import run_document
 
 
 class View(BaseModel):
@@ -130,24 +130,6 @@ class FleetContext:
             count = len(matching)
             return f"all {count} machine{'s' if count != 1 else ''} with tag {value} busy"
         return "ready; dispatching on the next tick"
-
-
-def stored_batch(batch: Batch) -> dict[str, Any]:
-    """A typed batch as it would be stored (for views of batches in hand)."""
-    return batch.model_dump(mode="json")
-
-
-def stored_runs(runs: Mapping[str, Run]) -> dict[str, dict[str, Any]]:
-    return {run_id: run.model_dump(mode="json") for run_id, run in runs.items()}
-
-
-def batch_view(
-    batch: Batch, runs: Mapping[str, Run], context: FleetContext | None = None
-) -> BatchView:
-    """The view of a typed batch and runs; the commands build theirs from
-    stored records (``viewdoc``) without making models first."""
-    reading = BatchReading(stored_batch(batch), stored_runs(runs), "", context)
-    return BatchView.model_validate(reading.document())
 
 
 def attempt_document(run: Mapping[str, Any], runs_prefix: str) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.models import Batch, Item, ItemState, Lease, RunStatus, SkipCode
 from batchctl.model.plan import load_plan_text
 from batchctl.model.policy import Backoff
-from batchctl.model.views import FleetContext, batch_view
+from batchctl.model.views import FleetContext
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.testdir import hash_test_dir
-from tests.fakes import FakeClock, FakeTransport
+from tests.fakes import FakeClock, FakeTransport, batch_view
 from tests.helpers import make_suite
 
 

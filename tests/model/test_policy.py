@@ -10,7 +10,8 @@ import pytest
 from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus
 from batchctl.model.policy import Backoff, prefer_fresh_machines, ready_since, retry_delay
-from batchctl.model.views import FleetContext, batch_view
+from batchctl.model.views import FleetContext
+from tests.fakes import batch_view
 
 NOW = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
 
