@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BATCHCTL := $(VENV)/bin/batchctl
 STAMP := $(VENV)/.installed
+# Bytecode as an installed package has it: an editable checkout under
+# PYTHONDONTWRITEBYTECODE would otherwise compile its modules in every command.
+BYTECODE := $(PY) -m compileall -q batchctl
 DEMO_STATE ?= .demo-state
 
 .DEFAULT_GOAL := help
@@ -32,14 +35,17 @@ type: $(STAMP) ## mypy strict
 	$(VENV)/bin/mypy
 
 test: $(STAMP) ## run the whole test suite
+	$(BYTECODE)
 	$(PY) -m pytest
 
 test-fast: $(STAMP) ## the test suite without the slow tests
+	$(BYTECODE)
 	$(PY) -m pytest -m "not slow"
 
 check: lint type test ## lint, type-check and test
 
 demo: $(STAMP) ## run the example plan on this machine (state in .demo-state/)
+	$(BYTECODE)
 	BATCHCTL_STATE_DIR=$(DEMO_STATE) ./demo.sh $(BATCHCTL)
 
 bench: $(STAMP) ## measure the engine at scale and local throughput (results: bench/RESULTS.md)

@@ -1,3 +1,3 @@
-from batchctl.cli.entry import main
+from batchctl.cli.entry import console
 
-raise SystemExit(main())
+console()

@@ -57,7 +57,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import BenchFailed, environment_without_tuning, find_batchctl, timed_run
+from benchlib import (
+    BenchFailed,
+    compile_bytecode,
+    environment_without_tuning,
+    find_batchctl,
+    timed_run,
+)
 
 STAGING = "bench"
 SMALL_ITEMS = 1000  # the separate batch whose status view must stay quick
@@ -518,6 +524,7 @@ def main() -> None:
     # Another busy process on the machine shows in every figure: say so.
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     batchctl = find_batchctl(args.batchctl)
+    compile_bytecode()
     env = environment_without_tuning()
     command = shlex.join(
         [

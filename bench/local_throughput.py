@@ -58,7 +58,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import BenchFailed, environment_without_tuning, find_batchctl, timed_run
+from benchlib import (
+    BenchFailed,
+    compile_bytecode,
+    environment_without_tuning,
+    find_batchctl,
+    timed_run,
+)
 
 TICK_S = "1"  # batchctl's default tick, set explicitly so the caller's cannot leak in
 STAGING = "bench"
@@ -294,6 +300,7 @@ def main() -> None:
         parser.error("--warmup must be at least 0")
 
     batchctl = find_batchctl(args.batchctl)
+    compile_bytecode()
     found_parallel = shutil.which("parallel")
     if found_parallel is None:
         sys.exit("GNU parallel not found on PATH")

@@ -161,14 +161,19 @@ def apply_run_update(stored: dict[str, Any], changes: Mapping[str, Any]) -> bool
 
 class RunFold:
     """Folds runs.json records, keeping ``index`` current record by record.
-    ``share``: share repeated strings (a long-lived reader, the worker)."""
+    ``share``: share repeated strings (a long-lived reader, the worker).
+    ``indexed=False``: a one-off reader that only looks runs up by id (the
+    quick status), spared an index of every run it would never use."""
 
-    def __init__(self, *, share: bool = False) -> None:
+    def __init__(self, *, share: bool = False, indexed: bool = True) -> None:
         self.share = share
+        self.indexed = indexed
         self.index = RunIndex()
 
     def index_all(self, document: Document) -> None:
         self.index = RunIndex()
+        if not self.indexed:
+            return
         for raw in document["runs"].values():
             if self.share:
                 intern_values(raw, SHARED_RUN_VALUES)
@@ -183,7 +188,8 @@ class RunFold:
                     intern_values(raw, SHARED_RUN_VALUES)
                 if raw["id"] not in runs:
                     runs[raw["id"]] = raw
-                    self.index.add(raw)
+                    if self.indexed:
+                        self.index.add(raw)
         elif op == "update":
             stored = runs.get(record["run"])
             if self.share:
@@ -192,12 +198,13 @@ class RunFold:
                 stored is not None
                 and apply_run_update(stored, record["set"])
                 and stored["status"] in TERMINAL_STATUSES
+                and self.indexed
             ):
                 self.index.live_by_machine[stored["machine"]].discard(stored["id"])
         elif op == "remove":
             for run_id in record["runs"]:
                 raw = runs.pop(run_id, None)
-                if raw is not None:
+                if raw is not None and self.indexed:
                     self.index.drop(raw)
         else:
             raise ValueError(f"unknown runs record {op!r}")
