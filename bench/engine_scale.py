@@ -279,10 +279,17 @@ def time_status(
 
 
 def file_sizes(state: Path) -> dict[str, int | None]:
-    return {
+    sizes = {
         name: (state / name).stat().st_size if (state / name).is_file() else None
         for name in STATE_FILES
     }
+    # The final view its worker wrote when the batch finished (counted in
+    # the worker's state_bytes_written too).
+    views = state / "views"
+    sizes["views/"] = (
+        sum(path.stat().st_size for path in views.iterdir()) if views.is_dir() else None
+    )
+    return sizes
 
 
 @dataclass(frozen=True)

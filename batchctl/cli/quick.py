@@ -2,11 +2,15 @@
 records before the rest of the command line is imported.
 
 A finished batch's view needs no fleet, no clock and no worker: every item is
-final, so nothing waits to be explained and nothing needs taking over. So it
-is read raw (``state.folds``), joined (``model.viewdoc``) and printed, which
-costs an interpreter start plus O(items + runs read), where the full command
-line costs its imports (typer, pydantic: several times a small batch's read)
-and the validation of every record of a large one.
+final, so nothing waits to be explained and nothing needs taking over. The
+worker that finished it wrote its final view (``state.final_views``), which
+is printed as stored: an interpreter start plus a decompression. Without one
+(finished by an older batchctl, a view that could not be written, a state
+directory reached by another path), the records are read raw
+(``state.folds``), joined (``model.viewdoc``) and printed: O(items + runs
+read), where the full command line costs its imports (typer, pydantic:
+several times a small batch's read) and the validation of every record of a
+large one.
 
 Anything else returns None and the full command line answers: another form
 of the command, an unfinished batch, an error to report. It prints the same
@@ -19,10 +23,11 @@ import gc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from batchctl.cli.envelope import print_ok
+from batchctl.cli.envelope import print_bytes, print_ok
 from batchctl.cli.locations import resolve_state_dir
 from batchctl.model.errors import Interrupted
 from batchctl.model.viewdoc import BatchReading, Document
+from batchctl.state import final_views
 from batchctl.state.folds import RunFold, batches_file, resolve_id, runs_file
 
 
@@ -90,6 +95,16 @@ def answer(args: Sequence[str], environ: Mapping[str, str]) -> int | None:
     if request is None:
         return None
     batch_id, state_option = request
+    try:
+        state_dir = resolve_state_dir(state_option, environ)
+        stored = final_views.read(state_dir, batch_id, str(state_dir / "runs"))
+    except Interrupted:
+        raise
+    except Exception:
+        return None  # the full command line says what is wrong, in its words
+    if stored is not None:
+        print_bytes(stored)
+        return 0
     # The collector is off while the records are read and joined (millions
     # of acyclic objects), and stays off once the answer is printed: the
     # process ends, and the first collection after building them walks every
@@ -97,7 +112,7 @@ def answer(args: Sequence[str], environ: Mapping[str, str]) -> int | None:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        document = finished_view(resolve_state_dir(state_option, environ), batch_id)
+        document = finished_view(state_dir, batch_id)
     except Interrupted:
         raise
     except Exception:

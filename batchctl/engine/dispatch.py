@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
@@ -15,6 +16,8 @@ from batchctl.model.errors import LeaseLost, StateError
 from batchctl.model.fleet import Fleet, FleetSource
 from batchctl.model.models import Lease, ProcessIdentity
 from batchctl.model.policy import Backoff
+from batchctl.model.viewdoc import BatchReading
+from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.base import Transport
@@ -107,10 +110,24 @@ class Dispatcher:
             new_lease=None,
         )
 
-    def finish_batch(self, batch_id: str, token: str) -> bool:
+    def finish_batch(
+        self,
+        batch_id: str,
+        token: str,
+        last_words: Callable[[str | None], None] | None = None,
+    ) -> bool:
         """Let go of a batch seen done, unless a retry queued items again
-        meanwhile (False: go on serving it). See BatchStore.finish."""
-        return self.batches.finish(batch_id, token)
+        meanwhile (False: go on serving it), with its final view and the
+        worker's ``last_words`` before the finished mark. See
+        BatchStore.finish."""
+        return self.batches.finish(
+            batch_id, token, write_view=self._write_final_view, last_words=last_words
+        )
+
+    def _write_final_view(self, batch: Mapping[str, Any]) -> int:
+        """O(items + their runs), a chunk of item views held at a time."""
+        reading = BatchReading(batch, self.runs.stored(), self.runs.runs_prefix)
+        return final_views.write(self.batches.state_dir, reading, self.runs.runs_prefix)
 
     def finish_if_abandoned(self, batch_id: str) -> None:
         """Mark finished a batch whose items are all final and whose worker is

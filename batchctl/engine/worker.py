@@ -141,11 +141,18 @@ def run_worker(
                     trouble = dispatcher.tidy_state()
                     if trouble is not None:
                         log(f"{utc_iso(clock.now())} not compacted: {trouble}")
-                    # Logged before the finished mark, which is the last
-                    # thing written: `--wait` returns once it sees the mark.
-                    log(f"{utc_iso(clock.now())} batch {batch_id} is done")
-                    log(stats.line(dispatcher))
-                    if dispatcher.finish_batch(batch_id, token):
+
+                    def last_words(view_trouble: str | None) -> None:
+                        # Logged before the finished mark, which is the last
+                        # thing written: `--wait` returns once it sees the
+                        # mark. After the final view: its bytes and memory
+                        # count in the stats.
+                        if view_trouble is not None:
+                            log(f"{utc_iso(clock.now())} final view not written: {view_trouble}")
+                        log(f"{utc_iso(clock.now())} batch {batch_id} is done")
+                        log(stats.line(dispatcher))
+
+                    if dispatcher.finish_batch(batch_id, token, last_words):
                         return 0
                     log(f"{utc_iso(clock.now())} items of batch {batch_id} queued again; going on")
                 # Sleep to the next tick, or less if a run is due to end sooner.

@@ -30,6 +30,7 @@ from pydantic import TypeAdapter
 
 from batchctl.model.errors import LeaseLost
 from batchctl.model.models import Batch, Item, Lease
+from batchctl.state import final_views
 from batchctl.state.folds import batches_file, resolve_id
 from batchctl.state.journal import (
     COMPACT_MIN_BYTES,
@@ -156,7 +157,7 @@ class BatchStore:
             if not force_new and (found := _newest_with_key(records, plan_hash, staging)):
                 return found, True
             batch = new_batch()
-            self.file.append(
+            self._append(
                 [{"op": "create", "batch": batch.model_dump(mode="json", exclude_defaults=True)}]
             )
             return batch, False
@@ -174,7 +175,7 @@ class BatchStore:
         with self.file.locked():
             batch_id = self._fenced(batch_id, lease_token)
             if proposed:
-                self.file.append([items_record(batch_id, proposed)])
+                self._append([items_record(batch_id, proposed)])
 
     @contextlib.contextmanager
     def fenced(
@@ -193,7 +194,7 @@ class BatchStore:
                     records.append(items_record(batch_id, items))
                 if demand is not None:
                     records.append({"op": "demand", "batch": batch_id, "demand": dict(demand)})
-                self.file.append(records)
+                self._append(records)
 
             yield record
 
@@ -209,7 +210,7 @@ class BatchStore:
         older read could undo a concurrent one). Returns the batch after."""
         with self.file.locked():
             batch_id = self._fenced(batch_id, lease_token)
-            self.file.append(decide(self.get(batch_id)))
+            self._append(decide(self.get(batch_id)))
             return self.get(batch_id)
 
     def _fenced(self, batch_id: str, lease_token: str | None) -> str:
@@ -243,7 +244,7 @@ class BatchStore:
                 return False
             if not when(Lease.model_validate(current) if current else None):
                 return False
-            self.file.append(
+            self._append(
                 [
                     {
                         "op": "lease",
@@ -254,13 +255,28 @@ class BatchStore:
             )
             return True
 
-    def finish(self, batch_id: str, lease_token: str) -> bool:
+    def finish(
+        self,
+        batch_id: str,
+        lease_token: str,
+        *,
+        write_view: Callable[[Mapping[str, Any]], int] | None = None,
+        last_words: Callable[[str | None], None] | None = None,
+    ) -> bool:
         """The worker letting go of a batch it saw done: release the lease
         and mark the batch finished, in one write, decided under the lock.
         Not if an item is queued again (a ``retry`` since the worker's last
         step): then nothing is written, the lease stays, and False says the
         worker goes on. True also when the lease is no longer ours (there is
-        nothing of ours to let go). O(items), once per batch."""
+        nothing of ours to let go). O(items), once per batch.
+
+        Before the mark, still under the lock so that nothing changes the
+        batch in between: ``write_view(batch)`` writes its final view
+        (``final_views``; returns the bytes written), and ``last_words(why
+        the view could not be written, or None)`` lets the worker log its
+        last lines, so that whoever waits for the mark finds them written. A
+        view that cannot be written (a full disk) is only not there: readers
+        join the records."""
         with self.file.locked():
             raw = self.raw(batch_id)
             current = raw.get("lease")
@@ -268,6 +284,15 @@ class BatchStore:
                 return True
             if any(item.get("state", "queued") == "queued" for item in raw["items"].values()):
                 return False
+            trouble = None
+            if write_view is not None:
+                try:
+                    self.file.bytes_written += write_view(raw)
+                except OSError as exc:
+                    trouble = f"{exc.filename or 'views'}: {exc.strerror}"
+            if last_words is not None:
+                last_words(trouble)
+            # Not through _append: the view just written is the finished batch's.
             self.file.append(
                 [
                     {"op": "lease", "batch": raw["id"], "lease": None},
@@ -292,7 +317,7 @@ class BatchStore:
 
     def remove(self, batch_ids: set[str]) -> None:
         with self.file.locked():
-            self.file.append([{"op": "remove", "batches": sorted(batch_ids)}])
+            self._append([{"op": "remove", "batches": sorted(batch_ids)}])
 
     @contextlib.contextmanager
     def removing(self) -> Iterator[Callable[[Collection[str]], None]]:
@@ -305,9 +330,23 @@ class BatchStore:
 
             def remove(batch_ids: Collection[str]) -> None:
                 if batch_ids:
-                    self.file.append([{"op": "remove", "batches": sorted(batch_ids)}], compact=True)
+                    self._append([{"op": "remove", "batches": sorted(batch_ids)}], compact=True)
 
             yield remove
+
+    def _append(self, records: list[Record], *, compact: bool = False) -> None:
+        """Append under the lock (held by the caller), first removing the
+        final view of every batch the records change: a view is only ever
+        the rendering of its batch as finished. Costs one unlink attempt per
+        record; a finished batch is rarely changed again (retry, prune)."""
+        changed: list[str] = []
+        for record in records:
+            if record["op"] == "remove":
+                changed.extend(record["batches"])
+            elif record["op"] not in ("create", "finished"):
+                changed.append(record["batch"])
+        final_views.remove(self.state_dir, changed)
+        self.file.append(records, compact=compact)
 
     def worker_log(self, batch_id: str) -> Path:
         """Where the batch's detached worker writes its log."""

@@ -3,11 +3,13 @@ is imported, and says exactly what the full command says."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
 from batchctl.cli.quick import answer, parse_status_json
+from batchctl.state import final_views
 from batchctl.transports.processes import this_process
 from tests.cli.test_startup import imported_after
 from tests.helpers import blocking_script, make_suite, run_batchctl, stored_batches, write_plan
@@ -65,6 +67,16 @@ def test_a_finished_batch_is_shown_without_the_command_line_and_the_same(
     probe = f"from batchctl.cli.entry import main\nmain(['status', '{batch_id}', '--json'])"
     modules = imported_after(probe, cwd=workdir)
     assert "batchctl.cli.quick" in modules  # the probe did answer a status
+    assert not {"typer", "pydantic", "filelock", "batchctl.engine.service"} & modules
+
+    # Without the final view the worker wrote (finished by an older
+    # batchctl): joined from the records, the same again, still quick.
+    final_views.view_path(state_dir, batch_id).unlink()
+    assert answer(["status", batch_id, "--json"], os.environ) == 0
+    gc.enable()  # an answer leaves the collector off: its process ends next
+    assert run_batchctl("status", batch_id, "--json", cwd=workdir).stdout == full.stdout
+    modules = imported_after(probe, cwd=workdir)
+    assert "batchctl.state.folds" in modules  # it did read the records
     assert not {"typer", "pydantic", "filelock", "batchctl.engine.service"} & modules
 
 
