@@ -12,7 +12,7 @@ import signal
 import stat
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from batchctl.model.errors import Interrupted
 
@@ -62,9 +62,10 @@ def console() -> NoReturn:
 
 
 class _PipeOut(io.RawIOBase):
-    """stdout on a pipe whose reader may leave early (``status ID | head -1``).
-    Once it has, output is dropped rather than raised: the command goes on
-    to its end and exits with its own code, as if the rest had been read."""
+    """stdout or stderr on a pipe whose reader may leave early (``status ID |
+    head -1``, ``run --wait 2>&1 | head``). Once it has, output is dropped
+    rather than raised: the command goes on to its end and exits with its
+    own code, as if the rest had been read."""
 
     def __init__(self, fd: int) -> None:
         super().__init__()
@@ -89,20 +90,29 @@ class _PipeOut(io.RawIOBase):
 
 
 def _quiet_when_the_reader_goes() -> None:
+    sys.stdout = _on_a_pipe_quietly(sys.stdout)
+    sys.stderr = _on_a_pipe_quietly(sys.stderr)
+
+
+def _on_a_pipe_quietly(stream: TextIO | None) -> TextIO:
+    """The same stream, or, on a pipe, one that survives its reader; for a
+    stream closed before the command started (``>&-``), the null device,
+    where what would be printed goes, unread."""
+    if stream is None:
+        return open(os.devnull, "w")  # open until the process ends
     try:
-        on_a_pipe = stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+        if not stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode):
+            return stream
+        stream.flush()
     except (OSError, ValueError, AttributeError):
-        return
-    if not on_a_pipe:
-        return
-    before = sys.stdout
-    before.flush()
-    sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(_PipeOut(before.fileno())),
-        encoding=before.encoding,
-        errors=before.errors,
-        line_buffering=bool(getattr(before, "line_buffering", False)),
-        write_through=bool(getattr(before, "write_through", False)),
+        return stream  # closed, or not a real file: left as it is
+    return io.TextIOWrapper(
+        # Unbuffered (python -u) stays unbuffered: every write goes through.
+        io.BufferedWriter(_PipeOut(stream.fileno())),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=bool(getattr(stream, "line_buffering", False)),
+        write_through=bool(getattr(stream, "write_through", False)),
     )
 
 
@@ -112,8 +122,8 @@ def _flushed(code: int) -> int:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except BrokenPipeError:
-            continue  # stderr's reader gone: there is nobody left to tell
+        except (BrokenPipeError, ValueError):
+            continue  # a reader gone, or a stream closed: nobody left to tell
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.write(2, f"batchctl: cannot write output: {error.strerror}\n".encode())

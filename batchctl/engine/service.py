@@ -446,11 +446,13 @@ class BatchService:
                 left_behind=[],
             )
         # Chosen again under the batches lock: a batch retried since the read
-        # above is unfinished now and stays whole. Its runs go first, so a
-        # prune cut short leaves batches that are still finished and are
-        # removed by the next prune, never runs that no batch owns.
+        # above is unfinished now and stays whole. Its final views go first,
+        # then its runs, so a prune cut short leaves batches that are still
+        # finished and are removed by the next prune, never runs that no
+        # batch owns nor a view showing runs that are gone.
         with self.batches.removing() as remove_batches:
             finished, kept = self._prunable(self.batches.created_before(cutoff))
+            self.batches.forget_views(finished)
             run_ids = self.runs.remove_batches(finished)
             remove_batches(finished)
         # Deleted after the locks are released: large run directories must

@@ -290,6 +290,8 @@ class BatchStore:
                     self.file.bytes_written += write_view(raw)
                 except OSError as exc:
                     trouble = f"{exc.filename or 'views'}: {exc.strerror}"
+                except Exception as exc:  # a view is never worth a batch: it is optional
+                    trouble = f"{type(exc).__name__}: {exc}"
             if last_words is not None:
                 last_words(trouble)
             # Not through _append: the view just written is the finished batch's.
@@ -333,6 +335,11 @@ class BatchStore:
                     self._append([{"op": "remove", "batches": sorted(batch_ids)}], compact=True)
 
             yield remove
+
+    def forget_views(self, batch_ids: list[str]) -> None:
+        """Remove these batches' final views; call under the lock (in
+        ``removing``), before anything of theirs is removed."""
+        final_views.remove(self.state_dir, batch_ids)
 
     def _append(self, records: list[Record], *, compact: bool = False) -> None:
         """Append under the lock (held by the caller), first removing the

@@ -3,20 +3,23 @@ the worker that marks the batch finished, under the batches lock.
 
 ``status ID --json`` of a finished batch prints it as stored. Reading and
 joining the records of a 100,000-item batch costs about a second; this file
-costs its decompression, a tenth of that. The records stay the source of
-truth, and a view is only ever their rendering at the moment the batch was
-finished:
+costs its decompression, a fraction of that. The records stay the source of
+truth, and a view is only ever their rendering once every item is final:
 
-- it is written under the batches lock, right after the ``finished`` record;
-- anything that changes a batch again removes its view first, under the same
-  lock (``BatchStore``: a retry reopening it, a prune removing it);
-- a reader ignores a view of another format or rendered for another place of
-  the state directory (log paths are absolute), and then builds the view
-  from the records as it would without one.
+- it is written under the batches lock, just before the ``finished`` record
+  (and the worker's last log lines), so nothing changes the batch between
+  the two; a worker killed between them leaves a view of a batch whose
+  items are all final, which is what the records show too (``done`` comes
+  from the items), and the next look that is not this quick one marks it;
+- anything that changes a batch again removes its view first, under the
+  same lock (``BatchStore``: a retry reopening it, a prune removing it);
+- a reader ignores a view of another format or batchctl version, or
+  rendered for another place of the state directory (log paths are
+  absolute), and then joins the records as it would without one.
 
 File: gzip (level 1: the JSON is about 26 times smaller, some 32 bytes an
-item) of one header line, ``{"format": N, "batch": ID, "runs_prefix": P}``,
-then the exact bytes ``status ID --json`` prints.
+item) of one header line, ``{"format": N, "batchctl": V, "batch": ID,
+"runs_prefix": P}``, then the exact bytes ``status ID --json`` prints.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import orjson
 
+from batchctl import __version__
 from batchctl.model.envelope import ok_envelope_chunks
 from batchctl.model.errors import StateError
 from batchctl.model.viewdoc import BatchReading
@@ -50,7 +54,14 @@ def view_path(state_dir: Path, batch_id: str) -> Path:
 
 
 def _header(batch_id: str, runs_prefix: str) -> bytes:
-    return orjson.dumps({"format": VIEW_FORMAT, "batch": batch_id, "runs_prefix": runs_prefix})
+    return orjson.dumps(
+        {
+            "format": VIEW_FORMAT,
+            "batchctl": __version__,
+            "batch": batch_id,
+            "runs_prefix": runs_prefix,
+        }
+    )
 
 
 def write(state_dir: Path, reading: BatchReading, runs_prefix: str) -> int:
@@ -109,10 +120,12 @@ def remove(state_dir: Path, batch_ids: list[str]) -> None:
     """Remove these batches' views, if any. Call under the batches lock,
     before the change that makes them stale is appended; raises StateError
     if one is there and cannot be removed."""
+    removed = False
     for batch_id in batch_ids:
         path = view_path(state_dir, batch_id)
         try:
             path.unlink()
+            removed = True
         except (FileNotFoundError, NotADirectoryError):
             continue  # none there (``views`` not even a directory: none anywhere)
         except OSError as exc:
@@ -122,6 +135,10 @@ def remove(state_dir: Path, batch_ids: list[str]) -> None:
                 "nothing was changed",
                 details={"file": str(path), "errno": exc.errno},
             ) from None
+    if removed:
+        # Durable before the record that makes it stale is appended: a view
+        # must not come back after a crash that kept the record.
+        _fsync_dir(views_dir(state_dir))
 
 
 def _plain_name(batch_id: str) -> bool:

@@ -12,16 +12,17 @@ from pathlib import Path
 from tests.helpers import make_suite, run_batchctl, write_plan
 
 
-def with_reader_gone(*args: str, cwd: Path) -> tuple[int, str]:
-    """Run batchctl with stdout on a pipe nobody reads any more: every write
-    to it fails with EPIPE. Returns the exit code and stderr."""
+def with_reader_gone(*args: str, cwd: Path, stderr_too: bool = False) -> tuple[int, str]:
+    """Run batchctl with stdout (and stderr, ``2>&1 | head``) on a pipe
+    nobody reads any more: every write to it fails with EPIPE. Returns the
+    exit code and stderr (empty when it went to the pipe)."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # gone before the command writes its first byte
     try:
         completed = subprocess.run(
             [sys.executable, "-m", "batchctl", *args],
             stdout=write_end,
-            stderr=subprocess.PIPE,
+            stderr=write_end if stderr_too else subprocess.PIPE,
             text=True,
             cwd=cwd,
             timeout=60,
@@ -29,7 +30,7 @@ def with_reader_gone(*args: str, cwd: Path) -> tuple[int, str]:
         )
     finally:
         os.close(write_end)
-    return completed.returncode, completed.stderr
+    return completed.returncode, completed.stderr or ""
 
 
 def test_status_to_a_closed_pipe_exits_by_the_batch_not_the_pipe(workdir: Path) -> None:
@@ -67,7 +68,8 @@ def test_run_wait_goes_on_to_the_end_when_its_reader_leaves(workdir: Path) -> No
         "version: 1\nentries:\n  - {name: ok, dir: suites/ok}\n  - {name: bad, dir: suites/bad}\n",
     )
 
-    code, stderr = with_reader_gone("run", "plan.yaml", "--wait", cwd=workdir)
+    # Progress lines and the table on the pipe both.
+    code, stderr = with_reader_gone("run", "plan.yaml", "--wait", cwd=workdir, stderr_too=True)
 
     # 1: the batch finished and an item did not pass, as with a reader.
     assert (code, stderr) == (1, "")
@@ -75,3 +77,24 @@ def test_run_wait_goes_on_to_the_end_when_its_reader_leaves(workdir: Path) -> No
     assert [(batch["done"], batch["counts"]) for batch in listed] == [
         (True, {"passed": 1, "failed": 1})
     ]
+
+
+def test_a_closed_stdout_is_like_the_null_device(workdir: Path) -> None:
+    make_suite(workdir / "suites", "ok")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: ok, dir: suites/ok}\n")
+    waited = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir)
+    batch_id = waited.json()["data"]["batch"]["id"]
+
+    for args in (("status", batch_id), ("status", batch_id, "--json"), ("list",)):
+        completed = subprocess.run(
+            [sys.executable, "-m", "batchctl", *args],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=workdir,
+            timeout=60,
+            check=False,
+            # `batchctl status ID >&-`: started with no stdout at all.
+            preexec_fn=lambda: os.close(1),
+        )
+        assert (completed.returncode, completed.stderr) == (0, ""), args

@@ -72,11 +72,12 @@ def test_a_finished_batch_is_shown_without_the_command_line_and_the_same(
     # Without the final view the worker wrote (finished by an older
     # batchctl): joined from the records, the same again, still quick.
     final_views.view_path(state_dir, batch_id).unlink()
-    assert answer(["status", batch_id, "--json"], os.environ) == 0
-    gc.enable()  # an answer leaves the collector off: its process ends next
+    try:
+        assert answer(["status", batch_id, "--json"], os.environ) == 0
+    finally:
+        gc.enable()  # an answer leaves the collector off: its process ends next
     assert run_batchctl("status", batch_id, "--json", cwd=workdir).stdout == full.stdout
     modules = imported_after(probe, cwd=workdir)
-    assert "batchctl.state.folds" in modules  # it did read the records
     assert not {"typer", "pydantic", "filelock", "batchctl.engine.service"} & modules
 
 

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from batchctl.state import final_views
-from tests.helpers import make_suite, run_batchctl, write_plan
+from tests.helpers import blocking_script, make_suite, run_batchctl, write_plan
 
 PLAN = """
 version: 1
@@ -53,17 +53,35 @@ def test_the_finished_batch_has_a_private_view_that_status_prints(
     assert quick.stdout == full_status(batch_id, workdir)
 
 
-def test_retry_removes_the_view_before_it_changes_the_batch(
-    workdir: Path, state_dir: Path
-) -> None:
+def test_a_stored_view_is_printed_as_it_is(workdir: Path, state_dir: Path) -> None:
+    """What the quick answer prints is the stored file, not the records
+    joined again: a view with another body under its header shows."""
     batch_id = finished_batch(workdir)
-    make_suite(workdir / "suites", "fail")  # fixed: passes now
+    path = final_views.view_path(state_dir, batch_id)
+    with gzip.open(path, "rb") as stored:
+        header = stored.readline()
+    with gzip.open(path, "wb") as changed:
+        changed.write(header + b'{"schema_version": "v1", "status": "ok", "data": "stored"}\n')
+
+    shown = run_batchctl("status", batch_id, "--json", cwd=workdir)
+
+    assert shown.json()["data"] == "stored"
+
+
+def test_retry_removes_the_view_before_it_changes_the_batch(workdir: Path, state_dir: Path) -> None:
+    batch_id = finished_batch(workdir)
+    gate = workdir / "gate"
+    make_suite(workdir / "suites", "fail", blocking_script(gate))  # passes once let through
 
     retried = run_batchctl("retry", batch_id, "--json", cwd=workdir)
 
     assert retried.code == 0, retried.stderr
-    # Once retry has returned, nothing prints the batch as it was.
+    # Once retry has returned, nothing prints the batch as it was (its
+    # retried item is held at the gate: the batch cannot be finished again).
     assert not final_views.view_path(state_dir, batch_id).exists()
+    shown = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]
+    assert shown["done"] is False
+    gate.touch()
     after = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir)
     assert after.code == 0
     assert after.json()["data"]["counts"] == {"passed": 3}
