@@ -139,6 +139,9 @@ class JournaledFile:
         self._document: Document | None = None
         self._generation = 0
         self._offset = 0  # bytes of the journal folded so far (0: no journal yet)
+        # The journal as it was when everything in it had been folded:
+        # unchanged since, a refresh has nothing to read (one stat).
+        self._folded_all_of: tuple[int, int, int, int] | None = None
         self._snapshot_bytes = 0
         self._locked = False
         self._swept = False
@@ -178,11 +181,22 @@ class JournaledFile:
                 subscription.pending.append(record)
 
     def _refresh(self) -> None:
+        """Fold what was appended since. A worker refreshes a dozen times a
+        step: when the journal is the very file, of the very size, it was
+        when everything in it had been folded, that costs one stat."""
         if self._document is None:
             self._load_whole()
             return
         try:
+            if self._folded_all_of is not None and (
+                _identity(self.journal_path.stat()) == self._folded_all_of
+            ):
+                return
+            self._folded_all_of = None
             with open(self.journal_path, "rb") as journal:
+                # Taken before reading: what is appended after it makes the
+                # next refresh read again, never skip.
+                seen = _identity(os.fstat(journal.fileno()))
                 generation, header_end = self._read_header(journal)
                 if generation > self._generation:
                     # Compacted by another writer: start over from its snapshot.
@@ -194,11 +208,14 @@ class JournaledFile:
                     self._offset = header_end  # a writer has started the journal
                 journal.seek(self._offset)
                 self._fold_lines(journal.read())
+                if self._offset == seen[2]:
+                    self._folded_all_of = seen
         except FileNotFoundError:
             if self._offset != 0:
                 self._load_whole()
 
     def _load_whole(self) -> None:
+        self._folded_all_of = None
         for _ in range(_READ_RETRIES):
             document, generation, snapshot_bytes = self._read_snapshot()
             self._document, self._generation = document, generation
@@ -356,9 +373,13 @@ class JournaledFile:
             # writer killed mid-append; we hold the lock, so it is garbage.
             os.ftruncate(fd, self._offset)
             os.lseek(fd, self._offset, os.SEEK_SET)
+            self._folded_all_of = None
             try:
                 _write_all(fd, payload)
                 os.fsync(fd)
+                # Under the lock nobody else appends: the file as it stands
+                # is what this process has folded once its records are in.
+                written = _identity(os.fstat(fd))
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, self._offset)
@@ -371,6 +392,8 @@ class JournaledFile:
             self.fold(self._document, record)
             self._publish(record)
         self._offset += len(payload)
+        if written[2] == self._offset:
+            self._folded_all_of = written
         if compact or self._offset > max(
             self.compact_min_bytes, COMPACT_RATIO * self._snapshot_bytes
         ):
@@ -405,6 +428,7 @@ class JournaledFile:
         self._sweep_temp_files()
 
     def _start_journal(self) -> None:
+        self._folded_all_of = None
         header = orjson.dumps(
             {"schema_version": self.schema_version, "generation": self._generation}
         )
@@ -517,6 +541,13 @@ def _write_error(path: Path, exc: OSError) -> StateError:
         f"cannot write {path}: {reason}; nothing was changed",
         details={"file": str(path), "errno": exc.errno},
     )
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """A journal file as a refresh tells it apart: the same file (device,
+    inode; a compaction puts a new one in place), the same length, the same
+    last change."""
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def fsync_dir(directory: Path) -> None:
