@@ -9,7 +9,7 @@ echo "== validate the plan (writes nothing)"
 echo
 echo "== run it to the end"
 "$batchctl" run plans/example.yaml --staging "$staging" --wait
-batch_id=$("$batchctl" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["batches"][0]["id"])')
+batch_id=$("$batchctl" list --jq '.data.batches[0].id')
 echo
 echo "== the log of item 'unit'"
 "$batchctl" logs "$batch_id" unit
@@ -17,7 +17,7 @@ echo
 echo "== artifacts the runs wrote"
 "$batchctl" status "$batch_id" --json | python3 -c '
 import json, os, sys
-for item in json.load(sys.stdin)["data"]["items"]:
+for item in json.load(sys.stdin)["data"]["batch"]["items"]:
     folder = item["run"]["artifacts_path"]
     label = item["name"]
     for name in sorted(os.listdir(folder)):

@@ -13,7 +13,7 @@ import typer
 
 from batchctl import __version__
 from batchctl.cli import batches, fleet
-from batchctl.cli.envelope import error_envelope
+from batchctl.cli.envelope import error_envelope, filtered_by
 from batchctl.cli.locations import resolve_state_dir
 from batchctl.model.clock import SystemClock
 from batchctl.model.errors import BatchctlError, ExitCode, Interrupted, InvalidInput
@@ -99,15 +99,38 @@ def _write_crash_report(args: list[str]) -> Path:
     raise RuntimeError("cannot write a crash report anywhere")
 
 
+def _take_jq(args: list[str]) -> tuple[list[str], str | None]:
+    """``--jq EXPR`` (or ``--jq=EXPR``), which any command with ``--json``
+    takes: taken out of the arguments, with ``--json`` put in its place."""
+    for position, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--jq" or arg.startswith("--jq="):
+            if arg == "--jq":
+                if position + 1 >= len(args):
+                    raise InvalidInput(
+                        "--jq needs a jq program, e.g. --jq '.data.batch.counts'",
+                        details={"usage": True},
+                    )
+                expression, rest = args[position + 1], args[position + 2 :]
+            else:
+                expression, rest = arg.removeprefix("--jq="), args[position + 1 :]
+            kept = [*args[:position], *rest]
+            return ([*kept, "--json"] if "--json" not in kept else kept), expression
+    return args, None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    json_mode = "--json" in args
+    json_mode = "--json" in args or any(arg.startswith("--jq") for arg in args)
     signal.signal(signal.SIGINT, _interrupt)
     try:
+        args, jq_expression = _take_jq(args)
         # Built inside the handlers: a Ctrl-C while typer builds it is an
         # interruption like any other, not a traceback.
         command = typer.main.get_command(app)
-        result = command.main(args=args, prog_name="batchctl", standalone_mode=False)
+        with filtered_by(jq_expression):
+            result = command.main(args=args, prog_name="batchctl", standalone_mode=False)
     except BatchctlError as error:
         return _report(error, json_mode)
     except typer.Abort:

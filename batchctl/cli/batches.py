@@ -45,11 +45,15 @@ WaitOption = Annotated[
 ]
 
 
-def _wait(service: BatchService, output: Output, batch_id: str) -> Document:
+def _wait(
+    service: BatchService, output: Output, batch_id: str, item: str | None = None
+) -> Document:
     console = output.stderr if output.json_mode else output.stdout
     try:
         with Progress(console, quiet=output.quiet) as progress:
-            return service.wait(batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S)
+            return service.wait(
+                batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S, item=item
+            )
     except (KeyboardInterrupt, Interrupted):
         sys.stderr.write(
             f"batchctl: stopped waiting; the worker carries on (batchctl status {batch_id})\n"
@@ -142,22 +146,47 @@ def status(
     service = open_service(load_settings(state_dir, fleet))
     if item is not None:
         if wait:
-            _wait(service, output, batch_id)
+            # That item, not the whole batch: until nothing more will happen to it.
+            _wait(service, output, batch_id, item=item)
         detail = service.item_detail(batch_id, item)
         output.result(detail, lambda console: render_item(console, detail))
+        if wait and detail.outcome != "passed":
+            return ExitCode.NOT_ALL_PASSED
         return ExitCode.OK
     view = _wait(service, output, batch_id) if wait else service.status(batch_id)
-    output.result(view, lambda console: render_batch(console, BatchView.model_validate(view)))
+    output.result(
+        {"batch": view}, lambda console: render_batch(console, BatchView.model_validate(view))
+    )
     return _waited_exit_code(view) if wait else ExitCode.OK
 
 
+LIST_STATES = ("running", "done", "cancelled")
+
+
 def list_batches(
+    staging: Annotated[
+        str | None, typer.Option("--staging", help="Only the batches of this staging.")
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option("--state", help="Only the batches in this state: running, done, cancelled."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many, newest first.")
+    ] = None,
     json_output: JsonOption = False,
     state_dir: StateDirOption = None,
 ) -> int:
     """List batches, newest first, with counts per outcome."""
+    if state is not None and state not in LIST_STATES:
+        raise InvalidInput(
+            f"--state: {state!r} is not one of {', '.join(LIST_STATES)}",
+            details={"option": "--state", "choices": list(LIST_STATES)},
+        )
     output = Output(json_mode=json_output)
-    summaries = open_service(load_settings(state_dir)).list_batches()
+    summaries = open_service(load_settings(state_dir)).list_batches(
+        staging=staging, state=state, limit=limit
+    )
     listing = BatchList(batches=summaries)
     output.result(listing, lambda console: render_list(console, summaries))
     return ExitCode.OK
@@ -174,7 +203,9 @@ def cancel(
     settings = load_settings(state_dir, fleet)
     service = open_service(settings)
     view = service.cancel(batch_id, settle_s=settings.tuning.kill_grace_s + 10)
-    output.result(view, lambda console: render_batch(console, view))
+    output.result(
+        {"batch": view.model_dump(mode="json")}, lambda console: render_batch(console, view)
+    )
     return ExitCode.OK
 
 
@@ -191,11 +222,14 @@ def retry(
     service = open_service(load_settings(state_dir, fleet))
     result = service.retry(batch_id)
     if not wait:
-        output.result(result.batch, lambda console: render_retry(console, result))
+        output.result(result, lambda console: render_retry(console, result))
         return ExitCode.OK
     output.note(f"re-queued: {', '.join(result.requeued) or 'nothing'}")
     final = _wait(service, output, result.batch.id)
-    output.result(final, lambda console: render_batch(console, BatchView.model_validate(final)))
+    output.result(
+        {"requeued": result.requeued, "batch": final},
+        lambda console: render_batch(console, BatchView.model_validate(final)),
+    )
     return _waited_exit_code(final)
 
 
@@ -217,7 +251,7 @@ def logs(
     service = open_service(load_settings(state_dir))
     target = service.log_target(batch_id, item, wait=follow, poll_s=WAIT_POLL_S)
     if target is None:
-        raise NotFound(f"item {item!r} of batch {batch_id} has no run yet", details={"item": item})
+        raise _no_log(service, batch_id, item)
     chunks = follow_log(
         Path(target.log_path),
         finished=lambda: (not follow) or service.run_finished(target.run_id),
@@ -231,6 +265,25 @@ def logs(
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
     return ExitCode.OK
+
+
+def _no_log(service: BatchService, batch_id: str, item: str) -> NotFound:
+    """Why an item has no log: skipped (and because of what), or not started."""
+    detail = service.item_detail(batch_id, item)
+    details = {"batch": detail.batch_id, "item": item, "outcome": detail.outcome}
+    if detail.outcome == "skipped":
+        why = detail.error_code or "skipped"
+        if detail.blame:
+            why += f", because of {detail.blame}"
+        return NotFound(
+            f"item {item!r} of batch {detail.batch_id} was skipped ({why}): it never ran, "
+            "so it has no log",
+            details=details,
+        )
+    waiting = f": {detail.reason}" if detail.reason else ""
+    return NotFound(
+        f"item {item!r} of batch {detail.batch_id} has not started yet{waiting}", details=details
+    )
 
 
 def prune(

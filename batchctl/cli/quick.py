@@ -125,5 +125,5 @@ def answer(args: Sequence[str], environ: Mapping[str, str]) -> int | None:
             gc.enable()
         return None
     _KEPT_TO_THE_END.append(document)
-    print_ok(document)
+    print_ok({"batch": document})
     return 0

@@ -172,7 +172,7 @@ def render_list(console: Console, summaries: list[BatchSummary]) -> None:
             summary.id,
             _when(summary.created_at),
             summary.staging or "-",
-            "done" if summary.done else "in progress",
+            summary.state,
             counts_line(summary.counts),
             summary.source,
         )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.model.clock import Clock
@@ -265,9 +266,8 @@ class BatchService:
             self.sleep(0.05)
         return self.view(batch.id)
 
-    def item_detail(self, batch_id: str, item_name: str) -> ItemDetail:
-        """One item in full: its decision, every attempt's run, blame, reason."""
-        reading = self.reading(batch_id)
+    @staticmethod
+    def _entry_of(reading: BatchReading, item_name: str) -> Mapping[str, Any]:
         entry = reading.entries.get(item_name)
         if entry is None:
             raise NotFound(
@@ -275,6 +275,12 @@ class BatchService:
                 f"(items: {', '.join(reading.entries)})",
                 details={"batch": reading.batch["id"], "item": item_name},
             )
+        return entry
+
+    def item_detail(self, batch_id: str, item_name: str) -> ItemDetail:
+        """One item in full: its decision, every attempt's run, blame, reason."""
+        reading = self.reading(batch_id)
+        entry = self._entry_of(reading, item_name)
         item = reading.items[item_name]
         run_ids = [*item.get("history", ()), *([item["run_id"]] if item.get("run_id") else [])]
         attempts = [
@@ -342,10 +348,13 @@ class BatchService:
         on_progress: Callable[[BatchReading], None],
         poll_s: float,
         max_poll_s: float = 0.5,
+        item: str | None = None,
     ) -> Document:
         """Follow the batch until its worker has finished it — every item
         final and the finished mark written, so nothing changes after this
-        returns — taking over its worker if it dies.
+        returns — taking over its worker if it dies. With ``item``, only
+        until that item is final (nothing more will happen to it: no retry
+        follows); the batch may go on.
 
         A look costs O(items) over records already in memory, plus reading
         what was appended since the last look. Looks are spaced by
@@ -362,6 +371,10 @@ class BatchService:
             # after the runs read shows runs that seem missing.
             on_progress(reading)
             batch_id = reading.batch["id"]
+            if item is not None and reading.is_final(
+                self._entry_of(reading, item), reading.items[item]
+            ):
+                return self.view_document(batch_id)
             if done and reading.batch.get("finished", False):
                 return self.view_document(batch_id)
             if done:
@@ -420,13 +433,23 @@ class BatchService:
     def machines(self) -> list[MachineView]:
         return machine_views(self.dispatcher.fleet, self.runs.non_terminal())
 
-    def list_batches(self) -> list[BatchSummary]:
+    def list_batches(
+        self, *, staging: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> list[BatchSummary]:
+        """Batches newest first, those of ``staging`` and in ``state`` (running,
+        done, cancelled) only if given, at most ``limit``."""
         runs = self.runs.stored()
         summaries = [
             batch_summary(BatchReading(batch, runs, self.runs.runs_prefix).summary())
             for batch in self.batches.all_raw()
+            if staging is None or batch["staging"] == staging
         ]
-        return sorted(summaries, key=lambda summary: summary.created_at, reverse=True)
+        chosen = sorted(
+            (summary for summary in summaries if state is None or summary.state == state),
+            key=lambda summary: summary.created_at,
+            reverse=True,
+        )
+        return chosen if limit is None else chosen[:limit]
 
     def prune(self, older_than: timedelta, *, dry_run: bool) -> PruneResult:
         """Remove every finished batch created more than ``older_than`` ago,

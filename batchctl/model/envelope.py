@@ -19,12 +19,7 @@ ENVELOPE_SCHEMA_VERSION = "v1"
 
 _OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
-# The envelope's end after its data's last member, the items list:
-# ``...\n  }\n}\n`` closes data and the envelope.
-_ENVELOPE_END = b"\n  }\n}\n"
-# Items sit three levels deep (envelope, data, items): six spaces, where a
-# list dumped alone puts its members at two.
-_ITEM_SHIFT = b"    "
+_ITEMS_KEY = b'"items": '
 
 
 def dumps_bytes(document: Mapping[str, Any]) -> bytes:
@@ -43,24 +38,30 @@ def ok_envelope_bytes(data: BaseModel | Mapping[str, Any]) -> bytes:
 
 
 def ok_envelope_chunks(
-    heading: Mapping[str, Any], item_chunks: Iterable[list[dict[str, Any]]]
+    data: Mapping[str, Any],
+    heading: Mapping[str, Any],
+    item_chunks: Iterable[list[dict[str, Any]]],
 ) -> Iterator[bytes]:
-    """The bytes of ``ok_envelope_bytes({**heading, "items": [...every chunk's
-    items]})``, produced a chunk of items at a time: a 100,000-item view is
-    never held whole. ``items`` is the data's last member, as in every batch
-    view. Each chunk is dumped as a list and shifted to the depth of the
-    envelope's items; JSON strings hold no raw newline, so every newline in
-    a dump is layout."""
-    empty = dumps_bytes(ok_envelope({**heading, "items": []}))
-    closing = b"[]" + _ENVELOPE_END
-    assert empty.endswith(closing), "items must be the data's last member"
-    opening = empty[: -len(closing)]
+    """The bytes of ``ok_envelope_bytes({**data, "batch": {**heading, "items":
+    [...every chunk's items]}})``, produced a chunk of items at a time: a
+    100,000-item view is never held whole. ``items`` is the batch's last
+    member and ``batch`` the data's, as in every batch view. Each chunk is
+    dumped as a list and shifted to the depth of the envelope's items; JSON
+    strings hold no raw newline, so every newline in a dump is layout."""
+    empty = dumps_bytes(ok_envelope({**data, "batch": {**heading, "items": []}}))
+    # The last key "items" is the batch's: inside JSON strings quotes are escaped.
+    at = empty.rindex(_ITEMS_KEY + b"[]") + len(_ITEMS_KEY)
+    opening, closing = empty[:at], empty[at + 2 :]
+    indent = at - len(_ITEMS_KEY) - (empty.rindex(b"\n", 0, at) + 1)
+    # A list dumped alone puts its members two spaces in; here they sit two
+    # spaces deeper than the "items" key.
+    shift = b" " * indent
     started = False
     for chunk in item_chunks:
         if not chunk:
             continue
         members = orjson.dumps(chunk, option=orjson.OPT_INDENT_2)[2:-2]  # without "[\n", "\n]"
-        shifted = _ITEM_SHIFT + members.replace(b"\n", b"\n" + _ITEM_SHIFT)
+        shifted = shift + members.replace(b"\n", b"\n" + shift)
         yield (b",\n" if started else opening + b"[\n") + shifted
         started = True
-    yield b"\n    ]" + _ENVELOPE_END if started else empty
+    yield b"\n" + shift + b"]" + closing if started else empty

@@ -89,7 +89,16 @@ class BatchSummary(View):
     source: str
     created_at: datetime
     done: bool
+    cancelled: bool
     counts: dict[str, int]
+
+    @property
+    def state(self) -> str:
+        """What ``list`` shows and filters by: cancelled (whether or not its
+        runs have stopped yet), else done or running."""
+        if self.cancelled:
+            return "cancelled"
+        return "done" if self.done else "running"
 
 
 class BatchList(View):

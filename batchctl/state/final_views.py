@@ -39,7 +39,7 @@ from batchctl.model.viewdoc import BatchReading
 
 # Raised whenever the view document's shape changes: views written before
 # are then ignored, never printed in an older shape.
-VIEW_FORMAT = 1
+VIEW_FORMAT = 2  # 2: the view under data.batch
 # Items rendered at a time: a chunk's documents are all that is held.
 CHUNK_ITEMS = 1000
 _COMPRESS_LEVEL = 1  # 7x faster than the default, 10% bigger
@@ -83,7 +83,7 @@ def write(state_dir: Path, reading: BatchReading, runs_prefix: str) -> int:
             ) as packed:
                 packed.write(_header(batch_id, runs_prefix) + b"\n")
                 heading, chunks = reading.document_in_chunks(CHUNK_ITEMS)
-                for piece in ok_envelope_chunks(heading, chunks):
+                for piece in ok_envelope_chunks({}, heading, chunks):
                     packed.write(piece)
             out.flush()
             os.fsync(out.fileno())

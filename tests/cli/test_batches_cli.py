@@ -105,7 +105,7 @@ def test_status_and_list_show_the_batch(plan: Path, cli: CliRunner) -> None:
     assert [line.split()[0] for line in table[1:]] == ["build", "test"]
     outcome_column = table[0].index("OUTCOME")
     assert {line[outcome_column:].split()[0] for line in table[1:]} <= {"running", "waiting"}
-    assert by_prefix.json()["data"]["id"] == batch_id
+    assert by_prefix.json()["data"]["batch"]["id"] == batch_id
     batches = listing.json()["data"]["batches"]
     assert [(b["id"], b["staging"], b["done"]) for b in batches] == [(batch_id, "x", False)]
     assert batches[0]["counts"] == {"running": 1, "waiting": 1}

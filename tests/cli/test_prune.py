@@ -160,7 +160,7 @@ def test_an_unfinished_batch_is_kept_with_its_reason_while_a_finished_one_goes(
     assert data["runs_removed"] == 1
     assert set(stored_batches(state_dir)) == {running}
     assert set(stored_runs(state_dir)) == running_runs
-    assert cli("status", running, "--json").json()["data"]["done"] is False
+    assert cli("status", running, "--json").json()["data"]["batch"]["done"] is False
 
 
 def test_dry_run_reports_what_would_go_and_changes_no_byte(

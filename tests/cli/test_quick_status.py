@@ -53,7 +53,7 @@ def test_a_finished_batch_is_shown_without_the_command_line_and_the_same(
 
     assert (quick.code, full.code) == (0, 1)
     assert quick.stdout == full.stdout
-    view = quick.json()["data"]
+    view = quick.json()["data"]["batch"]
     assert view["done"] is True
     items = items_of(view)
     assert items["good"]["outcome"] == "passed"
@@ -95,7 +95,7 @@ def test_an_unfinished_batch_is_left_to_the_full_command(workdir: Path, state_di
 
     assert answer(["status", batch_id, "--json"], os.environ) is None
     shown = run_batchctl("status", batch_id, "--json", cwd=workdir)
-    then = items_of(shown.json()["data"])["then"]
+    then = items_of(shown.json()["data"]["batch"])["then"]
     assert then["reason"].startswith("waiting on first")  # explained by the full command
     gate.touch()
     assert run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir).code == 0

@@ -136,7 +136,7 @@ def test_logs_follow_shows_output_while_the_run_is_going(workdir: Path, state_di
         selector.register(follower.stdout, selectors.EVENT_READ)
         assert selector.select(timeout=30), "no output from logs --follow"
         assert follower.stdout.readline().strip() == "first line"
-        status = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]
+        status = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]["batch"]
         assert status["items"][0]["outcome"] == "running"  # still going while we read
 
         release.touch()
@@ -175,7 +175,7 @@ def test_cancel_leaves_no_process_of_the_batch_alive(workdir: Path, state_dir: P
     cancelled = run_batchctl("cancel", batch_id, "--json", cwd=workdir)
 
     assert cancelled.code == 0, cancelled.stderr
-    view = cancelled.json()["data"]
+    view = cancelled.json()["data"]["batch"]
     assert view["cancelled"] is True
     assert {item["name"]: item["outcome"] for item in view["items"]} == {
         "one": "interrupted",
@@ -220,7 +220,7 @@ def test_killed_worker_is_taken_over_and_the_batch_completes(
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=120)
 
     assert final.code == 0, final.stderr
-    view = final.json()["data"]
+    view = final.json()["data"]["batch"]
     assert {item["outcome"] for item in view["items"]} == {"passed"}
     runs = runs_json(state_dir)
     attempts = [(run["item"], run["attempt"]) for run in runs.values()]
@@ -262,7 +262,10 @@ def test_the_slot_a_run_started_before_the_worker_frees_is_used_at_once(
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=30)
 
     assert final.code == 0, final.stderr
-    assert [item["outcome"] for item in final.json()["data"]["items"]] == ["passed", "passed"]
+    assert [item["outcome"] for item in final.json()["data"]["batch"]["items"]] == [
+        "passed",
+        "passed",
+    ]
 
 
 def test_killed_executor_is_interrupted_and_its_test_process_terminated(
@@ -280,7 +283,7 @@ def test_killed_executor_is_interrupted_and_its_test_process_terminated(
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, timeout=120)
 
     assert final.code == 1
-    item = final.json()["data"]["items"][0]
+    item = final.json()["data"]["batch"]["items"][0]
     assert item["outcome"] == "interrupted"
     assert "supervisor is gone" in item["run"]["message"]
     assert not group_alive(run["pgid"])
@@ -372,7 +375,7 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
     release.touch()
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, timeout=60)
     assert final.code == 0
-    assert final.json()["data"]["items"][0]["outcome"] == "passed"
+    assert final.json()["data"]["batch"]["items"][0]["outcome"] == "passed"
 
 
 def started_its_command_line(pid: int) -> bool:

@@ -57,7 +57,7 @@ def test_diamond_and_independent_chains_where_one_chain_fails(
     batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
 
     def outcome(name: str) -> str:
-        view = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]
+        view = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]["batch"]
         return str(items_of(view)[name]["outcome"])
 
     # The healthy chain and the diamond finish while c1a is still running.
@@ -71,7 +71,7 @@ def test_diamond_and_independent_chains_where_one_chain_fails(
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir)
 
     assert final.code == 1
-    items = items_of(final.json()["data"])
+    items = items_of(final.json()["data"]["batch"])
     assert {name: item["outcome"] for name, item in items.items()} == {
         "top": "passed",
         "left": "passed",
@@ -195,7 +195,7 @@ def test_retry_reruns_only_failed_items_and_their_skipped_dependents(
     retried = run_batchctl("retry", batch_id, "--wait", "--json", cwd=workdir)
 
     assert retried.code == 0, retried.stderr
-    after = items_of(retried.json()["data"])
+    after = items_of(retried.json()["data"]["batch"])
     assert {name: item["outcome"] for name, item in after.items()} == {
         "fine": "passed",
         "broken": "passed",

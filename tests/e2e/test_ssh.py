@@ -142,7 +142,7 @@ def test_cancel_kills_the_remote_process_tree(workdir: Path, state_dir: Path, ss
     cancelled = run_batchctl("cancel", batch_id, "--json", cwd=workdir, env=env, timeout=90)
 
     assert cancelled.code == 0
-    assert items_of(cancelled.json()["data"])["s"]["outcome"] == "interrupted"
+    assert items_of(cancelled.json()["data"]["batch"])["s"]["outcome"] == "interrupted"
     wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10, what="remote tree gone")
 
 
@@ -162,7 +162,7 @@ def test_killing_sshd_mid_run_gives_interrupted(workdir: Path, state_dir: Path, 
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=90)
 
     assert final.code == 1
-    item = items_of(final.json()["data"])["slow"]
+    item = items_of(final.json()["data"]["batch"])["slow"]
     assert item["outcome"] == "interrupted"
     assert item["run"]["error_code"] == "ssh_connection_lost"
 

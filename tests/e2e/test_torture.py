@@ -106,7 +106,7 @@ def test_killing_workers_and_supervisors_loses_and_repeats_nothing(
 
     final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=600)
 
-    items = final.json()["data"]["items"] if final.stdout else []
+    items = final.json()["data"]["batch"]["items"] if final.stdout else []
     not_passed = [item for item in items if item["outcome"] != "passed"]
     assert final.code == 0, (seed, final.code, final.stderr[-1000:], not_passed[:5])
     assert len(items) == ITEMS

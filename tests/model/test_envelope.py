@@ -33,9 +33,10 @@ def chunked(members: list[dict[str, Any]], cuts: list[int]) -> list[list[dict[st
     return [[], *chunks, []]  # empty chunks anywhere change nothing
 
 
-@given(headings, items, st.lists(st.integers(min_value=0), max_size=5))
+@given(headings, headings, items, st.lists(st.integers(min_value=0), max_size=5))
 def test_chunked_rendering_is_the_whole_rendering(
-    heading: dict[str, Any], members: list[dict[str, Any]], cuts: list[int]
+    data: dict[str, Any], heading: dict[str, Any], members: list[dict[str, Any]], cuts: list[int]
 ) -> None:
-    whole = ok_envelope_bytes({**heading, "items": members})
-    assert b"".join(ok_envelope_chunks(heading, chunked(members, cuts))) == whole
+    data.pop("batch", None)
+    whole = ok_envelope_bytes({**data, "batch": {**heading, "items": members}})
+    assert b"".join(ok_envelope_chunks(data, heading, chunked(members, cuts))) == whole

@@ -79,12 +79,12 @@ def test_retry_removes_the_view_before_it_changes_the_batch(workdir: Path, state
     # Once retry has returned, nothing prints the batch as it was (its
     # retried item is held at the gate: the batch cannot be finished again).
     assert not final_views.view_path(state_dir, batch_id).exists()
-    shown = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]
+    shown = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]["batch"]
     assert shown["done"] is False
     gate.touch()
     after = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir)
     assert after.code == 0
-    assert after.json()["data"]["counts"] == {"passed": 3}
+    assert after.json()["data"]["batch"]["counts"] == {"passed": 3}
     # Finished again: a new view, of the batch as it is now.
     assert run_batchctl("status", batch_id, "--json", cwd=workdir).stdout == after.stdout
     assert final_views.view_path(state_dir, batch_id).exists()
@@ -108,7 +108,7 @@ def test_a_view_rendered_for_another_place_or_damaged_is_not_printed(
     moved = workdir / "moved-state"
     shutil.copytree(state_dir, moved)
     shown = run_batchctl("status", batch_id, "--json", "--state-dir", str(moved), cwd=workdir)
-    items = {item["name"]: item for item in shown.json()["data"]["items"]}
+    items = {item["name"]: item for item in shown.json()["data"]["batch"]["items"]}
     assert items["good"]["run"]["log_path"].startswith(f"{moved}/runs/")
     assert shown.stdout == full_status(batch_id, workdir, "--state-dir", str(moved))
 
@@ -137,7 +137,7 @@ def test_a_view_that_cannot_be_written_only_is_not_there(workdir: Path, state_di
     assert log.index("final view not written") < log.index(f"batch {batch_id} is done")
     shown = run_batchctl("status", batch_id, "--json", cwd=workdir)
     assert shown.code == 0
-    assert shown.json()["data"]["done"] is True
+    assert shown.json()["data"]["batch"]["done"] is True
     assert shown.stdout == full_status(batch_id, workdir)
 
 
