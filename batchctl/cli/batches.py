@@ -1,13 +1,16 @@
 """Commands about batches: run, status, list, cancel, retry, logs, prune."""
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from batchctl.cli.context import load_settings, open_service
+from batchctl.cli.events import failure_report, github_annotations, github_summary
 from batchctl.cli.options import (
     BatchIdArgument,
     FleetOption,
@@ -51,7 +54,7 @@ def _wait(
     console = output.stderr if output.json_mode else output.stdout
     try:
         with Progress(console, quiet=output.quiet) as progress:
-            return service.wait(
+            document = service.wait(
                 batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S, item=item
             )
     except (KeyboardInterrupt, Interrupted):
@@ -59,6 +62,31 @@ def _wait(
             f"batchctl: stopped waiting; the worker carries on (batchctl status {batch_id})\n"
         )
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    if item is None:
+        _report_the_end(console, document, quiet=output.quiet)
+    return document
+
+
+def _report_the_end(console: Console, document: Document, *, quiet: bool) -> None:
+    """For a CI log: each failed item's log tail, where its log and
+    artifacts are; under GitHub Actions, error annotations and the step
+    summary. A terminal has the table for that."""
+    if quiet:
+        return
+    if not console.is_terminal:
+        for line in failure_report(document):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if os.environ.get("GITHUB_ACTIONS") != "true":
+        return
+    for line in github_annotations(document):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with Path(summary).open("a", encoding="utf-8") as out:
+                out.write(github_summary(document))
+        except OSError as exc:
+            sys.stderr.write(f"batchctl: cannot write the step summary {summary}: {exc.strerror}\n")
 
 
 def _waited_exit_code(view: Document) -> int:

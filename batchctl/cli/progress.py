@@ -1,5 +1,6 @@
-"""Progress while waiting on a batch: live on a terminal, plain lines when
-piped, nothing with --quiet. Never on stdout in JSON mode."""
+"""Progress while waiting on a batch: live on a terminal, a timestamped line
+per item event when piped (``events``), nothing with --quiet. Never on
+stdout in JSON mode."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.live import Live
 
+from batchctl.cli.events import ItemEvents
 from batchctl.cli.render import batch_table, counts_line
 from batchctl.model.viewdoc import BatchReading
 from batchctl.model.views import BatchView
@@ -19,7 +21,7 @@ class Progress(AbstractContextManager["Progress"]):
         self.console = console
         self.quiet = quiet
         self.live: Live | None = None
-        self.last_line: str | None = None
+        self.events = ItemEvents()
 
     def __enter__(self) -> Progress:
         if not self.quiet and self.console.is_terminal:
@@ -46,7 +48,5 @@ class Progress(AbstractContextManager["Progress"]):
             )
             self.live.refresh()
             return
-        line = f"batch {reading.batch['id']}: {counts_line(reading.counts())}"
-        if line != self.last_line:
-            self.console.print(line, markup=False, highlight=False)
-            self.last_line = line
+        for line in self.events.lines(reading):
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -354,12 +354,12 @@ def test_ctrl_c_stops_waiting_only_and_the_worker_carries_on(
             what="the run to start",
         )
 
-        # Its first progress line says `run` is following the batch.
+        # Its first event line says `run` is following the batch.
         assert waiter.stdout is not None
         selector = selectors.DefaultSelector()
         selector.register(waiter.stdout, selectors.EVENT_READ)
         seen = ""
-        while "running" not in seen:
+        while "start slow#1" not in seen:
             assert selector.select(timeout=30), f"no progress line within 30s: {seen!r}"
             seen += os.read(waiter.stdout.fileno(), 65536).decode()
         waiter.send_signal(signal.SIGINT)
