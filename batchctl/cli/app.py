@@ -3,7 +3,6 @@
 import os
 import signal
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from types import FrameType
@@ -22,7 +21,7 @@ app = typer.Typer(
     name="batchctl",
     help="Run a plan of test directories across a fleet of machines.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -81,22 +80,22 @@ def _option_value(args: list[str], name: str) -> str | None:
     return None
 
 
-def _write_crash_report(args: list[str]) -> Path:
-    """Keep the traceback for a bug report; the user sees one line and this path."""
+def _write_crash_report(args: list[str]) -> Path | None:
+    """Keep the traceback for a bug report; the user sees one line and this
+    path. Only ever under the state directory, private (it may quote
+    arguments and paths); None if it cannot be written there."""
     stamp = f"{SystemClock().now():%Y%m%d-%H%M%S}"
     text = f"batchctl {__version__}\nargv: {args!r}\n\n{traceback.format_exc()}"
-    for directory in (
-        resolve_state_dir(_option_value(args, "--state-dir"), os.environ) / "crash",
-        Path(tempfile.gettempdir()),
-    ):
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = directory / f"batchctl-crash-{stamp}-{os.getpid()}.log"
-            path.write_text(text, encoding="utf-8")
-            return path
-        except OSError:
-            continue
-    raise RuntimeError("cannot write a crash report anywhere")
+    try:
+        directory = resolve_state_dir(_option_value(args, "--state-dir"), os.environ) / "crash"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / f"batchctl-crash-{stamp}-{os.getpid()}.log"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(descriptor, "w", encoding="utf-8") as report:
+            report.write(text)
+    except (OSError, RuntimeError):
+        return None
+    return path
 
 
 def _take_jq(args: list[str]) -> tuple[list[str], str | None]:
@@ -147,9 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except Exception as error:
         report = _write_crash_report(args)
-        sys.stderr.write(
-            f"batchctl: internal error: {type(error).__name__}: {error}\n"
-            f"batchctl: a crash report was written to {report}; please attach it to a bug report\n"
-        )
+        sys.stderr.write(f"batchctl: internal error: {type(error).__name__}: {error}\n")
+        if report is not None:
+            sys.stderr.write(
+                f"batchctl: a crash report was written to {report}; "
+                "please attach it to a bug report\n"
+            )
+        else:
+            # No state directory to keep it in: shown here, never left in /tmp.
+            sys.stderr.write(traceback.format_exc())
         return int(ExitCode.INTERNAL)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)

@@ -3,6 +3,7 @@
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -35,7 +36,7 @@ from batchctl.model.errors import ExitCode, Interrupted, InvalidInput, NotFound
 from batchctl.model.plan import load_plan, parse_duration
 from batchctl.model.viewdoc import Document
 from batchctl.model.views import BatchList, BatchView
-from batchctl.transports.logs import follow_log
+from batchctl.transports.logs import follow_log, tail_offset
 
 # How often a waiting command looks at the batch at most: often enough to
 # report the end promptly. Large batches are looked at less often (a look
@@ -269,30 +270,58 @@ def logs(
     batch_id: BatchIdArgument,
     item: Annotated[str, typer.Argument(help="Item name.")],
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing output until the run ends.")
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing output until the item is final, retries included."
+        ),
     ] = False,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", min=1, help="The output of this attempt.")
+    ] = None,
+    tail: Annotated[
+        int | None, typer.Option("--tail", min=0, help="Only the last N lines (then follow).")
+    ] = None,
     json_output: JsonOption = False,
     state_dir: StateDirOption = None,
 ) -> int:
-    """Print (or follow) the output of an item's latest run."""
+    """Print (or follow) the output of an item's latest run, or of one attempt."""
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir))
-    target = service.log_target(batch_id, item, wait=follow, poll_s=WAIT_POLL_S)
+    target = service.log_target(batch_id, item, wait=follow, poll_s=WAIT_POLL_S, attempt=attempt)
     if target is None:
         raise _no_log(service, batch_id, item)
-    chunks = follow_log(
-        Path(target.log_path),
-        finished=lambda: (not follow) or service.run_finished(target.run_id),
-        sleep=time.sleep,
-    )
     if json_output:
+        chunks = _log_chunks(service, target, follow=follow, tail=tail)
         text = b"".join(chunks).decode(errors="replace")
         output.result(LogOutput(**target.model_dump(), output=text), lambda console: None)
         return ExitCode.OK
-    for chunk in chunks:
-        sys.stdout.buffer.write(chunk)
+    while True:
+        for chunk in _log_chunks(service, target, follow=follow, tail=tail):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        if not follow or attempt is not None:
+            return ExitCode.OK
+        # That run has ended; a retry may follow it: follow the next attempt.
+        following = service.log_target(
+            batch_id, item, wait=True, poll_s=WAIT_POLL_S, after=target.attempt
+        )
+        if following is None:
+            return ExitCode.OK  # the item is final
+        target, tail = following, None
         sys.stdout.flush()
-    return ExitCode.OK
+        sys.stdout.buffer.write(f"==> attempt {target.attempt} <==\n".encode())
+
+
+def _log_chunks(
+    service: BatchService, target: LogTarget, *, follow: bool, tail: int | None
+) -> Iterator[bytes]:
+    path = Path(target.log_path)
+    return follow_log(
+        path,
+        finished=lambda: (not follow) or service.run_finished(target.run_id),
+        sleep=time.sleep,
+        start=tail_offset(path, tail) if tail is not None else 0,
+    )
 
 
 def _no_log(service: BatchService, batch_id: str, item: str) -> NotFound:

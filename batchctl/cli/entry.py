@@ -15,6 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from batchctl.model.errors import Interrupted
+from batchctl.transports.umask import make_files_private
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -57,6 +58,7 @@ def console() -> NoReturn:
     every command, and by a worker between its last write and the exit that
     ``--wait`` is woken by."""
     _quiet_when_the_reader_goes()
+    make_files_private()
     code = main()
     os._exit(_flushed(code))
 

@@ -12,7 +12,7 @@ StateDirOption = Annotated[
     str | None,
     typer.Option(
         "--state-dir",
-        help="State directory [default: $BATCHCTL_STATE_DIR, else $XDG_STATE_HOME/batchctl].",
+        help="State directory (default: $BATCHCTL_STATE_DIR, else $XDG_STATE_HOME/batchctl).",
         show_default=False,
     ),
 ]
@@ -21,7 +21,7 @@ FleetOption = Annotated[
     str | None,
     typer.Option(
         "--fleet",
-        help="Fleet file [default: $BATCHCTL_FLEET, else <state-dir>/fleet.yaml, else this host].",
+        help="Fleet file (default: $BATCHCTL_FLEET, else <state-dir>/fleet.yaml, else this host).",
         show_default=False,
     ),
 ]

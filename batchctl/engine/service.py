@@ -13,11 +13,11 @@ from typing import Any
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.model.clock import Clock
 from batchctl.model.errors import InvalidPlan, NotFound
-from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
+from batchctl.model.models import Batch, Item, ItemState, ProcessIdentity, Run, SkipCode
 from batchctl.model.plan import Plan, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
-from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S
-from batchctl.model.viewdoc import BatchReading, Document
+from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
+from batchctl.model.viewdoc import BatchReading, Document, run_document
 from batchctl.model.views import (
     BatchSummary,
     BatchView,
@@ -300,15 +300,6 @@ class BatchService:
             }
         )
 
-    def _entry(self, batch: Batch, item_name: str) -> Entry:
-        for entry in batch.entries:
-            if entry.name == item_name:
-                return entry
-        raise NotFound(
-            f"batch {batch.id} has no item {item_name!r} (items: {', '.join(batch.items)})",
-            details={"batch": batch.id, "item": item_name},
-        )
-
     def retry(self, batch_id: str) -> RetryResult:
         """Re-queue, as new attempts, every item that ended without passing
         (dependents skipped because of them included), and restart the worker.
@@ -403,32 +394,61 @@ class BatchService:
         return self.runs.get(run_id).status.terminal
 
     def log_target(
-        self, batch_id: str, item_name: str, *, wait: bool = False, poll_s: float = 0.5
+        self,
+        batch_id: str,
+        item_name: str,
+        *,
+        wait: bool = False,
+        poll_s: float = 0.5,
+        attempt: int | None = None,
+        after: int = 0,
     ) -> LogTarget | None:
-        """The item's latest run; with ``wait``, wait for its first run while
-        the batch goes on. None if it has no run (yet)."""
+        """The run of the item's latest attempt (or of ``attempt``) later
+        than attempt ``after``; with ``wait``, wait for it while the item is
+        not final (a retry may follow). None if there is none (yet, or any
+        more: the item is final)."""
         while True:
-            target = self._log_target(batch_id, item_name)
-            if target is not None or not wait or self.reading(batch_id).done():
-                return target
+            reading = self.reading(batch_id)
+            entry = self._entry_of(reading, item_name)
+            targets = self._log_targets(reading, item_name)
+            if attempt is not None:
+                chosen = [target for target in targets if target.attempt == attempt]
+                if not chosen:
+                    tried = ", ".join(str(target.attempt) for target in targets) or "none"
+                    raise NotFound(
+                        f"item {item_name!r} has no attempt {attempt} (attempts: {tried})",
+                        details={"item": item_name, "attempt": attempt},
+                    )
+                return chosen[0]
+            later = [target for target in targets if target.attempt > after]
+            if later:
+                return later[-1] if after == 0 else later[0]
+            if not wait or reading.is_final(entry, reading.items[item_name]):
+                return None
             self.sleep(poll_s)
 
-    def _log_target(self, batch_id: str, item_name: str) -> LogTarget | None:
-        batch = self.batches.get(batch_id)
-        self._entry(batch, item_name)
-        item = batch.items[item_name]
-        run_id = item.run_id or (item.history[-1] if item.history else None)
-        if run_id is None:
-            return None
-        run = self.runs.get(run_id)
-        return LogTarget(
-            batch_id=batch.id,
-            item=item_name,
-            run_id=run.id,
-            attempt=run.attempt,
-            log_path=run.log_path,
-            finished=run.status.terminal,
-        )
+    @staticmethod
+    def _log_targets(reading: BatchReading, item_name: str) -> list[LogTarget]:
+        """Every attempt's run of the item, oldest first."""
+        item = reading.items[item_name]
+        run_ids = [*item.get("history", ()), *([item["run_id"]] if item.get("run_id") else [])]
+        targets = []
+        for run_id in run_ids:
+            run = reading.runs.get(run_id)
+            if run is None:
+                continue
+            document = run_document(run, reading.runs_prefix)
+            targets.append(
+                LogTarget(
+                    batch_id=reading.batch["id"],
+                    item=item_name,
+                    run_id=run_id,
+                    attempt=run.get("attempt", 1),
+                    log_path=document["log_path"],
+                    finished=document["status"] in TERMINAL_STATUSES,
+                )
+            )
+        return targets
 
     def machines(self) -> list[MachineView]:
         return machine_views(self.dispatcher.fleet, self.runs.non_terminal())

@@ -52,16 +52,22 @@ from batchctl.transports.processes import (
 )
 from batchctl.transports.rundir import write_atomically
 from batchctl.transports.runners.base import Ended, ending, from_exit_code
+from batchctl.transports.umask import test_umask
 
 # $1 run directory, $2 the entrypoint's path; the rest is its argv.
+# Started with batchctl's umask (077: its files are private); the test runs
+# with the user's ($2), and its output goes to the log batchctl made for it.
 WRAPPER = r"""
-run_dir=$1; shift
+run_dir=$1; test_umask=$2; shift 2
 set -C
 echo $$ > "$run_dir/claim" || exit 0
 set +C
 cd "$run_dir/work" || exit 125
+umask "$test_umask"
 "$@" </dev/null >>"$run_dir/output.log" 2>&1
-echo $? > "$run_dir/exit"
+code=$?
+umask 077
+echo $code > "$run_dir/exit"
 """
 VOID = "void"  # the claim of a run stopped before anyone started it
 
@@ -152,7 +158,10 @@ class LocalTransport:
             )
             return
         argv = [str(script)] if os.access(script, os.X_OK) else ["/bin/sh", str(script)]
-        Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)
+        Path(run.artifacts_path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Made here, private, so the wrapper's redirect only appends to it.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(run_dir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         env = {
             **self.environ,
             **entry.get("env", {}),
@@ -166,7 +175,7 @@ class LocalTransport:
         }
         try:
             child = subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER, "batchctl-run", str(run_dir), *argv],
+                ["/bin/sh", "-c", WRAPPER, "batchctl-run", str(run_dir), test_umask(), *argv],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -406,6 +415,8 @@ def _copy_test_dir(source: Path, run_dir: Path) -> Path:
     staging = run_dir / "work.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, symlinks=True)
+    # The copy keeps its files' modes; its top is private like the rest.
+    staging.chmod(0o700)
     staging.rename(work)
     return work
 

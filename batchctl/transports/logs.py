@@ -8,16 +8,44 @@ from pathlib import Path
 CHUNK = 64 * 1024
 
 
+def tail_offset(path: Path, lines: int) -> int:
+    """Where the last ``lines`` lines of the log begin (0: all of it). Reads
+    back from the end, doubling the block: O(what is shown)."""
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, 2)
+            if lines <= 0:
+                return end
+            size = CHUNK
+            while True:
+                start = max(0, end - size)
+                handle.seek(start)
+                block = handle.read(end - start)
+                # A last line is a line whether or not it ends with a newline.
+                body = block[:-1] if block.endswith(b"\n") else block
+                if body.count(b"\n") >= lines:
+                    index = len(body)
+                    for _ in range(lines):
+                        index = body.rfind(b"\n", 0, index)
+                    return start + index + 1
+                if start == 0:
+                    return 0
+                size *= 2
+    except OSError:
+        return 0
+
+
 def follow_log(
     path: Path,
     *,
     finished: Callable[[], bool],
     sleep: Callable[[float], None],
     poll_s: float = 0.2,
+    start: int = 0,
 ) -> Iterator[bytes]:
-    """Yield the log's bytes as they are written, until the run has finished
-    and everything it wrote was yielded."""
-    offset = 0
+    """Yield the log's bytes from ``start`` as they are written, until the
+    run has finished and everything it wrote was yielded."""
+    offset = start
     while True:
         # Ask first, read second: output written before the run was seen
         # finished is then always read in this same pass.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from tests.helpers import (
     blocking_script,
     lock_held_elsewhere,
     make_suite,
+    run_batchctl,
     snapshot_dir,
     write_plan,
 )
@@ -207,9 +210,55 @@ def test_unexpected_error_writes_a_crash_report(
     assert len(reports) == 1
     assert str(reports[0]) in result.stderr
     assert "RuntimeError: boom" in reports[0].read_text()
+    assert stat.S_IMODE(reports[0].stat().st_mode) == 0o600
+
+
+def test_a_crash_report_never_leaves_the_state_dir(
+    plan: Path, cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(self: BatchService, batch_id: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(BatchService, "status", explode)
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    result = cli("status", "anything", "--state-dir", str(not_a_dir / "state"))
+
+    assert result.code == 70
+    # No state dir to keep it in: the traceback is shown, nothing in /tmp.
+    assert "RuntimeError: boom" in result.stderr
+    assert "Traceback" in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_version(cli: CliRunner) -> None:
     result = cli("--version")
     assert result.code == 0
     assert result.stdout.startswith("batchctl ")
+
+
+def test_help_shows_where_state_and_fleet_come_from() -> None:
+    shown = run_batchctl("status", "--help", env={"COLUMNS": "200"})
+    assert shown.code == 0
+    assert "(default: $BATCHCTL_STATE_DIR, else $XDG_STATE_HOME/batchctl)" in shown.stdout
+    assert "(default: $BATCHCTL_FLEET, else <state-dir>/fleet.yaml" in shown.stdout
+
+
+def test_the_shell_completes_commands_and_options() -> None:
+    def complete(words: str) -> list[str]:
+        env = {
+            "_BATCHCTL_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
+        completed = run_batchctl(env=env)
+        assert completed.code == 0, completed.stderr
+        return completed.stdout.split()
+
+    assert complete("batchctl sta") == ["status"]
+    assert complete("batchctl list --st") == ["--staging", "--state", "--state-dir"]
+    script = run_batchctl("--show-completion", "bash", env={"SHELL": "/bin/bash"})
+    assert "_batchctl_completion" in script.stdout
