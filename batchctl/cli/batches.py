@@ -139,8 +139,18 @@ def run(
     service = open_service(settings)
     if dry_run:
         preview = service.dry_run(loaded, staging=staging)
-        output.result(preview, lambda console: render_dry_run(console, preview))
-        return ExitCode.OK
+        skipped = {item.name: item.would_skip for item in preview.items if item.would_skip}
+        if not skipped:
+            output.result(preview, lambda console: render_dry_run(console, preview))
+            return ExitCode.OK
+        if not output.json_mode:
+            render_dry_run(output.stdout, preview)
+        # Items that could never run: refused now, rather than skipped later.
+        reasons = ", ".join(f"{name} ({code})" for name, code in skipped.items())
+        raise InvalidInput(
+            f"{plan}: {len(skipped)} of {len(preview.items)} items would be skipped: {reasons}",
+            details={"file": plan, "would_skip": skipped},
+        )
     batch_id, resumed = service.submit(
         loaded, staging=staging, force_new=new, queue_timeout_s=queue_timeout_s
     )

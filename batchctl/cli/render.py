@@ -133,6 +133,11 @@ def render_submit(console: Console, result: SubmitResult) -> None:
     render_batch(console, result.batch)
 
 
+def _first_few(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def render_dry_run(console: Console, result: DryRunResult) -> None:
     console.print(f"plan     {result.source}  sha256:{result.plan_hash}", markup=False)
     console.print(f"staging  {result.staging or '-'}", markup=False)
@@ -145,9 +150,10 @@ def render_dry_run(console: Console, result: DryRunResult) -> None:
         f"dry run: valid plan, {len(result.items)} items; {resume}; nothing written", markup=False
     )
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for column in ("ITEM", "DIR", "SELECTOR", "NEEDS", "TIMEOUT", "RETRIES"):
-        table.add_column(column, no_wrap=column != "NEEDS", overflow="fold")
+    for column in ("ITEM", "DIR", "SELECTOR", "NEEDS", "TIMEOUT", "RETRIES", "RUNS ON"):
+        table.add_column(column, no_wrap=column not in ("NEEDS", "RUNS ON"), overflow="fold")
     for item in result.items:
+        runs_on = f"never: {item.would_skip}" if item.would_skip else _first_few(item.machines)
         table.add_row(
             item.name,
             item.dir,
@@ -155,6 +161,7 @@ def render_dry_run(console: Console, result: DryRunResult) -> None:
             ", ".join(item.needs) or "-",
             f"{item.timeout_s}s",
             f"{item.retries} on {'/'.join(item.retry_on)}",
+            runs_on,
         )
     console.print()
     console.print(table)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,26 @@ from batchctl.model.policy import (
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
 from batchctl.transports.base import Transport
+
+
+def why_unrunnable(
+    abs_dir: str,
+    matching: Sequence[Machine],
+    *,
+    dir_exists: Callable[[str], bool] = lambda path: Path(path).is_dir(),
+    has_entrypoint: Callable[[str, str], bool] = lambda path, name: (Path(path) / name).is_file(),
+) -> SkipCode | None:
+    """Why an entry can never run on this fleet — no machine matches its
+    selector, its directory is gone, or no matching machine's entrypoint is
+    in it — or None. What the worker skips an item for, and what
+    ``run --dry-run`` refuses a plan for."""
+    if not matching:
+        return SkipCode.NO_MATCHING_MACHINE
+    if not dir_exists(abs_dir):
+        return SkipCode.DIR_MISSING
+    if not any(has_entrypoint(abs_dir, machine.entrypoint) for machine in matching):
+        return SkipCode.ENTRYPOINT_MISSING
+    return None
 
 
 @dataclass
@@ -553,16 +573,18 @@ class Scheduler:
     def _unrunnable(self, entry: Entry) -> SkipCode | None:
         """Why the entry can never run here; the file system is asked once
         per directory and entrypoint, not once per tick."""
-        matching = self._matching_machines(entry.selector)
-        if not matching:
-            return SkipCode.NO_MATCHING_MACHINE
-        if entry.abs_dir not in self._dirs:
-            self._dirs[entry.abs_dir] = Path(entry.abs_dir).is_dir()
-        if not self._dirs[entry.abs_dir]:
-            return SkipCode.DIR_MISSING
-        if not any(self._has_entrypoint(entry.abs_dir, m.entrypoint) for m in matching):
-            return SkipCode.ENTRYPOINT_MISSING
-        return None
+
+        def dir_exists(abs_dir: str) -> bool:
+            if abs_dir not in self._dirs:
+                self._dirs[abs_dir] = Path(abs_dir).is_dir()
+            return self._dirs[abs_dir]
+
+        return why_unrunnable(
+            entry.abs_dir,
+            self._matching_machines(entry.selector),
+            dir_exists=dir_exists,
+            has_entrypoint=self._has_entrypoint,
+        )
 
     def _test_dir_hash(self, abs_dir: str) -> str:
         if abs_dir not in self._dir_hashes:

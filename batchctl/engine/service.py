@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batchctl.engine.dispatch import Dispatcher
+from batchctl.engine.scheduler import why_unrunnable
 from batchctl.model.clock import Clock
 from batchctl.model.errors import InvalidPlan, NotFound
 from batchctl.model.models import Batch, Item, ItemState, ProcessIdentity, Run, SkipCode
@@ -48,6 +49,10 @@ class DryRunItem(View):
     timeout_s: int
     retries: int
     retry_on: list[str]
+    # The fleet's machines it could run on, and why it never could (a skip
+    # code: no_matching_machine, entrypoint_missing), if so.
+    machines: list[str]
+    would_skip: str | None
 
 
 class DryRunResult(View):
@@ -211,12 +216,12 @@ class BatchService:
         if problems:
             raise InvalidPlan(plan.path, problems)
         existing = self.batches.find_newest(plan.plan_hash, staging)
-        return DryRunResult(
-            plan_hash=plan.plan_hash,
-            staging=staging,
-            source=plan.source,
-            would_resume=existing.id if existing else None,
-            items=[
+        fleet = self.dispatcher.fleet
+        items = []
+        for entry in plan.entries:
+            matching = fleet.matching(entry.selector)
+            skip = why_unrunnable(entry.abs_dir, matching)
+            items.append(
                 DryRunItem(
                     name=entry.name,
                     dir=entry.dir,
@@ -225,9 +230,16 @@ class BatchService:
                     timeout_s=entry.timeout_s,
                     retries=entry.retries,
                     retry_on=list(entry.retry_on),
+                    machines=[machine.name for machine in matching],
+                    would_skip=skip.value if skip is not None else None,
                 )
-                for entry in plan.entries
-            ],
+            )
+        return DryRunResult(
+            plan_hash=plan.plan_hash,
+            staging=staging,
+            source=plan.source,
+            would_resume=existing.id if existing else None,
+            items=items,
         )
 
     def status(self, batch_id: str) -> Document:
