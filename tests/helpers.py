@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import subprocess
 import sys
 import textwrap
@@ -214,3 +215,36 @@ def run_pgid(state_dir: Path, run_id: str) -> int | None:
     from batchctl.transports.rundir import read_pgid
 
     return read_pgid(state_dir / "runs" / run_id)
+
+
+@contextlib.contextmanager
+def batchctl_process(*args: str, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """batchctl as a real process whose output the test reads as it comes;
+    stopped (by its pid) if the test leaves before it ended."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchctl", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float = 30) -> bytes:
+    """What the process printed on stdout up to and including ``marker``
+    (and whatever came in the same read)."""
+    assert process.stdout is not None
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while marker not in seen:
+            assert selector.select(timeout=timeout), f"no {marker!r} within {timeout}s: {seen!r}"
+            chunk = os.read(process.stdout.fileno(), 65536)
+            assert chunk, f"output ended before {marker!r}: {seen!r}"
+            seen += chunk
+    return seen

@@ -36,6 +36,7 @@ from batchctl import __version__
 from batchctl.model.envelope import ok_envelope_chunks
 from batchctl.model.errors import StateError
 from batchctl.model.viewdoc import BatchReading
+from batchctl.state.journal import fsync_dir
 
 # Raised whenever the view document's shape changes: views written before
 # are then ignored, never printed in an older shape.
@@ -89,7 +90,7 @@ def write(state_dir: Path, reading: BatchReading, runs_prefix: str) -> int:
             os.fsync(out.fileno())
             written = out.tell()
         os.replace(temp, view_path(state_dir, batch_id))
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -138,7 +139,7 @@ def remove(state_dir: Path, batch_ids: list[str]) -> None:
     if removed:
         # Durable before the record that makes it stale is appended: a view
         # must not come back after a crash that kept the record.
-        _fsync_dir(views_dir(state_dir))
+        fsync_dir(views_dir(state_dir))
 
 
 def _plain_name(batch_id: str) -> bool:
@@ -151,11 +152,3 @@ def _sweep_temp_files(directory: Path) -> None:
     for leftover in directory.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             leftover.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

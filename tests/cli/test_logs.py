@@ -3,13 +3,9 @@ retries."""
 
 from __future__ import annotations
 
-import os
-import selectors
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import make_suite, run_batchctl, write_plan
+from tests.helpers import batchctl_process, make_suite, read_until, run_batchctl, write_plan
 
 # Attempt 1 says so, waits for the gate and fails; attempt 2 passes.
 FLAKY = """#!/bin/sh
@@ -37,26 +33,10 @@ def flaky_batch(workdir: Path, gate: Path) -> str:
 def test_follow_goes_on_to_the_next_attempt(workdir: Path) -> None:
     gate = workdir / "gate"
     batch_id = flaky_batch(workdir, gate)
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "batchctl", "logs", batch_id, "flaky", "--follow"],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert follower.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(follower.stdout, selectors.EVENT_READ)
-        seen = b""
-        while b"attempt 1 started" not in seen:
-            assert selector.select(timeout=30), f"nothing followed within 30s: {seen!r}"
-            seen += os.read(follower.stdout.fileno(), 65536)
+    with batchctl_process("logs", batch_id, "flaky", "--follow", cwd=workdir) as follower:
+        seen = read_until(follower, b"attempt 1 started")
         gate.touch()
         rest, errors = follower.communicate(timeout=60)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
 
     assert follower.returncode == 0, errors
     assert (seen + rest).decode().splitlines() == [

@@ -17,9 +17,11 @@ import pytest
 
 from batchctl.transports.processes import group_alive, pid_alive
 from tests.helpers import (
+    batchctl_process,
     blocking_script,
     make_suite,
     processes_of,
+    read_until,
     run_batchctl,
     run_pgid,
     stored_batches,
@@ -123,30 +125,15 @@ def test_logs_follow_shows_output_while_the_run_is_going(workdir: Path, state_di
     write_plan(workdir, "version: 1\nentries:\n  - {name: slow, dir: suites/slow}\n")
     batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir).json()["data"]["batch"]["id"]
 
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "batchctl", "logs", batch_id, "slow", "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=workdir,
-    )
-    try:
-        assert follower.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(follower.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=30), "no output from logs --follow"
-        assert follower.stdout.readline().strip() == "first line"
+    with batchctl_process("logs", batch_id, "slow", "--follow", cwd=workdir) as follower:
+        assert read_until(follower, b"first line\n").strip() == b"first line"
         status = run_batchctl("status", batch_id, "--json", cwd=workdir).json()["data"]["batch"]
         assert status["items"][0]["outcome"] == "running"  # still going while we read
 
         release.touch()
         rest, errors = follower.communicate(timeout=30)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
     assert follower.returncode == 0, errors
-    assert rest.strip() == "last line"
+    assert rest.strip() == b"last line"
 
 
 def test_cancel_leaves_no_process_of_the_batch_alive(workdir: Path, state_dir: Path) -> None:
