@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -21,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -196,6 +198,24 @@ class InventorySpec(BaseModel):
     timeout: Annotated[int, BeforeValidator(parse_duration)] = 10
     cache_ttl: Annotated[int, BeforeValidator(parse_duration)] = 60
 
+    @field_validator("url", "api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """An address the HTTP client can use, checked here: a malformed one
+        is a fleet file problem, not a failed request."""
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a usable URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL with a host")
+        if any(char.isspace() or char == "\0" for char in value):
+            raise ValueError(f"{value!r} holds spaces or control characters")
+        return value
+
     @model_validator(mode="after")
     def _kind_fields(self) -> InventorySpec:
         if self.kind == "tailscale" and not self.tailnet:
@@ -349,5 +369,10 @@ def load_fleet(path: Path | None) -> Fleet:
     except OSError as exc:
         raise InvalidFleet(
             f"{path}: cannot read fleet file: {exc.strerror}", details={"file": str(path)}
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidFleet(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+            details={"file": str(path)},
         ) from None
     return parse_fleet(text, str(path))

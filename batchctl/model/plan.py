@@ -37,6 +37,8 @@ DEFAULT_RETRY_ON = ("error", "timeout", "interrupted")
 DEFAULT_TIMEOUT_S = 3600
 DEFAULT_RETRIES = 0
 MAX_RETRIES = 20
+# A timeout longer than a year is a typo, and past 64 bits no JSON holds it.
+MAX_DURATION_S = 366 * 86_400
 FALLBACK_TAG = "local"
 RESERVED_ENV_PREFIX = "BATCHCTL_"
 
@@ -58,6 +60,8 @@ def parse_duration(value: object) -> int:
         raise ValueError(f"invalid duration {value!r} (use 90s, 10m, 1h30m or whole seconds)")
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"duration must be at most 366 days ({MAX_DURATION_S}s), got {value!r}")
     return seconds
 
 
@@ -145,6 +149,8 @@ class EntrySpec(_Spec):
     def _dir_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        if "\0" in value:
+            raise ValueError("must not contain a NUL character")
         return value
 
     @model_validator(mode="after")
@@ -192,6 +198,13 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if isinstance(key, list | dict | set):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "a key must be a plain value such as a name, not a list or mapping",
+                key_node.start_mark,
+            )
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
@@ -204,9 +217,69 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+# Values a document may stand for once its aliases are expanded: far above
+# any plan (a 100,000-entry plan is about a million), far below what makes
+# validation, or the message about it, take seconds and gigabytes.
+MAX_EXPANDED_VALUES = 5_000_000
+
+
+def _expanded_values(root: yaml.Node) -> int:
+    """How many values the document stands for with every alias expanded,
+    counted without expanding: each node once, O(nodes). Raises ValueError
+    for an alias that contains itself."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            continue
+        if key in on_path:
+            raise ValueError("an alias refers to a value that contains it")
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise ValueError("an alias refers to a value that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
 def parse_yaml(text: str, path: str) -> object:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _UniqueKeyLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            try:
+                expanded = _expanded_values(node)
+            except ValueError as exc:
+                raise InvalidPlan(path, [f"{path}: refused: {exc}"]) from None
+            if expanded > MAX_EXPANDED_VALUES:
+                raise InvalidPlan(
+                    path,
+                    [
+                        f"{path}: refused: its aliases expand to {expanded:,} values "
+                        f"(at most {MAX_EXPANDED_VALUES:,}; a YAML alias bomb?)"
+                    ],
+                )
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise InvalidPlan(path, [f"{path}: refused: nested too deeply"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
@@ -435,14 +508,22 @@ def missing_dir_problems(plan: Plan) -> list[str]:
     for position, entry in enumerate(plan.entries):
         if entry.abs_dir not in checked:
             target = Path(entry.abs_dir)
-            checked[entry.abs_dir] = (
-                "missing" if not target.exists() else None if target.is_dir() else "not-a-dir"
-            )
+            try:
+                checked[entry.abs_dir] = (
+                    "missing" if not target.exists() else None if target.is_dir() else "not-a-dir"
+                )
+            except OSError as exc:  # a name too long for the file system, say
+                checked[entry.abs_dir] = exc.strerror or "unreadable"
         if checked[entry.abs_dir] is None:
             continue
         label = _entry_label(position, {"name": entry.name})
         target = Path(entry.abs_dir)
-        if not target.exists():
+        if checked[entry.abs_dir] not in ("missing", "not-a-dir"):
+            problems.append(
+                f"{plan.path}: {label}: field 'dir': {entry.dir!r} cannot be used "
+                f"({checked[entry.abs_dir]})"
+            )
+        elif not target.exists():
             problems.append(
                 f"{plan.path}: {label}: field 'dir': {entry.dir!r} does not exist ({target})"
             )
