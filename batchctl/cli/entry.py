@@ -1,7 +1,10 @@
 """The ``batchctl`` command's entry point: answers ``--version``, and
 ``status ID --json`` of a finished batch (``quick``), before importing
 anything else, so they cost an interpreter start and what they read, not the
-whole command line (typer, pydantic, the engine)."""
+whole command line (typer, pydantic, the engine). ``console`` is what the
+installed command runs: private files (``transports.umask``), output that
+survives a reader leaving the pipe, and an exit without interpreter
+teardown."""
 
 from __future__ import annotations
 
@@ -109,7 +112,8 @@ def _on_a_pipe_quietly(stream: TextIO | None) -> TextIO:
     except (OSError, ValueError, AttributeError):
         return stream  # closed, or not a real file: left as it is
     return io.TextIOWrapper(
-        # Unbuffered (python -u) stays unbuffered: every write goes through.
+        # Buffered like the stream it replaces; what must be seen at once
+        # (progress, logs) is flushed where it is printed.
         io.BufferedWriter(_PipeOut(stream.fileno())),
         encoding=stream.encoding,
         errors=stream.errors,
