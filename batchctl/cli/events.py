@@ -78,8 +78,7 @@ class ItemEvents:
             if self._seen.get(name) == now:
                 continue
             self._seen[name] = now
-            run_ids = [*item.get("history", ()), *([item["run_id"]] if run is not None else [])]
-            for run_id in run_ids:
+            for run_id in reading.attempt_run_ids(item):
                 attempt_run = reading.runs.get(run_id)
                 if attempt_run is not None:
                     self._attempt(name, entry, item, attempt_run, say)

@@ -294,7 +294,7 @@ class BatchService:
         reading = self.reading(batch_id)
         entry = self._entry_of(reading, item_name)
         item = reading.items[item_name]
-        run_ids = [*item.get("history", ()), *([item["run_id"]] if item.get("run_id") else [])]
+        run_ids = reading.attempt_run_ids(item)
         attempts = [
             attempt_document(reading.runs[run_id], reading.runs_prefix)
             for run_id in run_ids
@@ -442,10 +442,8 @@ class BatchService:
     @staticmethod
     def _log_targets(reading: BatchReading, item_name: str) -> list[LogTarget]:
         """Every attempt's run of the item, oldest first."""
-        item = reading.items[item_name]
-        run_ids = [*item.get("history", ()), *([item["run_id"]] if item.get("run_id") else [])]
         targets = []
-        for run_id in run_ids:
+        for run_id in reading.attempt_run_ids(reading.items[item_name]):
             run = reading.runs.get(run_id)
             if run is None:
                 continue

@@ -64,6 +64,12 @@ class BatchReading:
         self.entries: dict[str, Stored] = {entry["name"]: entry for entry in batch["entries"]}
         self.cancelled: bool = batch.get("cancelled", False)
 
+    @staticmethod
+    def attempt_run_ids(item: Stored) -> list[str]:
+        """The runs of every attempt of an item, oldest first."""
+        run_id = item.get("run_id")
+        return [*item.get("history", ()), *([run_id] if run_id else [])]
+
     def run_of(self, item: Stored) -> Stored | None:
         run_id = item.get("run_id")
         return self.runs.get(run_id) if run_id else None
