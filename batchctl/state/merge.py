@@ -25,14 +25,4 @@ def item_version(item: Mapping[str, object]) -> tuple[int, int]:
 def merge_item(
     stored: Mapping[str, object], proposed: Mapping[str, object]
 ) -> Mapping[str, object]:
-    """``item_version(proposed) > item_version(stored)``, spelled out: a reader
-    folding a 100,000-item batch's journal merges once per record."""
-    proposed_attempt = proposed.get("attempt", 1)
-    stored_attempt = stored.get("attempt", 1)
-    if proposed_attempt != stored_attempt:
-        assert isinstance(proposed_attempt, int)
-        assert isinstance(stored_attempt, int)
-        return proposed if proposed_attempt > stored_attempt else stored
-    proposed_rank = STATE_RANK[str(proposed.get("state", "queued"))]
-    stored_rank = STATE_RANK[str(stored.get("state", "queued"))]
-    return proposed if proposed_rank > stored_rank else stored
+    return proposed if item_version(proposed) > item_version(stored) else stored
