@@ -14,9 +14,10 @@ Scenarios:
              This is how close the engine keeps the slots busy.
 
 --items and --slots replace the scenario's own defaults (for every scenario
-run). batchctl gets a fresh state directory for each timed run and
-BATCHCTL_TICK=1 (its default); every other BATCHCTL_* variable of the
-caller's environment is dropped, so the bench never tunes the engine.
+run). batchctl gets a fresh state directory for each timed run, removed only
+once the scenario is over (see ``measure``), and BATCHCTL_TICK=1 (its
+default); every other BATCHCTL_* variable of the caller's environment is
+dropped, so the bench never tunes the engine.
 Everything lives in a temporary directory removed at the end. A batchctl run
 that does not exit 0 (some item did not pass), or a parallel run that does
 not, fails the bench; the temporary directory is then kept, and named, so its
@@ -202,12 +203,20 @@ def measure(
     env = bench_environment()
     a = Samples(f"batchctl run --wait ({sc.slots} slots)")
     b = Samples(f"parallel -j{sc.slots}")
+    # Every run's state directory stays until the scenario is over. ext4
+    # without a journal does not reuse an inode freed in the last minute (five
+    # while its table block is unwritten): a file created right after a mass
+    # delete first walks past every inode the delete freed. Removing a run's
+    # thousands of files between timed runs made the next runs of both
+    # commands (GNU Parallel buffers output in temporary files) pay for the
+    # bench's own clean-up, which is nothing a user's run does.
+    state_dirs: list[Path] = []
     for i in range(warmup + repeat):
         state_dir = layout.root / f"state-{i}"
+        state_dirs.append(state_dir)
         a_s = timed_run(
             batchctl_argv(batchctl, layout, state_dir), env, layout.root / "batchctl.log", timeout_s
         )
-        shutil.rmtree(state_dir, ignore_errors=True)
         b_s = timed_run(
             parallel_argv(parallel, layout, sc.slots), env, layout.root / "parallel.log", timeout_s
         )
@@ -221,6 +230,8 @@ def measure(
             file=sys.stderr,
             flush=True,
         )
+    for state_dir in state_dirs:
+        shutil.rmtree(state_dir, ignore_errors=True)
     return Result(sc, a, b)
 
 
