@@ -83,6 +83,7 @@ def run_executor(
         clock=clock,
         settings=ExecutorSettings(kill_grace_s=grace, heartbeat_s=settings.tuning.heartbeat_s),
         machine_of=machine_of,
+        env_pass_for=dispatcher.fleet.env_pass_for,
         make_runner=lambda run, entry, machine, env: make_runner(
             run, entry, machine, env, state_dir=settings.state_dir, kill_grace_s=grace
         ),

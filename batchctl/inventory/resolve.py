@@ -3,6 +3,7 @@ so that `status` and every worker tick do not call the API."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -123,4 +124,4 @@ class InventoryResolver:
                 if machine.name not in names:
                     names.add(machine.name)
                     machines.append(machine)
-        return Fleet(machines=tuple(machines), source=fleet.source, inventories=fleet.inventories)
+        return dataclasses.replace(fleet, machines=tuple(machines))

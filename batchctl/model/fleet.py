@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from batchctl.model.environment import check_env_pass, merged_names
 from batchctl.model.errors import InvalidFleet, InvalidPlan
 from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
 
@@ -57,6 +58,7 @@ def _list_as_tuple(value: object) -> object:
 FleetName = Annotated[str, BeforeValidator(_check_name)]
 Tags = Annotated[tuple[FleetName, ...], BeforeValidator(_list_as_tuple)]
 SshOptions = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
+EnvPass = Annotated[tuple[str, ...], BeforeValidator(check_env_pass)]
 
 
 SIM_OUTCOMES = ("succeeded", "failed", "error", "timeout", "interrupted")
@@ -112,6 +114,8 @@ class Machine(BaseModel):
     os: OsName = Field(default_factory=this_os)
     tags: Tags = ()
     slots: Annotated[int, Field(ge=1, le=4096)] = 1
+    # Controller variables every run on this machine receives, by name.
+    env_pass: EnvPass = ()
     # ssh only
     host: str | None = None
     user: str | None = None
@@ -234,6 +238,7 @@ class FleetFileSpec(BaseModel):
 
     machines: list[Any] = []
     inventory: list[Any] = []
+    env_pass: EnvPass = ()
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,13 @@ class Fleet:
     machines: tuple[Machine, ...]
     source: str
     inventories: tuple[InventorySpec, ...] = ()
+    # Controller variables every run on any machine receives, by name.
+    env_pass: tuple[str, ...] = ()
+
+    def env_pass_for(self, machine: Machine | None, entry_names: Sequence[str]) -> tuple[str, ...]:
+        """What a run of an entry on a machine receives: the plan's names,
+        the fleet's and the machine's."""
+        return merged_names(entry_names, self.env_pass, machine.env_pass if machine else ())
 
     def matching(self, selector: str) -> list[Machine]:
         return [machine for machine in self.machines if machine.matches(selector)]
@@ -310,11 +322,18 @@ def parse_fleet(text: str, path: str) -> Fleet:
     if not isinstance(raw, Mapping):
         raise InvalidFleet(f"{path}: the fleet file must be a mapping with 'machines'")
     try:
-        FleetFileSpec.model_validate(raw)
+        spec = FleetFileSpec.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{path}: field {field!r}: {str(error['msg']).lower()}")
+            message = str(error["msg"])
+            # A rule's own message keeps its case (it may quote a name).
+            message = (
+                message.removeprefix("Value error, ")
+                if error["type"] == "value_error"
+                else message.lower()
+            )
+            problems.append(f"{path}: field {field!r}: {message}")
         raise InvalidFleet(
             "\n".join(problems), details={"file": path, "problems": problems}
         ) from None
@@ -357,7 +376,12 @@ def parse_fleet(text: str, path: str) -> Fleet:
         problems.append(f"{path}: field 'machines': lists no machine")
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
-    return Fleet(machines=tuple(machines), source=path, inventories=tuple(inventories))
+    return Fleet(
+        machines=tuple(machines),
+        source=path,
+        inventories=tuple(inventories),
+        env_pass=spec.env_pass,
+    )
 
 
 def load_fleet(path: Path | None) -> Fleet:

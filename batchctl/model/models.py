@@ -59,11 +59,14 @@ class Entry(Record):
     retries: int
     retry_on: tuple[str, ...]
     env: dict[str, str] = Field(default_factory=dict)
+    # Names of controller variables the run receives (their values are not
+    # part of the plan: they change from one pipeline to the next).
+    env_pass: tuple[str, ...] = ()
 
     def hashed_fields(self) -> dict[str, object]:
         """The behaviour-changing fields. ``abs_dir`` is left out: moving the
         checkout must not make a new batch, only editing the plan should."""
-        return {
+        fields: dict[str, object] = {
             "name": self.name,
             "dir": self.dir,
             "selector": self.selector,
@@ -73,6 +76,11 @@ class Entry(Record):
             "retry_on": sorted(self.retry_on),
             "env": dict(sorted(self.env.items())),
         }
+        if self.env_pass:
+            # Only when used, so plans without it keep the hash (and the
+            # batches) they had.
+            fields["env_pass"] = sorted(self.env_pass)
+        return fields
 
 
 class Item(Record):

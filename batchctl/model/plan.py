@@ -25,11 +25,16 @@ from pydantic import (
     model_validator,
 )
 
+from batchctl.model.environment import (
+    ENV_NAME_RE,
+    RESERVED_ENV_PREFIX,
+    check_env_pass,
+    merged_names,
+)
 from batchctl.model.errors import EmptyPlan, InvalidInput, InvalidPlan
 from batchctl.model.models import Entry
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DURATION_RE = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 RETRYABLE_STATUSES = ("error", "timeout", "interrupted", "failed")
@@ -40,7 +45,6 @@ MAX_RETRIES = 20
 # A timeout longer than a year is a typo, and past 64 bits no JSON holds it.
 MAX_DURATION_S = 366 * 86_400
 FALLBACK_TAG = "local"
-RESERVED_ENV_PREFIX = "BATCHCTL_"
 
 
 def parse_duration(value: object) -> int:
@@ -119,6 +123,7 @@ Duration = Annotated[int, BeforeValidator(parse_duration)]
 Retries = Annotated[int, BeforeValidator(_check_retries)]
 RetryOn = Annotated[tuple[str, ...], BeforeValidator(_check_retry_on)]
 EnvMap = Annotated[dict[str, str], BeforeValidator(_check_env)]
+EnvPass = Annotated[tuple[str, ...], BeforeValidator(check_env_pass)]
 
 
 class _Spec(BaseModel):
@@ -131,6 +136,7 @@ class DefaultsSpec(_Spec):
     retries: Retries | None = None
     retry_on: RetryOn | None = None
     env: EnvMap | None = None
+    env_pass: EnvPass | None = None
 
 
 class EntrySpec(_Spec):
@@ -143,6 +149,7 @@ class EntrySpec(_Spec):
     retries: Retries | None = None
     retry_on: RetryOn | None = None
     env: EnvMap | None = None
+    env_pass: EnvPass | None = None
 
     @field_validator("dir")
     @classmethod
@@ -463,6 +470,7 @@ def load_plan_text(
             retries=_first_set(spec.retries, defaults.retries, DEFAULT_RETRIES),
             retry_on=spec.retry_on or defaults.retry_on or DEFAULT_RETRY_ON,
             env={**(defaults.env or {}), **(spec.env or {})},
+            env_pass=merged_names(defaults.env_pass or (), spec.env_pass or ()),
         )
         for _, spec in specs
     )

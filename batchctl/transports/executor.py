@@ -9,22 +9,24 @@ and ends the run ``interrupted``.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
 from batchctl.model.clock import Clock
+from batchctl.model.environment import run_variables
 from batchctl.model.errors import LockTimeout
 from batchctl.model.fleet import Machine
-from batchctl.model.models import Batch, Entry, Run, RunStatus
+from batchctl.model.models import Entry, Run, RunStatus
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.transports.processes import this_process
 from batchctl.transports.rundir import beat, write_pgid, write_result
-from batchctl.transports.runners.base import Ended, Runner
+from batchctl.transports.runners.base import Ended, Runner, batchctl_variables
 
 WAIT_SLICE_S = 0.1
 RECORD_ATTEMPTS = 20
@@ -35,21 +37,6 @@ RECORD_RETRY_S = 1.0
 class ExecutorSettings:
     kill_grace_s: float
     heartbeat_s: float
-
-
-def run_environment(batch: Batch, entry: Entry, run: Run) -> dict[str, str]:
-    """The entry's env plus batchctl's variables (SPEC §2). Local runs add the
-    controller's environment; remote runs get the remote login environment."""
-    return {
-        **entry.env,
-        "BATCHCTL_BATCH_ID": batch.id,
-        "BATCHCTL_ITEM": run.item,
-        "BATCHCTL_RUN_ID": run.id,
-        "BATCHCTL_ATTEMPT": str(run.attempt),
-        "BATCHCTL_STAGING": batch.staging,
-        "BATCHCTL_MACHINE": run.machine,
-        "BATCHCTL_ARTIFACTS_DIR": run.artifacts_path,
-    }
 
 
 class _StopRequested:
@@ -68,8 +55,12 @@ def execute_run(
     clock: Clock,
     settings: ExecutorSettings,
     machine_of: Callable[[str], Machine],
+    env_pass_for: Callable[[Machine, Sequence[str]], tuple[str, ...]],
     make_runner: Callable[[Run, Entry, Machine, dict[str, str]], Runner],
+    environ: Mapping[str, str] = os.environ,
 ) -> Run:
+    """``environ`` is the controller's environment: what ``env_pass`` names
+    comes from it; the rest of a run's environment is the machine's base."""
     stop = _StopRequested()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -109,7 +100,12 @@ def execute_run(
             ),
             clock,
         )
-    env = run_environment(batch, entry, run)
+    env = run_variables(
+        controller=environ,
+        env_pass=env_pass_for(machine, entry.env_pass),
+        entry_env=entry.env,
+        batchctl=batchctl_variables(run, batch.staging),
+    )
     runner = make_runner(run, entry, machine, env)
     Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from batchctl.model.clock import Clock
+from batchctl.model.environment import local_environment
 from batchctl.model.fleet import FleetSource
 from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
@@ -51,10 +52,12 @@ from batchctl.transports.processes import (
     identity_of,
 )
 from batchctl.transports.rundir import write_atomically
-from batchctl.transports.runners.base import Ended, ending, from_exit_code
+from batchctl.transports.runners.base import Ended, batchctl_variables, ending, from_exit_code
 from batchctl.transports.umask import test_umask
 
-# $1 run directory, $2 the entrypoint's path; the rest is its argv.
+# $1 run directory, $2 the entrypoint's path; the rest is its argv. The
+# shell exports OLDPWD once it has changed directory: unset, so that a local
+# test's environment is exactly the one a remote test gets (environment.py).
 # Started with batchctl's umask (077: its files are private); the test runs
 # with the user's ($2), and its output goes to the log batchctl made for it.
 WRAPPER = r"""
@@ -63,6 +66,7 @@ set -C
 echo $$ > "$run_dir/claim" || exit 0
 set +C
 cd "$run_dir/work" || exit 125
+unset OLDPWD
 umask "$test_umask"
 "$@" </dev/null >>"$run_dir/output.log" 2>&1
 code=$?
@@ -132,7 +136,8 @@ class LocalTransport:
         if (run_dir / "claim").exists():
             return  # someone runs it already
         staging, entry = self.entries(run)
-        machine = self.fleet.get().get(run.machine)
+        fleet = self.fleet.get()
+        machine = fleet.get(run.machine)
         entrypoint = machine.entrypoint if machine else "run.sh"
         try:
             work = _copy_test_dir(Path(run.test_dir), run_dir)
@@ -162,17 +167,12 @@ class LocalTransport:
         # Made here, private, so the wrapper's redirect only appends to it.
         with contextlib.suppress(FileExistsError):
             os.close(os.open(run_dir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        env = {
-            **self.environ,
-            **entry.get("env", {}),
-            "BATCHCTL_BATCH_ID": run.batch_id,
-            "BATCHCTL_ITEM": run.item,
-            "BATCHCTL_RUN_ID": run.id,
-            "BATCHCTL_ATTEMPT": str(run.attempt),
-            "BATCHCTL_STAGING": staging,
-            "BATCHCTL_MACHINE": run.machine,
-            "BATCHCTL_ARTIFACTS_DIR": run.artifacts_path,
-        }
+        env = local_environment(
+            controller=self.environ,
+            env_pass=fleet.env_pass_for(machine, entry.get("env_pass", ())),
+            entry_env=entry.get("env", {}),
+            batchctl=batchctl_variables(run, staging),
+        )
         try:
             child = subprocess.Popen(
                 ["/bin/sh", "-c", WRAPPER, "batchctl-run", str(run_dir), test_umask(), *argv],

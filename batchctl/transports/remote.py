@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchctl.model.environment import BASE_VARIABLES
 from batchctl.model.fleet import Machine
 
 CONNECT_TIMEOUT_S = 10
@@ -94,13 +95,19 @@ class PosixCommands:
         one) so the whole tree can be signalled, record its pid, wait, and
         record its exit code where a later connection can read it."""
         q = shlex.quote
-        exports = "".join(f"export {name}={q(value)}; " for name, value in sorted(env.items()))
+        # `env -i` empties the login environment; the machine's base
+        # variables are put back from it where it sets them (the quoted word
+        # of ${NAME+word} is one argument, or none when NAME is unset), then
+        # the variables the controller chose (model/environment.py).
+        base = " ".join(f'${{{name}+"{name}=${name}"}}' for name in BASE_VARIABLES)
+        chosen = " ".join(q(f"{name}={value}") for name, value in sorted(env.items()))
+        clean = f"env -i {base} {chosen}".rstrip()
         runner = f"./{entrypoint}" if entrypoint else "false"
         return self._sh(
-            f"cd {q(layout.work)} || exit 97; {exports}"
+            f"cd {q(layout.work)} || exit 97; "
             f"if [ -x {q(runner)} ]; then set -- {q(runner)}; else set -- sh {q(runner)}; fi; "
-            'if command -v setsid >/dev/null 2>&1; then setsid "$@" </dev/null & '
-            'else "$@" </dev/null & fi; '
+            f'if command -v setsid >/dev/null 2>&1; then setsid {clean} "$@" </dev/null & '
+            f'else {clean} "$@" </dev/null & fi; '
             f"child=$!; echo $child > {q(layout.pid_file)}; "
             f"wait $child; code=$?; echo $code > {q(layout.exit_file)}; exit $code"
         )
@@ -160,6 +167,9 @@ class WindowsCommands:
         )
 
     def run(self, layout: RemoteLayout, entrypoint: str, env: Mapping[str, str]) -> str:
+        # The test keeps the login environment, with the controller's chosen
+        # variables added: Windows programs need a dozen system variables
+        # (SystemRoot, ComSpec, PATHEXT, ...) that a POSIX base does not name.
         q = ps_quote
         exports = "".join(f"$env:{name}={q(value)}; " for name, value in sorted(env.items()))
         return self._ps(

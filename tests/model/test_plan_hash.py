@@ -107,3 +107,23 @@ def test_durations(text: str | int, seconds: int) -> None:
 def test_bad_durations(text: str | int) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_env_pass_names_change_the_hash_and_an_empty_list_does_not() -> None:
+    with_names = BASE.replace("  timeout: 20m\n", "  timeout: 20m\n  env_pass: [CI, GITHUB_SHA]\n")
+    reordered = BASE.replace("  timeout: 20m\n", "  timeout: 20m\n  env_pass: [GITHUB_SHA, CI]\n")
+    empty = BASE.replace("  timeout: 20m\n", "  timeout: 20m\n  env_pass: []\n")
+    assert plan_hash(with_names) != plan_hash(BASE)
+    assert plan_hash(reordered) == plan_hash(with_names)
+    # Plans that pass nothing keep the hash they had before env_pass existed,
+    # and with it their batches.
+    assert plan_hash(empty) == plan_hash(BASE)
+
+
+def test_entry_env_pass_adds_to_the_defaults() -> None:
+    text = (
+        "version: 1\ndefaults: {env_pass: [CI]}\n"
+        "entries:\n  - {name: a, dir: d, env_pass: [GITHUB_SHA]}\n  - {name: b, dir: d}\n"
+    )
+    plan = load_plan_text(text, path="p", base_dir=Path("/x"), source="inline", env_tag=None)
+    assert [entry.env_pass for entry in plan.entries] == [("CI", "GITHUB_SHA"), ("CI",)]

@@ -45,6 +45,19 @@ def ending(
     return change
 
 
+def batchctl_variables(run: Run, staging: str) -> dict[str, str]:
+    """batchctl's own variables for a run (SPEC §2), on every transport."""
+    return {
+        "BATCHCTL_BATCH_ID": run.batch_id,
+        "BATCHCTL_ITEM": run.item,
+        "BATCHCTL_RUN_ID": run.id,
+        "BATCHCTL_ATTEMPT": str(run.attempt),
+        "BATCHCTL_STAGING": staging,
+        "BATCHCTL_MACHINE": run.machine,
+        "BATCHCTL_ARTIFACTS_DIR": run.artifacts_path,
+    }
+
+
 def from_exit_code(code: int) -> Ended:
     if code == 0:
         return Ended(RunStatus.SUCCEEDED, exit_code=0)
