@@ -5,7 +5,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -151,19 +151,29 @@ def run(
             f"{plan}: {len(skipped)} of {len(preview.items)} items would be skipped: {reasons}",
             details={"file": plan, "would_skip": skipped},
         )
-    batch_id, resumed = service.submit(
+    submitted = service.submit(
         loaded, staging=staging, force_new=new, queue_timeout_s=queue_timeout_s
     )
+    batch_id, resumed, changed = submitted.batch_id, submitted.resumed, submitted.changed_since
+    if changed is not None:
+        output.note(
+            f"a new batch: {len(changed.entries)} "
+            f"{'entry' if len(changed.entries) == 1 else 'entries'} changed since batch "
+            f"{changed.batch}: {', '.join(changed.entries)}"
+        )
     if not wait:
-        result = SubmitResult(resumed=resumed, batch=service.view(batch_id))
+        result = SubmitResult(resumed=resumed, batch=service.view(batch_id), changed_since=changed)
         output.result(result, lambda console: render_submit(console, result))
         if not result.batch.done:
             output.note(f"the batch goes on in the background: batchctl status {batch_id}")
         return ExitCode.OK
     output.note(f"{'resumed' if resumed else 'created'} batch {batch_id}")
     final = _wait(service, output, batch_id)
+    waited: dict[str, Any] = {"resumed": resumed, "batch": final}
+    if changed is not None:
+        waited["changed_since"] = changed.model_dump(mode="json")
     output.result(
-        {"resumed": resumed, "batch": final},
+        waited,
         lambda console: render_batch(console, BatchView.model_validate(final)),
     )
     return _waited_exit_code(final)

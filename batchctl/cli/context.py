@@ -14,6 +14,7 @@ from batchctl.model.clock import Clock, SystemClock
 from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
+from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.detached import DetachedTransport
 from batchctl.transports.local import EntryLookup, LocalTransport
 from batchctl.transports.processes import (
@@ -62,6 +63,7 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
         executor_stale_s=max(settings.tuning.lease_stale_s, 3 * settings.tuning.heartbeat_s),
     )
     this_host = socket.gethostname()
+    snapshots = SnapshotStore(settings.state_dir)
     return Dispatcher(
         batches=batches,
         runs=runs,
@@ -73,6 +75,7 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
                 clock,
                 entries=EntryLookup(batches.raw),
                 fleet=fleet,
+                snapshots=snapshots,
                 kill_grace_s=settings.tuning.kill_grace_s,
             ),
             "ssh": transport,
@@ -92,6 +95,7 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
         this_process=this_process,
         identity_of=identity_of,
         hash_dir=hash_test_dir,
+        snapshots=snapshots,
         spawn_worker=lambda batch_id, fleet, token: spawn_worker(
             settings.state_dir, batch_id, fleet, token, log_path=batches.worker_log(batch_id)
         ),
@@ -106,6 +110,7 @@ def open_service(settings: Settings) -> BatchService:
         clock=dispatcher.clock,
         identity=user_at_host(),
         dispatcher=dispatcher,
+        snapshots=dispatcher.snapshots or SnapshotStore(settings.state_dir),
         sleep=time.sleep,
         sleep_unless_it_ends=sleep_unless_it_ends,
     )

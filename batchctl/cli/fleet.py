@@ -84,6 +84,7 @@ def run_executor(
         settings=ExecutorSettings(kill_grace_s=grace, heartbeat_s=settings.tuning.heartbeat_s),
         machine_of=machine_of,
         env_pass_for=dispatcher.fleet.env_pass_for,
+        snapshots=dispatcher.snapshots,
         make_runner=lambda run, entry, machine, env: make_runner(
             run, entry, machine, env, state_dir=settings.state_dir, kill_grace_s=grace
         ),

@@ -20,6 +20,7 @@ from batchctl.model.viewdoc import BatchReading
 from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
+from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.base import Transport
 
 
@@ -57,6 +58,7 @@ class Dispatcher:
     hash_dir: Callable[[Path], str]
     # (batch id, fleet file, lease token) -> pid of the started worker
     spawn_worker: Callable[[str, str | None, str], int]
+    snapshots: SnapshotStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -162,6 +164,7 @@ class Dispatcher:
             ),
             hash_dir=self.hash_dir,
             lease_judge=self.judge,
+            snapshot_has_file=self.snapshots.has_file if self.snapshots else None,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:

@@ -273,6 +273,7 @@ class Scheduler:
         hash_dir: Callable[[Path], str],
         lease_judge: LeaseJudge | None = None,
         uniform: Callable[[float, float], float] = random.uniform,
+        snapshot_has_file: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.batches = batches
         self.runs = runs
@@ -281,6 +282,9 @@ class Scheduler:
         self.lease_token = lease_token
         self.settings = settings
         self.hash_dir = hash_dir
+        # Whether a stored snapshot holds a file (entries of batches made
+        # with snapshots run those, not their directories).
+        self.snapshot_has_file = snapshot_has_file
         # With a judge, live older batches' demand holds slots back (oldest
         # first); without one, other batches are not considered.
         self.lease_judge = lease_judge
@@ -579,6 +583,15 @@ class Scheduler:
                 self._dirs[abs_dir] = Path(abs_dir).is_dir()
             return self._dirs[abs_dir]
 
+        if entry.snapshot is not None and self.snapshot_has_file is not None:
+            # The batch runs the snapshot: it exists, whatever became of the
+            # directory; only its entrypoint is in question.
+            return why_unrunnable(
+                entry.snapshot,
+                self._matching_machines(entry.selector),
+                dir_exists=lambda _: True,
+                has_entrypoint=self._snapshot_has_entrypoint,
+            )
         return why_unrunnable(
             entry.abs_dir,
             self._matching_machines(entry.selector),
@@ -586,10 +599,26 @@ class Scheduler:
             has_entrypoint=self._has_entrypoint,
         )
 
-    def _test_dir_hash(self, abs_dir: str) -> str:
-        if abs_dir not in self._dir_hashes:
-            self._dir_hashes[abs_dir] = self.hash_dir(Path(abs_dir))
-        return self._dir_hashes[abs_dir]
+    def _entry_has_entrypoint(self, entry: Entry, entrypoint: str) -> bool:
+        if entry.snapshot is not None and self.snapshot_has_file is not None:
+            return self._snapshot_has_entrypoint(entry.snapshot, entrypoint)
+        return self._has_entrypoint(entry.abs_dir, entrypoint)
+
+    def _snapshot_has_entrypoint(self, snapshot: str, entrypoint: str) -> bool:
+        key = (snapshot, entrypoint)
+        if key not in self._entrypoints:
+            assert self.snapshot_has_file is not None
+            self._entrypoints[key] = self.snapshot_has_file(snapshot, entrypoint)
+        return self._entrypoints[key]
+
+    def _test_dir_hash(self, entry: Entry) -> str:
+        """The snapshot's digest, or for a batch made without snapshots the
+        directory's hash, taken once per directory."""
+        if entry.snapshot is not None:
+            return entry.snapshot
+        if entry.abs_dir not in self._dir_hashes:
+            self._dir_hashes[entry.abs_dir] = self.hash_dir(Path(entry.abs_dir))
+        return self._dir_hashes[entry.abs_dir]
 
     def _precedence(self, batch_id: str) -> list[SlotClaim]:
         """Older batches are served first: each ready item a live older batch
@@ -726,7 +755,7 @@ class Scheduler:
                     attempt=attempt,
                     candidates=(machine,),
                     test_dir=entry.abs_dir,
-                    test_dir_hash=self._test_dir_hash(entry.abs_dir),
+                    test_dir_hash=self._test_dir_hash(entry),
                 )
             )
         return requests
@@ -748,15 +777,15 @@ class Scheduler:
             pool.pop()
         if not item.history:
             for machine in reversed(pool):
-                if free.get(machine.name, 0) > 0 and self._has_entrypoint(
-                    entry.abs_dir, machine.entrypoint
+                if free.get(machine.name, 0) > 0 and self._entry_has_entrypoint(
+                    entry, machine.entrypoint
                 ):
                     return machine.name
             return None
         names = [
             m.name
             for m in reversed(pool)
-            if free.get(m.name, 0) > 0 and self._has_entrypoint(entry.abs_dir, m.entrypoint)
+            if free.get(m.name, 0) > 0 and self._entry_has_entrypoint(entry, m.entrypoint)
         ]
         names = prefer_fresh_machines(names, self._failed_on(memory, item))
         return names[0] if names else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -13,8 +14,8 @@ from typing import Any
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.scheduler import why_unrunnable
 from batchctl.model.clock import Clock
-from batchctl.model.errors import InvalidPlan, NotFound
-from batchctl.model.models import Batch, Item, ItemState, ProcessIdentity, Run, SkipCode
+from batchctl.model.errors import InvalidPlan, NotFound, StateError
+from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
 from batchctl.model.plan import Plan, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
 from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
@@ -34,11 +35,36 @@ from batchctl.state.batches import BatchStore, items_record
 from batchctl.state.journal import Record
 from batchctl.state.memory import without_gc
 from batchctl.state.runs import RunStore
+from batchctl.state.snapshots import SnapshotRefused, SnapshotStore
+
+
+class ChangedSince(View):
+    """The newest batch of the same plan and staging, and the entries whose
+    directories changed since it (a new batch was made for them)."""
+
+    batch: str
+    entries: list[str]
 
 
 class SubmitResult(View):
     resumed: bool
     batch: BatchView
+    changed_since: ChangedSince | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    batch_id: str
+    resumed: bool
+    changed_since: ChangedSince | None
+
+
+def content_hash(entries: Iterable[Entry]) -> str:
+    """The batch key's content part: every entry's snapshot digest."""
+    outer = hashlib.sha256()
+    for entry in sorted(entries, key=lambda entry: entry.name):
+        outer.update(f"{entry.name}\0{entry.snapshot}\n".encode())
+    return outer.hexdigest()
 
 
 class DryRunItem(View):
@@ -61,6 +87,15 @@ class DryRunResult(View):
     source: str
     would_resume: str | None
     items: list[DryRunItem]
+
+
+def _changed_since(previous: Batch | None, batch: Batch, resumed: bool) -> ChangedSince | None:
+    """Which entries made a new batch rather than resuming ``previous``."""
+    if resumed or previous is None or previous.id == batch.id:
+        return None
+    before = {entry.name: entry.snapshot for entry in previous.entries}
+    changed = [entry.name for entry in batch.entries if before.get(entry.name) != entry.snapshot]
+    return ChangedSince(batch=previous.id, entries=changed) if changed else None
 
 
 def new_batch_id(clock: Clock) -> str:
@@ -134,6 +169,7 @@ class BatchService:
     clock: Clock
     identity: str
     dispatcher: Dispatcher
+    snapshots: SnapshotStore
     sleep: Callable[[float], None]
     # Sleep, or less: until the given process ends (see processes.sleep_unless_it_ends).
     sleep_unless_it_ends: Callable[[ProcessIdentity | None, float], None]
@@ -170,6 +206,36 @@ class BatchService:
         with without_gc():
             return BatchView.model_validate(self.reading(batch_id).document())
 
+    def snapshot(self, plan: Plan, *, store: bool) -> tuple[Entry, ...]:
+        """The plan's entries with the digest of their directories' snapshots
+        (kept in the state dir with ``store``). Every problem of every
+        directory is reported at once. O(bytes of the directories)."""
+        problems = missing_dir_problems(plan)
+        if problems:
+            raise InvalidPlan(plan.path, problems)
+        digests: dict[str, str] = {}
+        for index, entry in enumerate(plan.entries):
+            if entry.abs_dir in digests:
+                continue
+            try:
+                digests[entry.abs_dir] = self.snapshots.take(Path(entry.abs_dir), store=store)
+            except SnapshotRefused as refused:
+                problems.extend(
+                    f"{plan.path}: entry {entry.name!r} (#{index + 1}): field 'dir': "
+                    f"{entry.dir}/{problem}"
+                    for problem in refused.problems
+                )
+            except OSError as exc:
+                raise StateError(
+                    f"cannot store the snapshot of {entry.abs_dir}: {exc.strerror}",
+                    details={"dir": entry.abs_dir},
+                ) from None
+        if problems:
+            raise InvalidPlan(plan.path, problems)
+        return tuple(
+            entry.model_copy(update={"snapshot": digests[entry.abs_dir]}) for entry in plan.entries
+        )
+
     def submit(
         self,
         plan: Plan,
@@ -177,17 +243,14 @@ class BatchService:
         staging: str,
         force_new: bool,
         queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S,
-    ) -> tuple[str, bool]:
-        """The batch created or resumed, and whether it was resumed."""
+    ) -> Submitted:
+        """The batch created or resumed for the plan, the staging and the
+        content of every entry's directory, snapshotted now: the batch runs
+        the snapshot wherever the workspace goes."""
         # Resolve the fleet first: a bad fleet file must fail before anything is written.
         _ = self.dispatcher.fleet
-        existing = None if force_new else self.batches.find_newest(plan.plan_hash, staging)
-        if existing is None:
-            # Directories are checked only when a batch is made: resuming must
-            # work even if the checkout moved on since.
-            problems = missing_dir_problems(plan)
-            if problems:
-                raise InvalidPlan(plan.path, problems)
+        entries = self.snapshot(plan, store=True)
+        content = content_hash(entries)
 
         def new_batch() -> Batch:
             now = self.clock.now()
@@ -197,25 +260,29 @@ class BatchService:
                 staging=staging,
                 created_by=self.identity,
                 created_at=now,
-                expected_count=len(plan.entries),
+                expected_count=len(entries),
                 source=plan.source,
-                entries=plan.entries,
-                items={entry.name: Item(name=entry.name, updated_at=now) for entry in plan.entries},
+                entries=entries,
+                items={entry.name: Item(name=entry.name, updated_at=now) for entry in entries},
                 queue_timeout_s=queue_timeout_s,
+                content_hash=content,
             )
 
+        previous = self.batches.find_newest(plan.plan_hash, staging)
         batch, resumed = self.batches.create_or_get(
-            plan.plan_hash, staging, force_new=force_new, new_batch=new_batch
+            plan.plan_hash,
+            staging,
+            content_hash=content,
+            force_new=force_new,
+            new_batch=new_batch,
         )
         if not batch.cancelled:
             self.dispatcher.foreground_pass(batch.id)
-        return batch.id, resumed
+        return Submitted(batch.id, resumed, _changed_since(previous, batch, resumed))
 
     def dry_run(self, plan: Plan, *, staging: str) -> DryRunResult:
-        problems = missing_dir_problems(plan)
-        if problems:
-            raise InvalidPlan(plan.path, problems)
-        existing = self.batches.find_newest(plan.plan_hash, staging)
+        entries = self.snapshot(plan, store=False)
+        existing = self.batches.find_newest(plan.plan_hash, staging, content_hash(entries))
         fleet = self.dispatcher.fleet
         items = []
         for entry in plan.entries:
@@ -512,13 +579,20 @@ class BatchService:
         # not keep the workers of other batches waiting for a lock.
         doomed = [self.runs.run_dir(run_id) for run_id in sorted(run_ids)]
         doomed += [self.batches.worker_log(batch_id) for batch_id in finished]
+        left_behind = [failure for path in doomed if (failure := _delete(path))]
+        try:
+            self.snapshots.collect(
+                self.batches.snapshots_in_use(), now=self.clock.now().timestamp()
+            )
+        except OSError as exc:
+            left_behind.append(f"{self.snapshots.root}: {exc.strerror}")
         return PruneResult(
             dry_run=False,
             created_before=cutoff,
             removed=finished,
             kept=kept,
             runs_removed=len(run_ids),
-            left_behind=[failure for path in doomed if (failure := _delete(path))],
+            left_behind=left_behind,
         )
 
     def _prunable(self, batches: list[Batch]) -> tuple[list[str], list[KeptBatch]]:

@@ -62,6 +62,10 @@ class Entry(Record):
     # Names of controller variables the run receives (their values are not
     # part of the plan: they change from one pipeline to the next).
     env_pass: tuple[str, ...] = ()
+    # The digest of the directory's snapshot (state/snapshots.py), taken by
+    # `run`: what the batch runs. None in batches made before snapshots.
+    # Not in the plan hash: it is the batch key's content part.
+    snapshot: str | None = None
 
     def hashed_fields(self) -> dict[str, object]:
         """The behaviour-changing fields. ``abs_dir`` is left out: moving the
@@ -150,6 +154,9 @@ class Batch(Record):
     id: str
     plan_hash: str
     staging: str
+    # The digest of every entry's snapshot (with plan_hash and staging, the
+    # batch's key): an edited test makes a new batch. None before snapshots.
+    content_hash: str | None = None
     created_by: str
     created_at: datetime
     expected_count: int

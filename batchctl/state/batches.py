@@ -24,6 +24,7 @@ import contextlib
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -136,9 +137,24 @@ class BatchStore:
                 if _CREATED_AT.validate_python(raw["created_at"]) < moment
             ]
 
-    def find_newest(self, plan_hash: str, staging: str) -> Batch | None:
+    def find_newest(
+        self, plan_hash: str, staging: str, content_hash: str | EllipsisType | None = ...
+    ) -> Batch | None:
+        """The newest batch with this key; without ``content_hash``, the
+        newest for the plan and staging whatever its content."""
         with self.file.reading() as document:
-            return _newest_with_key(document["batches"], plan_hash, staging)
+            return _newest_with_key(document["batches"], plan_hash, staging, content_hash)
+
+    def snapshots_in_use(self) -> set[str]:
+        """The snapshot digests the stored batches' entries name. O(entries
+        of every batch): for prune, not for a hot path."""
+        with self.file.reading() as document:
+            return {
+                entry["snapshot"]
+                for raw in document["batches"].values()
+                for entry in raw["entries"]
+                if entry.get("snapshot")
+            }
 
     def subscribe(self) -> Subscription:
         """Follow the records folded from now on (see JournaledFile.subscribe)."""
@@ -147,14 +163,21 @@ class BatchStore:
     # -- writing -----------------------------------------------------------
 
     def create_or_get(
-        self, plan_hash: str, staging: str, *, force_new: bool, new_batch: Callable[[], Batch]
+        self,
+        plan_hash: str,
+        staging: str,
+        *,
+        force_new: bool,
+        new_batch: Callable[[], Batch],
+        content_hash: str | None = None,
     ) -> tuple[Batch, bool]:
-        """The newest batch keyed by (plan_hash, staging), or a new one; the
-        bool says whether it was resumed. Decided under the lock, so processes
-        racing on the same key all end up with one batch."""
+        """The newest batch keyed by (plan_hash, staging, content_hash), or a
+        new one; the bool says whether it was resumed. Decided under the
+        lock, so processes racing on the same key all end up with one batch."""
         with self.file.locked() as document:
             records = document["batches"]
-            if not force_new and (found := _newest_with_key(records, plan_hash, staging)):
+            found = _newest_with_key(records, plan_hash, staging, content_hash)
+            if not force_new and found:
                 return found, True
             batch = new_batch()
             self._append(
@@ -365,9 +388,19 @@ def _validate(raw: Any) -> Batch:
         return Batch.model_validate(raw)
 
 
-def _newest_with_key(records: Mapping[str, Any], plan_hash: str, staging: str) -> Batch | None:
+def _newest_with_key(
+    records: Mapping[str, Any],
+    plan_hash: str,
+    staging: str,
+    content_hash: str | EllipsisType | None,
+) -> Batch | None:
+    """``content_hash`` ``...``: any content. O(batches)."""
     newest = None
     for raw in records.values():
-        if raw["plan_hash"] == plan_hash and raw["staging"] == staging:
+        if (
+            raw["plan_hash"] == plan_hash
+            and raw["staging"] == staging
+            and (content_hash is ... or raw.get("content_hash") == content_hash)
+        ):
             newest = raw
     return _validate(newest) if newest is not None else None

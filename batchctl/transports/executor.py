@@ -10,6 +10,7 @@ and ends the run ``interrupted``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from batchctl.model.fleet import Machine
 from batchctl.model.models import Entry, Run, RunStatus
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
+from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.processes import this_process
 from batchctl.transports.rundir import beat, write_pgid, write_result
 from batchctl.transports.runners.base import Ended, Runner, batchctl_variables
@@ -58,6 +60,7 @@ def execute_run(
     env_pass_for: Callable[[Machine, Sequence[str]], tuple[str, ...]],
     make_runner: Callable[[Run, Entry, Machine, dict[str, str]], Runner],
     environ: Mapping[str, str] = os.environ,
+    snapshots: SnapshotStore | None = None,
 ) -> Run:
     """``environ`` is the controller's environment: what ``env_pass`` names
     comes from it; the rest of a run's environment is the machine's base."""
@@ -100,6 +103,27 @@ def execute_run(
             ),
             clock,
         )
+    if entry.snapshot is not None and snapshots is not None:
+        # The runner uploads the snapshot, put in the run directory first.
+        work = run_dir / "work"
+        try:
+            if not work.is_dir():
+                shutil.rmtree(run_dir / "work.partial", ignore_errors=True)
+                snapshots.materialize(entry.snapshot, run_dir / "work.partial")
+                (run_dir / "work.partial").rename(work)
+        except OSError as exc:
+            return _record(
+                runs,
+                run_dir,
+                run.id,
+                Ended(
+                    RunStatus.ERROR,
+                    error_code="upload_failed",
+                    message=f"cannot copy the snapshot of {entry.dir}: {exc}",
+                ),
+                clock,
+            )
+        entry = entry.model_copy(update={"abs_dir": str(work)})
     env = run_variables(
         controller=environ,
         env_pass=env_pass_for(machine, entry.env_pass),

@@ -45,6 +45,7 @@ from batchctl.model.environment import local_environment
 from batchctl.model.fleet import FleetSource
 from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
+from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.processes import (
     group_alive,
     group_of_run,
@@ -112,6 +113,7 @@ class LocalTransport:
         fleet: FleetSource,
         kill_grace_s: float,
         environ: Mapping[str, str] | None = None,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.runs = runs
         self.clock = clock
@@ -119,6 +121,7 @@ class LocalTransport:
         self.fleet = fleet
         self.kill_grace_s = kill_grace_s
         self.environ = dict(os.environ if environ is None else environ)
+        self.snapshots = snapshots
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[str, int] = {}
         # Runs whose exited wrapper has woken the worker once already.
@@ -139,8 +142,12 @@ class LocalTransport:
         fleet = self.fleet.get()
         machine = fleet.get(run.machine)
         entrypoint = machine.entrypoint if machine else "run.sh"
+        snapshot = entry.get("snapshot")
         try:
-            work = _copy_test_dir(Path(run.test_dir), run_dir)
+            if snapshot and self.snapshots is not None:
+                work = _materialize(self.snapshots, snapshot, run_dir)
+            else:  # a batch made before snapshots runs its directory
+                work = _copy_test_dir(Path(run.test_dir), run_dir)
         except OSError as exc:
             self._record(
                 run,
@@ -416,6 +423,20 @@ def _copy_test_dir(source: Path, run_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, symlinks=True)
     # The copy keeps its files' modes; its top is private like the rest.
+    staging.chmod(0o700)
+    staging.rename(work)
+    return work
+
+
+def _materialize(snapshots: SnapshotStore, snapshot: str, run_dir: Path) -> Path:
+    """The run's copy of its snapshot, put in place whole like a copy."""
+    work = run_dir / "work"
+    if work.is_dir():
+        return work
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / "work.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    snapshots.materialize(snapshot, staging)
     staging.chmod(0o700)
     staging.rename(work)
     return work

@@ -21,8 +21,17 @@ entries:
 
 
 def finished_batch(workdir: Path) -> str:
+    """A finished batch whose item `bad` failed; once ``workdir/retrying``
+    exists, a new attempt of it waits for ``workdir/gate`` and passes (the
+    batch runs the snapshot `run` took, so the script cannot be edited later)."""
     make_suite(workdir / "suites", "pass")
-    make_suite(workdir / "suites", "fail", "#!/bin/sh\nexit 3\n")
+    make_suite(
+        workdir / "suites",
+        "fail",
+        f"#!/bin/sh\nif [ -e '{workdir / 'retrying'}' ]; then\n"
+        + blocking_script(workdir / "gate").removeprefix("#!/bin/sh\n")
+        + "exit 0\nfi\nexit 3\n",
+    )
     write_plan(workdir, PLAN)
     waited = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir)
     assert waited.code == 1, waited.stderr
@@ -71,7 +80,7 @@ def test_a_stored_view_is_printed_as_it_is(workdir: Path, state_dir: Path) -> No
 def test_retry_removes_the_view_before_it_changes_the_batch(workdir: Path, state_dir: Path) -> None:
     batch_id = finished_batch(workdir)
     gate = workdir / "gate"
-    make_suite(workdir / "suites", "fail", blocking_script(gate))  # passes once let through
+    (workdir / "retrying").touch()  # the next attempt passes once let through
 
     retried = run_batchctl("retry", batch_id, "--json", cwd=workdir)
 
