@@ -62,6 +62,8 @@ class Entry(Record):
     # Names of controller variables the run receives (their values are not
     # part of the plan: they change from one pipeline to the next).
     env_pass: tuple[str, ...] = ()
+    # Needed entries whose artifacts the run receives in $BATCHCTL_INPUTS_DIR.
+    inputs: tuple[str, ...] = ()
     # The digest of the directory's snapshot (state/snapshots.py), taken by
     # `run`: what the batch runs. None in batches made before snapshots.
     # Not in the plan hash: it is the batch key's content part.
@@ -80,10 +82,12 @@ class Entry(Record):
             "retry_on": sorted(self.retry_on),
             "env": dict(sorted(self.env.items())),
         }
+        # Only when used, so plans without them keep the hash (and the
+        # batches) they had.
         if self.env_pass:
-            # Only when used, so plans without it keep the hash (and the
-            # batches) they had.
             fields["env_pass"] = sorted(self.env_pass)
+        if self.inputs:
+            fields["inputs"] = sorted(self.inputs)
         return fields
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -150,6 +151,8 @@ class EntrySpec(_Spec):
     retry_on: RetryOn | None = None
     env: EnvMap | None = None
     env_pass: EnvPass | None = None
+    # Entries among ``needs`` whose passing run's artifacts this one receives.
+    inputs: list[str] = []
 
     @field_validator("dir")
     @classmethod
@@ -165,6 +168,21 @@ class EntrySpec(_Spec):
         if self.machine is not None and self.tag is not None:
             raise ValueError("machine and tag are mutually exclusive: give one of them")
         return self
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_are_needed(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # `needs` is declared first, so it is validated (or has failed) by now.
+        needs = info.data.get("needs", [])
+        for name in value:
+            if name not in needs:
+                raise ValueError(
+                    f"{name!r} is not in needs (an entry receives the artifacts of "
+                    "entries it needs, once they passed)"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("lists an entry twice")
+        return value
 
 
 class PlanHeaderSpec(_Spec):
@@ -471,6 +489,7 @@ def load_plan_text(
             retry_on=spec.retry_on or defaults.retry_on or DEFAULT_RETRY_ON,
             env={**(defaults.env or {}), **(spec.env or {})},
             env_pass=merged_names(defaults.env_pass or (), spec.env_pass or ()),
+            inputs=tuple(spec.inputs),
         )
         for _, spec in specs
     )

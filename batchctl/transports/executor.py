@@ -26,6 +26,12 @@ from batchctl.model.models import Entry, Run, RunStatus
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
+from batchctl.transports.inputs import (
+    INPUTS_VARIABLE,
+    InputsMissing,
+    artifacts_of_passing_run,
+    gather_inputs,
+)
 from batchctl.transports.processes import this_process
 from batchctl.transports.rundir import beat, write_pgid, write_result
 from batchctl.transports.runners.base import Ended, Runner, batchctl_variables
@@ -124,11 +130,32 @@ def execute_run(
                 clock,
             )
         entry = entry.model_copy(update={"abs_dir": str(work)})
+    given: dict[str, str] = {}
+    if entry.inputs:
+        try:
+            gathered = gather_inputs(
+                run_dir,
+                entry.inputs,
+                lambda item: artifacts_of_passing_run(runs, batches.raw(run.batch_id), item),
+            )
+        except (OSError, InputsMissing) as exc:
+            return _record(
+                runs,
+                run_dir,
+                run.id,
+                Ended(
+                    RunStatus.ERROR,
+                    error_code="inputs_failed",
+                    message=f"cannot gather the artifacts of its inputs: {exc}",
+                ),
+                clock,
+            )
+        given[INPUTS_VARIABLE] = str(gathered)
     env = run_variables(
         controller=environ,
         env_pass=env_pass_for(machine, entry.env_pass),
         entry_env=entry.env,
-        batchctl=batchctl_variables(run, batch.staging),
+        batchctl={**batchctl_variables(run, batch.staging), **given},
     )
     runner = make_runner(run, entry, machine, env)
     Path(run.artifacts_path).mkdir(parents=True, exist_ok=True)

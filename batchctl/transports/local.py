@@ -46,6 +46,12 @@ from batchctl.model.fleet import FleetSource
 from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
+from batchctl.transports.inputs import (
+    INPUTS_VARIABLE,
+    InputsMissing,
+    artifacts_of_passing_run,
+    gather_inputs,
+)
 from batchctl.transports.processes import (
     group_alive,
     group_of_run,
@@ -169,6 +175,23 @@ class LocalTransport:
                 ),
             )
             return
+        given: dict[str, str] = {}
+        if entry.get("inputs"):
+            try:
+                gathered = gather_inputs(
+                    run_dir, entry["inputs"], lambda item: self._artifacts_of(run, item)
+                )
+            except (OSError, InputsMissing) as exc:
+                self._record(
+                    run,
+                    Ended(
+                        RunStatus.ERROR,
+                        error_code="inputs_failed",
+                        message=f"cannot gather the artifacts of its inputs: {exc}",
+                    ),
+                )
+                return
+            given[INPUTS_VARIABLE] = str(gathered)
         argv = [str(script)] if os.access(script, os.X_OK) else ["/bin/sh", str(script)]
         Path(run.artifacts_path).mkdir(mode=0o700, parents=True, exist_ok=True)
         # Made here, private, so the wrapper's redirect only appends to it.
@@ -178,7 +201,7 @@ class LocalTransport:
             controller=self.environ,
             env_pass=fleet.env_pass_for(machine, entry.get("env_pass", ())),
             entry_env=entry.get("env", {}),
-            batchctl=batchctl_variables(run, staging),
+            batchctl={**batchctl_variables(run, staging), **given},
         )
         try:
             child = subprocess.Popen(
@@ -203,6 +226,11 @@ class LocalTransport:
         self._children[run.id] = child
         with contextlib.suppress(OSError, AttributeError):
             self._pidfds[run.id] = os.pidfd_open(child.pid)
+
+    def _artifacts_of(self, run: Run, item: str) -> Path | None:
+        """The artifacts of the passing run of ``item`` in the run's batch
+        (read fresh: it passed after this batch was first looked at)."""
+        return artifacts_of_passing_run(self.runs, self.entries.batch_raw(run.batch_id), item)
 
     def wakeup_fds(self) -> list[int]:
         """Readable as soon as a watched wrapper exits: the worker's own

@@ -66,6 +66,10 @@ class RemoteLayout:
         return f"{self.root}/artifacts"
 
     @property
+    def inputs(self) -> str:
+        return f"{self.root}/inputs"
+
+    @property
     def pid_file(self) -> str:
         return f"{self.root}/pid"
 
@@ -84,10 +88,12 @@ class PosixCommands:
         return "sh -c " + shlex.quote(script)
 
     def upload(self, layout: RemoteLayout) -> str:
+        """Receive a tar of ``work/`` (the test) and, when the run has
+        inputs, ``inputs/``, into the run's directory."""
         q = shlex.quote
         return self._sh(
             f"rm -rf {q(layout.root)} && mkdir -p {q(layout.work)} {q(layout.artifacts)} "
-            f"&& tar -xf - -C {q(layout.work)}"
+            f"&& tar -xf - -C {q(layout.root)}"
         )
 
     def run(self, layout: RemoteLayout, entrypoint: str, env: Mapping[str, str]) -> str:
@@ -163,7 +169,7 @@ class WindowsCommands:
             f"Remove-Item -Recurse -Force -ErrorAction SilentlyContinue {q(layout.root)}; "
             f"New-Item -ItemType Directory -Force {q(layout.work)},{q(layout.artifacts)} "
             "| Out-Null; "
-            f"tar -xf - -C {q(layout.work)}; exit $LASTEXITCODE"
+            f"tar -xf - -C {q(layout.root)}; exit $LASTEXITCODE"
         )
 
     def run(self, layout: RemoteLayout, entrypoint: str, env: Mapping[str, str]) -> str:

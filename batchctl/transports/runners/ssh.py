@@ -17,6 +17,7 @@ from typing import BinaryIO
 from batchctl.model.fleet import Machine
 from batchctl.model.models import RunStatus
 from batchctl.transports.archive import UnsafeArchive, safe_extract
+from batchctl.transports.inputs import INPUTS_VARIABLE
 from batchctl.transports.remote import RemoteLayout, commands_for, ssh_argv
 from batchctl.transports.runners.base import Ended, from_exit_code, wait_for_exit
 
@@ -61,7 +62,12 @@ class SshRunner:
         self.test_dir = test_dir
         self.artifacts_dir = artifacts_dir
         self.entrypoint = entrypoint
+        # Paths the controller gave are its own; the run sees the remote ones.
+        given = env.get(INPUTS_VARIABLE)
+        self.inputs_dir = Path(given) if given else None
         self.env = {**env, "BATCHCTL_ARTIFACTS_DIR": self.layout.artifacts}
+        if given:
+            self.env[INPUTS_VARIABLE] = self.layout.inputs
         self.known_hosts = known_hosts
         self.kill_grace_s = kill_grace_s
         self.process: subprocess.Popen[bytes] | None = None
@@ -90,7 +96,9 @@ class SshRunner:
         assert upload.stderr is not None
         try:
             with tarfile.open(fileobj=upload.stdin, mode="w|") as archive:
-                archive.add(self.test_dir, arcname=".")
+                archive.add(self.test_dir, arcname="work")
+                if self.inputs_dir is not None:
+                    archive.add(self.inputs_dir, arcname="inputs")
             upload.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # ssh exited early; its status and message say why
