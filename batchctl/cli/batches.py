@@ -1,5 +1,6 @@
 """Commands about batches: run, status, list, cancel, retry, logs, prune."""
 
+import itertools
 import os
 import sys
 import time
@@ -146,7 +147,11 @@ def run(
         if not output.json_mode:
             render_dry_run(output.stdout, preview)
         # Items that could never run: refused now, rather than skipped later.
-        reasons = ", ".join(f"{name} ({code})" for name, code in skipped.items())
+        # The first few, in the message: a glob of thousands of directories
+        # must not make a message of thousands of names (details list them all).
+        shown = [f"{name} ({code})" for name, code in itertools.islice(skipped.items(), 20)]
+        more = f" and {len(skipped) - len(shown)} more" if len(skipped) > len(shown) else ""
+        reasons = ", ".join(shown) + more
         raise InvalidInput(
             f"{plan}: {len(skipped)} of {len(preview.items)} items would be skipped: {reasons}",
             details={"file": plan, "would_skip": skipped},

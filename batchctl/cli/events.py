@@ -160,11 +160,24 @@ def failure_report(document: Mapping[str, Any]) -> list[str]:
     return report
 
 
+def _workflow_data(text: str) -> str:
+    """``text`` escaped as the message of a workflow command."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _workflow_property(text: str) -> str:
+    """``text`` escaped as a property of a workflow command: an item of a
+    matrix, ``test[py=3.11,shard=1]``, has a comma, which separates properties."""
+    return _workflow_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
 def github_annotations(document: Mapping[str, Any]) -> list[str]:
     """``::error::`` lines GitHub Actions shows on the run's page."""
     return [
-        f"::error title={item['name']} {item['outcome']}::"
-        f"{item['name']}#{item['attempt']} on {item['machine']}: {_how_it_ended(item['run'])}"
+        f"::error title={_workflow_property(item['name'] + ' ' + item['outcome'])}::"
+        + _workflow_data(
+            f"{item['name']}#{item['attempt']} on {item['machine']}: {_how_it_ended(item['run'])}"
+        )
         for item in failed_items(document)
     ]
 

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from batchctl.engine.service import DryRunResult, PruneResult, RetryResult, SubmitResult
 from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
@@ -19,6 +20,12 @@ OUTCOME_STYLE = {
     "queued": "",
     "waiting": "dim",
 }
+
+
+def _row(table: Table, *cells: str | Text) -> None:
+    """A table row whose strings are shown as they are: rich would read
+    ``test[py=3.11]`` (an item of a matrix) as markup and print ``test``."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
 
 
 def _when(moment: datetime | None) -> str:
@@ -66,11 +73,10 @@ def batch_table(view: BatchView, title: str | None = None) -> Table:
     table.add_column("SELECTOR", no_wrap=True)
     table.add_column("DETAIL", overflow="fold")
     for item in view.items:
-        table.add_row(
+        _row(
+            table,
             item.name,
-            f"[{OUTCOME_STYLE.get(item.outcome, '')}]{item.outcome}[/]"
-            if OUTCOME_STYLE.get(item.outcome)
-            else item.outcome,
+            Text(item.outcome, style=OUTCOME_STYLE.get(item.outcome, "")),
             str(item.attempt),
             item.machine or "-",
             item.selector,
@@ -138,6 +144,25 @@ def _first_few(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
+def _needs_shown(needs: list[str], items_of: dict[str, list[str]]) -> str:
+    """``needs`` with every item of one matrix or dirs entry written once, as
+    ``test (all 6)``: a dependent of an expanded entry needs each of its
+    items, and a row naming them all says nothing more."""
+    shown: list[str] = []
+    listed = set(needs)
+    done: set[str] = set()
+    for need in needs:
+        base = need.partition("[")[0]
+        every = items_of.get(base)
+        if every is not None and len(every) > 1 and listed.issuperset(every):
+            if base not in done:
+                done.add(base)
+                shown.append(f"{base} (all {len(every)})")
+        else:
+            shown.append(need)
+    return ", ".join(shown)
+
+
 def render_dry_run(console: Console, result: DryRunResult) -> None:
     console.print(f"plan     {result.source}  sha256:{result.plan_hash}", markup=False)
     console.print(f"staging  {result.staging or '-'}", markup=False)
@@ -152,13 +177,18 @@ def render_dry_run(console: Console, result: DryRunResult) -> None:
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in ("ITEM", "DIR", "SELECTOR", "NEEDS", "TIMEOUT", "RETRIES", "RUNS ON"):
         table.add_column(column, no_wrap=column not in ("NEEDS", "RUNS ON"), overflow="fold")
+    items_of: dict[str, list[str]] = {}
+    for item in result.items:
+        if "[" in item.name:
+            items_of.setdefault(item.name.partition("[")[0], []).append(item.name)
     for item in result.items:
         runs_on = f"never: {item.would_skip}" if item.would_skip else _first_few(item.machines)
-        table.add_row(
+        _row(
+            table,
             item.name,
             item.dir,
             item.selector,
-            ", ".join(item.needs) or "-",
+            _needs_shown(item.needs, items_of) or "-",
             f"{item.timeout_s}s",
             f"{item.retries} on {'/'.join(item.retry_on)}",
             runs_on,
@@ -175,7 +205,8 @@ def render_list(console: Console, summaries: list[BatchSummary]) -> None:
     for column in ("BATCH", "CREATED", "STAGING", "STATE", "OUTCOMES", "SOURCE"):
         table.add_column(column, no_wrap=column not in ("OUTCOMES", "SOURCE"))
     for summary in summaries:
-        table.add_row(
+        _row(
+            table,
             summary.id,
             _when(summary.created_at),
             summary.staging or "-",
@@ -208,9 +239,9 @@ def render_prune(console: Console, result: PruneResult) -> None:
     for column in ("BATCH", "ACTION", "REASON"):
         table.add_column(column, no_wrap=column != "REASON", overflow="fold")
     for batch_id in result.removed:
-        table.add_row(batch_id, verb, "finished")
+        _row(table, batch_id, verb, "finished")
     for kept in result.kept:
-        table.add_row(kept.id, "kept", kept.reason)
+        _row(table, kept.id, "kept", kept.reason)
     console.print()
     console.print(table)
 
@@ -231,7 +262,8 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
     ):
         table.add_column(column, no_wrap=column != "RUNS", overflow="fold")
     for machine in machines:
-        table.add_row(
+        _row(
+            table,
             machine.name,
             machine.source,
             machine.transport,
@@ -278,7 +310,8 @@ def render_item(console: Console, item: ItemDetail) -> None:
     for column in ("TRY", "RUN", "MACHINE", "STATUS", "EXIT", "STARTED", "ENDED", "MESSAGE"):
         table.add_column(column, no_wrap=column != "MESSAGE", overflow="fold")
     for attempt in item.attempts:
-        table.add_row(
+        _row(
+            table,
             str(attempt.attempt),
             attempt.id,
             attempt.machine,

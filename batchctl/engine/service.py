@@ -349,9 +349,16 @@ class BatchService:
     def _entry_of(reading: BatchReading, item_name: str) -> Mapping[str, Any]:
         entry = reading.entries.get(item_name)
         if entry is None:
+            # A matrix or dirs entry is not an item: its items are, by full name.
+            own = [name for name in reading.entries if name.startswith(item_name + "[")]
+            what = f"items of {item_name!r}" if own else "items"
+            listed = own or list(reading.entries)
+            # A few names say what to type; a 100,000-item list does not.
+            shown = ", ".join(listed[:20]) + (
+                f" and {len(listed) - 20} more" if len(listed) > 20 else ""
+            )
             raise NotFound(
-                f"batch {reading.batch['id']} has no item {item_name!r} "
-                f"(items: {', '.join(reading.entries)})",
+                f"batch {reading.batch['id']} has no item {item_name!r} ({what}: {shown})",
                 details={"batch": reading.batch["id"], "item": item_name},
             )
         return entry

@@ -33,6 +33,18 @@ from batchctl.model.environment import (
     merged_names,
 )
 from batchctl.model.errors import EmptyPlan, InvalidInput, InvalidPlan
+from batchctl.model.expansion import (
+    MAX_ITEM_NAME,
+    MAX_ITEMS_PER_ENTRY,
+    ExpansionProblem,
+    MatrixAxes,
+    base_name,
+    combination_count,
+    combinations,
+    glob_dirs,
+    item_name,
+    pattern_problem,
+)
 from batchctl.model.models import Entry
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -46,6 +58,10 @@ MAX_RETRIES = 20
 # A timeout longer than a year is a typo, and past 64 bits no JSON holds it.
 MAX_DURATION_S = 366 * 86_400
 FALLBACK_TAG = "local"
+# Bounds on what matrices and globs expand to: the engine is built for
+# batches of 100,000 items, and a view costs O(items + needs).
+MAX_PLAN_ITEMS = 100_000
+MAX_NEED_LINKS = 1_000_000
 
 
 def parse_duration(value: object) -> int:
@@ -119,12 +135,91 @@ def _check_env(value: object) -> object:
     return env
 
 
+class _FieldProblems(ValueError):
+    """Several problems found in one field, each ``(field, message)``:
+    pydantic keeps one error per field, and a plan author wants them all."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems[0][1])
+        self.problems = problems
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut short: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_matrix(value: object) -> object:
+    """``{KEY: [value, ...], ...}``, in the order written, to a tuple of
+    ``(KEY, (value, ...))`` with values as strings."""
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            "expected a mapping of variable names to lists of values, like {py: ['3.11', '3.12']}"
+        )
+    if not value:
+        raise ValueError("is empty: give at least one variable and its list of values")
+    problems: list[tuple[str, str]] = []
+    axes: list[tuple[str, tuple[str, ...]]] = []
+    for key, raw in value.items():
+        shown_key = str(key) if isinstance(key, str | int) else _shown(key)
+        field = f"matrix.{shown_key if len(shown_key) <= 60 else shown_key[:57] + '...'}"
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
+            problems.append((field, f"{_shown(key)} is not a valid environment variable name"))
+            continue
+        if key.startswith(RESERVED_ENV_PREFIX):
+            problems.append(
+                (field, f"names starting with {RESERVED_ENV_PREFIX} are set by batchctl")
+            )
+            continue
+        if not isinstance(raw, list):
+            problems.append((field, f"expected a list of values, got {_shown(raw)}"))
+            continue
+        if not raw:
+            problems.append((field, "the list of values is empty"))
+            continue
+        values: list[str] = []
+        for item in raw:
+            # Floats are refused where env takes them: YAML reads 3.10 as 3.1,
+            # and a value names an item, so its spelling must survive.
+            if isinstance(item, float):
+                problems.append(
+                    (
+                        field,
+                        f"{_shown(item)} is a YAML number, which loses its spelling "
+                        "(3.10 is read as 3.1): quote the value as written",
+                    )
+                )
+            elif isinstance(item, bool) or not isinstance(item, str | int):
+                problems.append(
+                    (
+                        field,
+                        f"values must be strings or whole numbers (quote it), got {_shown(item)}",
+                    )
+                )
+            elif str(item) in values:
+                problems.append((field, f"{_shown(str(item))} is listed twice"))
+            else:
+                values.append(str(item))
+        axes.append((key, tuple(values)))
+    if problems:
+        raise _FieldProblems(problems)
+    matrix = tuple(axes)
+    count = combination_count(matrix)
+    if count > MAX_ITEMS_PER_ENTRY:
+        raise ValueError(
+            f"expands to {count:,} combinations (at most {MAX_ITEMS_PER_ENTRY:,} per entry)"
+        )
+    return matrix
+
+
 Name = Annotated[str, BeforeValidator(_check_name)]
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 Retries = Annotated[int, BeforeValidator(_check_retries)]
 RetryOn = Annotated[tuple[str, ...], BeforeValidator(_check_retry_on)]
 EnvMap = Annotated[dict[str, str], BeforeValidator(_check_env)]
 EnvPass = Annotated[tuple[str, ...], BeforeValidator(check_env_pass)]
+Matrix = Annotated[MatrixAxes, BeforeValidator(_check_matrix)]
 
 
 class _Spec(BaseModel):
@@ -142,7 +237,11 @@ class DefaultsSpec(_Spec):
 
 class EntrySpec(_Spec):
     name: Name
-    dir: str
+    # Exactly one of dir and dirs (checked on the raw entry by load_plan_text,
+    # so that a missing one is reported together with every other problem).
+    dir: str | None = None
+    dirs: str | None = None
+    matrix: Matrix | None = None
     machine: Name | None = None
     tag: Name | None = None
     needs: list[str] = []
@@ -156,11 +255,24 @@ class EntrySpec(_Spec):
 
     @field_validator("dir")
     @classmethod
-    def _dir_not_blank(cls, value: str) -> str:
+    def _dir_not_blank(cls, value: str | None) -> str:
+        # None is only the default's: written out, `dir: ~` is no directory.
+        if value is None:
+            raise ValueError("expected a directory, got null")
         if not value.strip():
             raise ValueError("must not be empty")
         if "\0" in value:
             raise ValueError("must not contain a NUL character")
+        return value
+
+    @field_validator("dirs")
+    @classmethod
+    def _dirs_is_a_pattern(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("expected a glob pattern of directories, got null")
+        problem = pattern_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -204,6 +316,11 @@ class Plan:
     source: str
     entries: tuple[Entry, ...]
     plan_hash: str
+    # Per entry, the position of the plan entry it comes from (a matrix or
+    # dirs entry gives several), and the positions of dirs entries: a problem
+    # found later names the plan entry as written.
+    origins: tuple[int, ...] = ()
+    globbed: frozenset[int] = frozenset()
 
     def entry(self, name: str) -> Entry:
         return next(entry for entry in self.entries if entry.name == name)
@@ -334,6 +451,15 @@ def _describe_pydantic_error(error: Mapping[str, Any], model: type[BaseModel]) -
     return field, message
 
 
+def _describe_all(error: Mapping[str, Any], model: type[BaseModel]) -> list[tuple[str, str]]:
+    """Every (field, message) of one pydantic error: a field validator that
+    found several problems (a matrix) reports each on its own line."""
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _FieldProblems):
+        return cause.problems
+    return [_describe_pydantic_error(error, model)]
+
+
 def _entry_label(index: int, raw: object) -> str:
     name = raw.get("name") if isinstance(raw, Mapping) else None
     if isinstance(name, str) and name:
@@ -384,10 +510,101 @@ def compute_plan_hash(entries: Sequence[Entry]) -> str:
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Expanded:
+    """The items one matrix or dirs entry stands for, in order: name, dir
+    as written, and the matrix's variables."""
+
+    items: list[tuple[str, str, dict[str, str]]]
+    names: frozenset[str]
+
+
+def _expand(spec: EntrySpec, base_dir: Path, where: str) -> tuple[_Expanded | None, list[str]]:
+    """The items of a matrix or dirs entry, or the problems that stop it."""
+    problems: list[str] = []
+    own_env = spec.env or {}
+    for key, _ in spec.matrix or ():
+        if key in own_env:
+            problems.append(
+                f"{where}: field 'matrix.{key}': is also set in 'env': set it in one place"
+            )
+    dirs: list[tuple[str, str | None]]
+    if spec.dirs is not None:
+        try:
+            dirs = [(found, label) for found, label in glob_dirs(spec.dirs, base_dir)]
+        except ExpansionProblem as exc:
+            return None, [*problems, f"{where}: field 'dirs': {exc}"]
+    else:
+        assert spec.dir is not None
+        dirs = [(spec.dir, None)]
+    combos = list(combinations(spec.matrix)) if spec.matrix else [([], {})]
+    count = len(dirs) * len(combos)
+    if count > MAX_ITEMS_PER_ENTRY:
+        problems.append(
+            f"{where}: field 'dirs': {len(dirs):,} directories x {len(combos):,} matrix "
+            f"combinations make {count:,} items (at most {MAX_ITEMS_PER_ENTRY:,} per entry)"
+        )
+    if problems:
+        return None, problems
+    items = [
+        (item_name(spec.name, [*([label] if label is not None else []), *labels]), found, env)
+        for found, label in dirs
+        for labels, env in combos
+    ]
+    longest = max(items, key=lambda item: len(item[0]))[0]
+    if len(longest) > MAX_ITEM_NAME:
+        field = "matrix" if spec.matrix else "dirs"
+        return None, [
+            f"{where}: field {field!r}: item name {longest[:40] + '...'!r} would be "
+            f"{len(longest):,} characters (at most {MAX_ITEM_NAME}): use shorter values"
+        ]
+    return _Expanded(items, frozenset(name for name, _, _ in items)), []
+
+
+def _need_problem(
+    name: str,
+    needed: str,
+    listed: set[str],
+    entry_names: Mapping[str, object],
+    expanded: Mapping[str, _Expanded],
+    expanding: set[str],
+) -> str | None:
+    """What is wrong with ``name`` needing ``needed``, if anything. An item of
+    an expanded entry is needed by its full name, ``test[py=3.11]``."""
+    base, bracket, _ = needed.partition("[")
+    if needed == name:
+        return "an entry cannot need itself"
+    if not bracket:
+        if needed in entry_names:
+            return None
+        close = difflib.get_close_matches(needed, sorted(entry_names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown entry {needed!r}{hint}"
+    if base == name:
+        return f"an entry cannot need its own item {needed!r}"
+    if base not in entry_names:
+        close = difflib.get_close_matches(base, sorted(entry_names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown item {needed!r}: no entry {base!r}{hint}"
+    if base in expanded:
+        if needed not in expanded[base].names:
+            close = difflib.get_close_matches(needed, sorted(expanded[base].names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unknown item {needed!r} of entry {base!r}{hint}"
+        if base in listed:
+            return f"{needed!r} is already needed through {base!r}"
+        return None
+    if base in expanding:
+        return None  # the entry's matrix or dirs has a problem of its own, reported
+    return f"unknown item {needed!r}: entry {base!r} has no matrix or dirs (need {base!r})"
+
+
 def load_plan_text(
     text: str, *, path: str, base_dir: Path, source: str, env_tag: str | None
 ) -> Plan:
-    """Validate plan text; ``path`` names it in messages, ``base_dir`` anchors ``dir``."""
+    """Validate plan text; ``path`` names it in messages, ``base_dir`` anchors
+    ``dir`` and ``dirs``. Matrix and dirs entries are expanded here, so
+    everything after sees one entry per item."""
     raw = parse_yaml(text, path)
     if raw is None:
         raise EmptyPlan(f"{path}: empty plan: the file has no content")
@@ -402,10 +619,10 @@ def load_plan_text(
         header = PlanHeaderSpec.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors():
-            field, message = _describe_pydantic_error(error, PlanHeaderSpec)
-            if field == "entries" and error["type"] == "list_type":
-                message = "must be a list of entries"
-            problems.append(f"{path}: field {field!r}: {message}")
+            for field, message in _describe_all(error, PlanHeaderSpec):
+                if field == "entries" and error["type"] == "list_type":
+                    message = "must be a list of entries"
+                problems.append(f"{path}: field {field!r}: {message}")
 
     raw_entries = raw.get("entries")
     if header is not None and not header.entries:
@@ -414,17 +631,46 @@ def load_plan_text(
         raise InvalidPlan(path, problems)
 
     specs: list[tuple[int, EntrySpec]] = []
+    # Entries that expand (as written, valid or not): their items are unknown
+    # when the entry has a problem, and needing one is then not an error too.
+    expanding: set[str] = set()
     for index, raw_entry in enumerate(raw_entries):
         label = _entry_label(index, raw_entry)
         if not isinstance(raw_entry, Mapping):
             problems.append(f"{path}: {label}: must be a mapping with at least 'name' and 'dir'")
             continue
+        if (
+            raw_entry.get("matrix") is not None or raw_entry.get("dirs") is not None
+        ) and isinstance(raw_entry.get("name"), str):
+            expanding.add(raw_entry["name"])
+        valid = True
         try:
-            specs.append((index, EntrySpec.model_validate(raw_entry)))
+            spec = EntrySpec.model_validate(raw_entry)
         except ValidationError as exc:
+            valid = False
             for error in exc.errors():
-                field, message = _describe_pydantic_error(error, EntrySpec)
-                problems.append(f"{path}: {label}: field {field!r}: {message}")
+                for field, message in _describe_all(error, EntrySpec):
+                    problems.append(f"{path}: {label}: field {field!r}: {message}")
+        if "dir" not in raw_entry and "dirs" not in raw_entry:
+            valid = False
+            problems.append(
+                f"{path}: {label}: field 'dir': is required (or 'dirs', a glob of directories)"
+            )
+        elif "dir" in raw_entry and "dirs" in raw_entry:
+            valid = False
+            problems.append(
+                f"{path}: {label}: field 'dir/dirs': dir and dirs are mutually exclusive: "
+                "give one of them"
+            )
+        if valid:
+            specs.append((index, spec))
+        elif isinstance(pattern := raw_entry.get("dirs"), str) and pattern_problem(pattern) is None:
+            # The entry has other problems, but whether its glob matches is
+            # worth knowing in the same round.
+            try:
+                glob_dirs(pattern, base_dir)
+            except ExpansionProblem as exc:
+                problems.append(f"{path}: {label}: field 'dirs': {exc}")
 
     first_index_of: dict[str, int] = {}
     for index, spec in specs:
@@ -435,6 +681,15 @@ def load_plan_text(
             )
         else:
             first_index_of[spec.name] = index
+
+    expanded: dict[str, _Expanded] = {}
+    for index, spec in specs:
+        if (spec.matrix or spec.dirs is not None) and first_index_of[spec.name] == index:
+            where = f"{path}: {_entry_label(index, {'name': spec.name})}"
+            expansion, expansion_problems = _expand(spec, base_dir, where)
+            problems.extend(expansion_problems)
+            if expansion is not None:
+                expanded[spec.name] = expansion
 
     # Needs are checked on every entry that names them, including entries with
     # other problems, so one run of the validator reports everything.
@@ -447,23 +702,30 @@ def load_plan_text(
     for name, (index, needs) in raw_needs.items():
         label = _entry_label(index, {"name": name})
         seen_needs: set[str] = set()
+        listed_needs = set(needs)
         for needed in needs:
-            if needed == name:
-                problems.append(f"{path}: {label}: field 'needs': an entry cannot need itself")
-            elif needed in seen_needs:
-                problems.append(f"{path}: {label}: field 'needs': {needed!r} is listed twice")
-            elif needed not in raw_needs:
-                close = difflib.get_close_matches(needed, sorted(raw_needs), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"{path}: {label}: field 'needs': unknown entry {needed!r}{hint}")
+            if needed in seen_needs:
+                problem: str | None = f"{needed!r} is listed twice"
+            else:
+                problem = _need_problem(name, needed, listed_needs, raw_needs, expanded, expanding)
+            if problem is not None:
+                problems.append(f"{path}: {label}: field 'needs': {problem}")
             seen_needs.add(needed)
 
-    needs_graph = {name: [n for n in needs if n != name] for name, (_, needs) in raw_needs.items()}
+    # Needing one item of an entry is an edge to that entry: every item of an
+    # entry needs the same things, so a cycle of entries is a cycle of items.
+    needs_graph = {
+        name: [base_name(n) for n in needs if base_name(n) != name]
+        for name, (_, needs) in raw_needs.items()
+    }
     for cycle in _find_cycles(needs_graph):
         label = _entry_label(raw_needs[cycle[0]][0], {"name": cycle[0]})
         problems.append(
             f"{path}: {label}: field 'needs': dependency cycle {' -> '.join([*cycle, cycle[0]])}"
         )
+
+    if expanded:
+        problems.extend(_size_problems(path, specs, first_index_of, expanded))
 
     if problems or header is None:
         raise InvalidPlan(path, problems)
@@ -472,28 +734,106 @@ def load_plan_text(
     default_tag = _default_tag(header.defaults, env_tag)
     # Many entries share a directory (or a handful): resolve each once.
     resolved: dict[str, str] = {}
-    for _, spec in specs:
-        if spec.dir not in resolved:
-            resolved[spec.dir] = str((base_dir / spec.dir).resolve())
-    entries = tuple(
-        Entry(
-            name=spec.name,
-            dir=spec.dir,
-            abs_dir=resolved[spec.dir],
-            selector=f"machine:{spec.machine}"
-            if spec.machine
-            else f"tag:{spec.tag or default_tag}",
-            needs=tuple(spec.needs),
-            timeout_s=spec.timeout or defaults.timeout or DEFAULT_TIMEOUT_S,
-            retries=_first_set(spec.retries, defaults.retries, DEFAULT_RETRIES),
-            retry_on=spec.retry_on or defaults.retry_on or DEFAULT_RETRY_ON,
-            env={**(defaults.env or {}), **(spec.env or {})},
-            env_pass=merged_names(defaults.env_pass or (), spec.env_pass or ()),
-            inputs=tuple(spec.inputs),
-        )
-        for _, spec in specs
+
+    def absolute(directory: str) -> str:
+        if directory not in resolved:
+            resolved[directory] = str((base_dir / directory).resolve())
+        return resolved[directory]
+
+    entries: list[Entry] = []
+    origins: list[int] = []
+    for index, spec in specs:
+
+        def items_of(names: Sequence[str]) -> tuple[str, ...]:
+            """Names of entries or items, with each entry's whole expansion."""
+            return tuple(
+                item
+                for named in names
+                for item in (
+                    [name for name, _, _ in expanded[named].items] if named in expanded else [named]
+                )
+            )
+
+        needs_of = items_of(spec.needs)
+        inputs_of = items_of(spec.inputs)
+        selector = f"machine:{spec.machine}" if spec.machine else f"tag:{spec.tag or default_tag}"
+        timeout_s = spec.timeout or defaults.timeout or DEFAULT_TIMEOUT_S
+        retries = _first_set(spec.retries, defaults.retries, DEFAULT_RETRIES)
+        retry_on = spec.retry_on or defaults.retry_on or DEFAULT_RETRY_ON
+        env = {**(defaults.env or {}), **(spec.env or {})}
+        env_pass = merged_names(defaults.env_pass or (), spec.env_pass or ())
+        if spec.name in expanded:
+            items = expanded[spec.name].items
+        else:
+            assert spec.dir is not None
+            items = [(spec.name, spec.dir, {})]
+        for name, directory, matrix_env in items:
+            entries.append(
+                Entry(
+                    name=name,
+                    dir=directory,
+                    abs_dir=absolute(directory),
+                    selector=selector,
+                    needs=needs_of,
+                    timeout_s=timeout_s,
+                    retries=retries,
+                    retry_on=retry_on,
+                    # A matrix variable may override defaults.env, as the
+                    # entry's own env does (a clash with that env is refused).
+                    env={**env, **matrix_env},
+                    env_pass=env_pass,
+                    inputs=inputs_of,
+                )
+            )
+            origins.append(index)
+    return Plan(
+        path=path,
+        source=source,
+        entries=tuple(entries),
+        plan_hash=compute_plan_hash(entries),
+        origins=tuple(origins),
+        globbed=frozenset(index for index, spec in specs if spec.dirs is not None),
     )
-    return Plan(path=path, source=source, entries=entries, plan_hash=compute_plan_hash(entries))
+
+
+def _size_problems(
+    path: str,
+    specs: Sequence[tuple[int, EntrySpec]],
+    first_index_of: Mapping[str, int],
+    expanded: Mapping[str, _Expanded],
+) -> list[str]:
+    """A plan whose matrices and globs expand past what a batch is built for:
+    too many items, or too many item-to-item needs (an expanded entry needing
+    another makes one for every pair)."""
+    problems = []
+    size = {name: len(expansion.items) for name, expansion in expanded.items()}
+    total_items = 0
+    total_links = 0
+    for index, spec in specs:
+        if first_index_of.get(spec.name) != index:
+            continue
+        items = size.get(spec.name, 1)
+        needed = sum(1 if "[" in need else size.get(need, 1) for need in spec.needs)
+        links = items * needed
+        total_items += items
+        total_links += links
+        if links > MAX_NEED_LINKS:
+            problems.append(
+                f"{path}: {_entry_label(index, {'name': spec.name})}: field 'needs': "
+                f"{items:,} items each needing {needed:,} make {links:,} dependencies "
+                f"(at most {MAX_NEED_LINKS:,} in a plan)"
+            )
+    if total_items > MAX_PLAN_ITEMS:
+        problems.append(
+            f"{path}: field 'entries': the plan expands to {total_items:,} items "
+            f"(at most {MAX_PLAN_ITEMS:,} once matrices and dirs are expanded)"
+        )
+    if total_links > MAX_NEED_LINKS and not problems:
+        problems.append(
+            f"{path}: field 'entries': the plan's needs expand to {total_links:,} "
+            f"dependencies between items (at most {MAX_NEED_LINKS:,})"
+        )
+    return problems
 
 
 def _first_set(*values: int | None) -> int:
@@ -529,9 +869,11 @@ def load_plan(path: str, *, env_tag: str | None) -> Plan:
 
 
 def missing_dir_problems(plan: Plan) -> list[str]:
-    """Entries whose ``dir`` is absent or not a directory, checked when a batch is created."""
+    """Entries whose ``dir`` is absent or not a directory, checked when a batch
+    is created: one line per plan entry, however many items it expanded to."""
     problems = []
     checked: dict[str, str | None] = {}  # each directory is asked about once
+    reported: set[int] = set()
     for position, entry in enumerate(plan.entries):
         if entry.abs_dir not in checked:
             target = Path(entry.abs_dir)
@@ -541,19 +883,25 @@ def missing_dir_problems(plan: Plan) -> list[str]:
                 )
             except OSError as exc:  # a name too long for the file system, say
                 checked[entry.abs_dir] = exc.strerror or "unreadable"
-        if checked[entry.abs_dir] is None:
+        origin = plan.origins[position] if plan.origins else position
+        if checked[entry.abs_dir] is None or origin in reported:
             continue
-        label = _entry_label(position, {"name": entry.name})
+        reported.add(origin)
+        label = _entry_label(origin, {"name": base_name(entry.name)})
+        # A globbed directory that went away between the glob and this look.
+        field = "dirs" if origin in plan.globbed else "dir"
         target = Path(entry.abs_dir)
         if checked[entry.abs_dir] not in ("missing", "not-a-dir"):
             problems.append(
-                f"{plan.path}: {label}: field 'dir': {entry.dir!r} cannot be used "
+                f"{plan.path}: {label}: field {field!r}: {entry.dir!r} cannot be used "
                 f"({checked[entry.abs_dir]})"
             )
         elif not target.exists():
             problems.append(
-                f"{plan.path}: {label}: field 'dir': {entry.dir!r} does not exist ({target})"
+                f"{plan.path}: {label}: field {field!r}: {entry.dir!r} does not exist ({target})"
             )
         elif not target.is_dir():
-            problems.append(f"{plan.path}: {label}: field 'dir': {entry.dir!r} is not a directory")
+            problems.append(
+                f"{plan.path}: {label}: field {field!r}: {entry.dir!r} is not a directory"
+            )
     return problems

@@ -19,6 +19,9 @@ from batchctl.model import rules
 Document = dict[str, Any]
 Stored = Mapping[str, Any]
 
+# How many unmet needs a waiting item's reason names before "and N more".
+WAITING_SHOWN = 10
+
 
 class QueuedReasons(Protocol):
     """Why a ready, queued item has no machine yet: it needs the fleet and the
@@ -124,9 +127,15 @@ class BatchReading:
             return None
         waiting_on = self.unmet_needs(entry)
         if waiting_on:
-            return "waiting on " + ", ".join(
-                f"{name} ({self.outcome(self.entries[name], self.items[name])})"
-                for name in waiting_on
+            # The first few: a dependent of a matrix may wait on thousands.
+            more = len(waiting_on) - WAITING_SHOWN
+            return (
+                "waiting on "
+                + ", ".join(
+                    f"{name} ({self.outcome(self.entries[name], self.items[name])})"
+                    for name in waiting_on[:WAITING_SHOWN]
+                )
+                + (f" and {more} more" if more > 0 else "")
             )
         if self.reasons is None:
             return "ready; waiting for a matching machine"

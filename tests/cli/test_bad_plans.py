@@ -125,6 +125,34 @@ entries:
         ["plan.yaml", "entry 'build' (#1)", "field 'env'", "quote it"],
     ),
     "not-a-mapping": ("- just\n- a list\n", ["plan.yaml", "must be a mapping"]),
+    "matrix-empty-list": (
+        "version: 1\nentries:\n  - {name: build, dir: suites/build, matrix: {py: []}}\n",
+        ["plan.yaml", "entry 'build' (#1)", "field 'matrix.py'", "the list of values is empty"],
+    ),
+    "matrix-clashes-with-env": (
+        "version: 1\nentries:\n"
+        "  - {name: build, dir: suites/build, matrix: {py: ['3.11']}, env: {py: x}}\n",
+        ["plan.yaml", "entry 'build' (#1)", "field 'matrix.py'", "also set in 'env'"],
+    ),
+    "dirs-matches-nothing": (
+        "version: 1\nentries:\n  - {name: build, dirs: suites/none*/}\n",
+        ["plan.yaml", "entry 'build' (#1)", "field 'dirs'", "'suites/none*/' matches no directory"],
+    ),
+    "dir-and-dirs": (
+        "version: 1\nentries:\n  - {name: build, dir: suites/build, dirs: suites/*/}\n",
+        ["plan.yaml", "entry 'build' (#1)", "field 'dir/dirs'", "mutually exclusive"],
+    ),
+    "needs-unknown-item": (
+        "version: 1\nentries:\n"
+        "  - {name: build, dir: suites/build, matrix: {py: ['3.11']}}\n"
+        "  - {name: test, dir: suites/build, needs: ['build[py=3.12]']}\n",
+        [
+            "plan.yaml",
+            "entry 'test' (#2)",
+            "field 'needs'",
+            "unknown item 'build[py=3.12]' of entry 'build' (did you mean 'build[py=3.11]'?)",
+        ],
+    ),
 }
 
 

@@ -34,9 +34,79 @@ values = st.recursive(
     max_leaves=6,
 )
 
-ENTRY_KEYS = ["name", "dir", "machine", "tag", "needs", "timeout", "retries", "retry_on", "env"]
+ENTRY_KEYS = [
+    "name",
+    "dir",
+    "dirs",
+    "matrix",
+    "machine",
+    "tag",
+    "needs",
+    "timeout",
+    "retries",
+    "retry_on",
+    "env",
+]
 entries = st.dictionaries(st.sampled_from([*ENTRY_KEYS, "other"]), values, max_size=6)
-plans = st.fixed_dictionaries(
+
+# Matrices and globs mostly right, so that they get expanded: values and
+# directories whose names must be encoded, and now and then a reserved or
+# invalid key, a duplicate, a float, a clash with env, or a glob that
+# matches nothing, climbs out of the plan's directory or is refused.
+good_values = st.lists(
+    st.sampled_from(["3.11", "a b", "x:y,z=", "%", "", "ü", "1", 2, -3, 2**70]),
+    min_size=1,
+    max_size=4,
+    unique_by=str,
+)
+good_matrices = st.dictionaries(
+    st.sampled_from(["py", "shard", "A", "PATH_"]), good_values, min_size=1, max_size=3
+)
+bad_matrices = st.dictionaries(
+    st.one_of(st.sampled_from(["py", "BATCHCTL_X", "1x", ""]), texts),
+    st.one_of(st.lists(scalars, max_size=3), values),
+    max_size=3,
+)
+matrices = st.one_of(good_matrices, good_matrices, good_matrices, bad_matrices, values)
+good_globs = st.sampled_from(["suites/*/", "suites/*", "*/", "suites/[ab]*/", "../*/", "*/*/"])
+bad_globs = st.one_of(st.sampled_from(["none*/", "suites/**/", "suites/a", "", "a\0*"]), texts)
+where = st.one_of(
+    st.just({"dir": "suites/a"}),
+    st.just({"dir": "suites/a"}),
+    st.builds(lambda glob: {"dirs": glob}, good_globs),
+    st.builds(lambda glob: {"dirs": glob}, good_globs),
+    st.builds(lambda glob: {"dirs": glob}, bad_globs),
+    st.builds(lambda glob: {"dir": "suites/a", "dirs": glob}, good_globs),
+    st.just({}),
+)
+needs_lists = st.lists(
+    st.sampled_from(["t", "u", "t[py=3.11]", "u[a]", "t[", "u[]", "x[a]", "t[A=1]", "v"]),
+    max_size=2,
+    unique=True,
+)
+expanding_entries = st.builds(
+    lambda name, where, extra: {"name": name, **where, **extra},
+    st.sampled_from(["t", "u", "v"]),
+    where,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "matrix": matrices,
+            "needs": needs_lists,
+            "env": st.sampled_from([{"py": "x"}, {"B": "y"}]),
+        },
+    ),
+)
+expanding_plans = st.fixed_dictionaries(
+    {
+        "version": st.just(1),
+        "entries": st.lists(
+            expanding_entries, min_size=1, max_size=4, unique_by=lambda entry: str(entry["name"])
+        ),
+    },
+    optional={"defaults": st.fixed_dictionaries({"env": st.just({"py": "d", "A": "d"})})},
+)
+any_plans = st.fixed_dictionaries(
     {},
     optional={
         "version": st.one_of(st.just(1), values),
@@ -46,6 +116,7 @@ plans = st.fixed_dictionaries(
         "entries": st.one_of(st.lists(entries, max_size=4), values),
     },
 )
+plans = st.one_of(any_plans, expanding_plans)
 
 MACHINE_KEYS = ["name", "transport", "host", "user", "port", "tags", "slots", "os", "workdir"]
 machines = st.dictionaries(st.sampled_from([*MACHINE_KEYS, "other"]), values, max_size=6)

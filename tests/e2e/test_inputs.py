@@ -75,3 +75,20 @@ def test_inputs_must_be_needed(workdir: Path, state_dir: Path) -> None:
     refused = run_batchctl("run", "plan.yaml", cwd=workdir)
     assert refused.code == 2
     assert "entry 'test' (#2): field 'inputs': 'build' is not in needs" in refused.stderr
+
+
+def test_inputs_naming_a_matrix_entry_take_every_item_of_it() -> None:
+    from batchctl.model.plan import load_plan_text
+
+    plan = load_plan_text(
+        "version: 1\nentries:\n"
+        "  - {name: build, dir: d, matrix: {py: ['3.11', '3.12']}}\n"
+        "  - {name: test, dir: d, needs: [build], inputs: [build]}\n",
+        path="plan.yaml",
+        base_dir=Path("/x"),
+        source="inline",
+        env_tag=None,
+    )
+    test = next(entry for entry in plan.entries if entry.name == "test")
+    assert test.inputs == ("build[py=3.11]", "build[py=3.12]")
+    assert test.needs == test.inputs
