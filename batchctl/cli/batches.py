@@ -55,7 +55,12 @@ def _wait(
 ) -> Document:
     console = output.stderr if output.json_mode else output.stdout
     try:
-        with Progress(console, quiet=output.quiet) as progress:
+        with Progress(
+            console,
+            quiet=output.quiet,
+            now=service.clock.now,
+            expected=lambda: service.earlier_durations(batch_id),
+        ) as progress:
             document = service.wait(
                 batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S, item=item
             )

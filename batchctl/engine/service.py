@@ -309,6 +309,29 @@ class BatchService:
             items=items,
         )
 
+    def earlier_durations(self, batch_id: str, *, batches_back: int = 5) -> dict[str, float]:
+        """Seconds each item's passing run took in the newest earlier batches
+        of the same plan (any staging): what a live ETA is estimated from.
+        O(batches + items x batches_back), once per wait."""
+        this = self.batches.raw(batch_id)
+        earlier: list[dict[str, Any]] = []
+        for raw in self.batches.all_raw():  # oldest first
+            if raw["id"] == this["id"]:
+                break
+            if raw["plan_hash"] == this["plan_hash"]:
+                earlier.append(raw)
+        durations: dict[str, float] = {}
+        for raw in reversed(earlier[-batches_back:]):
+            wanted = {
+                item["run_id"]: name
+                for name, item in raw["items"].items()
+                if name not in durations and item.get("run_id")
+            }
+            for run_id, run in self.runs.get_many(wanted).items():
+                if run.status.value == "succeeded" and run.started_at and run.ended_at:
+                    durations[wanted[run_id]] = (run.ended_at - run.started_at).total_seconds()
+        return durations
+
     def status(self, batch_id: str) -> Document:
         """The joined view; an unfinished batch whose worker died is taken over."""
         document = self.view_document(batch_id)
