@@ -4,6 +4,7 @@ tools accept (flaky and rerun failures marked), and a markdown summary."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import textwrap
@@ -291,14 +292,18 @@ def test_an_unwritable_path_is_named_and_nothing_is_written(batch: Batch, tmp_pa
     markdown = out / "summary.md"
     a_file = out / "a-file"
     a_file.write_text("")
-    for target, reason in (
-        (
-            out / "missing" / "junit.xml",
-            f"the directory {out / 'missing'} does not exist",
-        ),
+    read_only = out / "read-only"
+    read_only.mkdir(mode=0o500)
+    unwritable = [
+        (out / "missing" / "junit.xml", f"the directory {out / 'missing'} does not exist"),
         (a_file / "junit.xml", "Not a directory"),
         (out, "it is a directory"),
-    ):
+        # Not writable even for root, who may write anywhere else (CI runs tests as root).
+        (Path("/sys/batchctl-junit.xml"), ": cannot write the report: "),
+    ]
+    if os.geteuid() != 0:
+        unwritable.append((read_only / "junit.xml", "Permission denied"))
+    for target, reason in unwritable:
         # A real process: what CI runs, with no traceback and its own exit code.
         result = run_batchctl(
             "report",
@@ -318,7 +323,8 @@ def test_an_unwritable_path_is_named_and_nothing_is_written(batch: Batch, tmp_pa
         assert "Traceback" not in result.stderr
         assert len(result.stderr.splitlines()) == 1
         assert not markdown.exists()  # all or nothing
-    assert sorted(path.name for path in out.iterdir()) == ["a-file"]
+    assert sorted(path.name for path in out.iterdir()) == ["a-file", "read-only"]
+    assert list(read_only.iterdir()) == []
 
 
 def test_an_unfinished_batch_is_reported_with_its_unfinished_items_as_errors(
