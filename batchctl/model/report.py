@@ -389,6 +389,9 @@ def item_report(item: ItemInput, *, batch_id: str, staging: str, classname: str)
             ("batchctl.machines", ", ".join(attempt.machine or "?" for attempt in item.attempts))
         )
         properties.append(("batchctl.runs", ", ".join(a.run_id for a in item.attempts)))
+    junit_files = [path for attempt in item.attempts for path in attempt.junit_files]
+    if junit_files:
+        properties.append(("batchctl.junit_files", ", ".join(junit_files)))
     if last is not None and last.log_path:
         properties.append(("batchctl.log", last.log_path))
     if last is not None and last.artifacts_path:

@@ -125,9 +125,19 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
     make_suite(root / "suites", "plain-fail", PLAIN_FAIL)
     make_suite(root / "suites", "plain-pass", PLAIN_PASS)
     write_plan(root, PLAN.format(python=sys.executable, markers=markers))
+    fleet = write_plan(
+        root,
+        "machines:\n  - {name: local, transport: local, tags: [local], slots: 2}\n",
+        "fleet.yaml",
+    )
+    # Set in full: the autouse fixture that isolates each test is not in force
+    # for a fixture shared by the module.
     env = {
         "HOME": str(home),
         "BATCHCTL_STATE_DIR": str(state_dir),
+        "BATCHCTL_FLEET": str(fleet),
+        "BATCHCTL_TAG": "local",
+        "BATCHCTL_STAGING": "",
         "BATCHCTL_TICK": "0.1",
         "BATCHCTL_RETRY_BASE": "0.1",
         "BATCHCTL_RETRY_CAP": "0.5",
@@ -170,6 +180,11 @@ def test_the_report_merges_every_items_junit_and_attempts(
     assert skipped is not None
     assert skipped.attrib["message"] == "not on this machine"
     assert found["unit"].attrib["hostname"] == "local"
+    properties = {
+        prop.attrib["name"]: prop.attrib["value"] for prop in found["unit"].iter("property")
+    }
+    assert properties["batchctl.batch"] == batch.id
+    assert properties["batchctl.junit_files"].endswith("/artifacts/junit.xml")
 
     # Failed on attempt 1, passed on attempt 2: a passed test, visibly flaky.
     flaky = cases(found["flaky"])
