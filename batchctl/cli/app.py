@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from batchctl import __version__
-from batchctl.cli import batches, fleet
+from batchctl.cli import batches, fleet, report
 from batchctl.cli.envelope import error_envelope, filtered_by
 from batchctl.cli.locations import resolve_state_dir
 from batchctl.model.clock import SystemClock
@@ -49,6 +49,7 @@ app.command("list")(batches.list_batches)
 app.command("cancel")(batches.cancel)
 app.command("retry")(batches.retry)
 app.command("logs")(batches.logs)
+app.command("report")(report.report)
 app.command("prune")(batches.prune)
 app.command("machines")(fleet.machines)
 app.command("_batch-worker", hidden=True)(fleet.batch_worker)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from batchctl.model import rules
-from batchctl.model.viewdoc import BatchReading
+from batchctl.model.viewdoc import BatchReading, how_it_ended
 
 TAIL_LINES = 30
 
@@ -36,17 +36,6 @@ def _seconds(run: Mapping[str, Any]) -> str:
         return ""
     took = datetime.fromisoformat(ended) - datetime.fromisoformat(started)
     return f" ({took.total_seconds():.1f}s)"
-
-
-def _how_it_ended(run: Mapping[str, Any]) -> str:
-    status = run.get("status", "pending")
-    if status == "timeout":
-        return "timed out"
-    if run.get("error_code"):
-        return f"{run['error_code']}: {run.get('message') or ''}".rstrip(": ")
-    if run.get("exit_code") not in (None, 0):
-        return f"exit {run['exit_code']}"
-    return str(status)
 
 
 class ItemEvents:
@@ -112,7 +101,7 @@ class ItemEvents:
         if status == rules.SUCCEEDED:
             say(run.get("ended_at"), f"pass {label}{took}")
             return
-        line = f"FAIL {label} {_how_it_ended(run)}{took}"
+        line = f"FAIL {label} {how_it_ended(run)}{took}"
         later = attempt < item.get("attempt", 1)
         if later or rules.retry_due(
             rules.DISPATCHED, status, entry["retry_on"], attempt, entry["retries"]
@@ -152,7 +141,7 @@ def failure_report(document: Mapping[str, Any]) -> list[str]:
         run = item["run"]
         report.append(
             f"--- {item['name']}#{item['attempt']} on {item['machine']}: "
-            f"{item['outcome']} ({_how_it_ended(run)})"
+            f"{item['outcome']} ({how_it_ended(run)})"
         )
         report.append(f"    log:       {run['log_path']}")
         report.append(f"    artifacts: {run['artifacts_path']}")
@@ -176,7 +165,7 @@ def github_annotations(document: Mapping[str, Any]) -> list[str]:
     return [
         f"::error title={_workflow_property(item['name'] + ' ' + item['outcome'])}::"
         + _workflow_data(
-            f"{item['name']}#{item['attempt']} on {item['machine']}: {_how_it_ended(item['run'])}"
+            f"{item['name']}#{item['attempt']} on {item['machine']}: {how_it_ended(item['run'])}"
         )
         for item in failed_items(document)
     ]
@@ -199,7 +188,7 @@ def github_summary(document: Mapping[str, Any]) -> str:
         ]
         lines += [
             f"| {item['name']} | {item['attempt']} | {item['machine']} | {item['outcome']} "
-            f"| {_how_it_ended(item['run'])} | `{item['run']['log_path']}` |"
+            f"| {how_it_ended(item['run'])} | `{item['run']['log_path']}` |"
             for item in failed
         ]
         lines.append("")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.scheduler import why_unrunnable
@@ -44,6 +44,10 @@ class ChangedSince(View):
 
     batch: str
     entries: list[str]
+
+
+if TYPE_CHECKING:
+    from batchctl.model.report import Report
 
 
 class SubmitResult(View):
@@ -338,6 +342,15 @@ class BatchService:
         if not document["done"]:
             self.dispatcher.ensure_worker(document["id"])
         return document
+
+    def report(self, batch_id: str) -> Report:
+        """The batch's report as stored now, every attempt merged. A read
+        only: no worker is started or taken over (``status`` does that), and
+        the fleet is not loaded (queued items say they wait, not on what)."""
+        # Imported here: the XML parser it brings is for this command only.
+        from batchctl.engine.report import gather_report
+
+        return gather_report(self.reading(batch_id, explain=False))
 
     def cancel(self, batch_id: str, *, settle_s: float) -> BatchView:
         """Stop dispatching, skip queued items, stop running runs (they end

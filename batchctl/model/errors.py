@@ -88,6 +88,16 @@ class LeaseLost(StateError):
     code = "lease_lost"
 
 
+class OutputUnwritable(BatchctlError):
+    """A file the user asked for (a report) cannot be written: its directory
+    is missing or not writable, the disk is full. The same code as a state
+    file that cannot be written: what is wrong is the file system, not the
+    command line."""
+
+    code = "output_unwritable"
+    exit_code = ExitCode.STATE
+
+
 class Interrupted(BatchctlError):
     """The user pressed Ctrl-C. Raised from our own SIGINT handler, so it
     reaches the one place exit codes are decided (typer turns a

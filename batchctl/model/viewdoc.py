@@ -48,6 +48,19 @@ def run_document(run: Stored, runs_prefix: str) -> Document:
     }
 
 
+def how_it_ended(run: Stored) -> str:
+    """A run's end in a few words: ``exit 3``, ``timed out``, ``ssh_connect:
+    …``, as CI log lines and reports say it."""
+    status = run.get("status", "pending")
+    if status == "timeout":
+        return "timed out"
+    if run.get("error_code"):
+        return f"{run['error_code']}: {run.get('message') or ''}".rstrip(": ")
+    if run.get("exit_code") not in (None, 0):
+        return f"exit {run['exit_code']}"
+    return str(status)
+
+
 class BatchReading:
     """One stored batch joined with the stored runs: each item's outcome,
     finality and reason, and the whole view."""

@@ -59,3 +59,20 @@ def follow_log(
         if done:
             return
         sleep(poll_s)
+
+
+def tail_text(path: Path, lines: int, *, max_bytes: int = CHUNK) -> str:
+    """The last ``lines`` lines of a log as text, at most its last
+    ``max_bytes`` bytes (a line cut there starts with ``…``). Undecodable
+    bytes are replaced; a log that cannot be read says so."""
+    offset = tail_offset(path, lines)
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, 2)
+            start = max(offset, end - max_bytes)
+            handle.seek(start)
+            data = handle.read(end - start)
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})\n"
+    text = data.decode(errors="replace")
+    return "…" + text if start > offset else text

@@ -31,5 +31,11 @@ def test_umask() -> str:
     return f"{current:03o}"
 
 
+def users_file_mode() -> int:
+    """The mode of a file written for the user (a report), as their own
+    umask would make it, rather than batchctl's private 0600."""
+    return 0o666 & ~int(test_umask(), 8)
+
+
 def _valid(value: str | None) -> bool:
     return value is not None and re.fullmatch(r"[0-7]{1,4}", value) is not None

@@ -152,8 +152,15 @@ def assert_answered(result: Any, started: float) -> None:
     assert "Traceback" not in result.stderr
     if result.code == 2:
         error = orjson.loads(result.stderr)["error"]
-        # The codes of exit 2 (model/errors.py).
-        assert error["code"] in ("invalid_input", "invalid_plan", "empty_plan", "invalid_fleet")
+        # The codes of exit 2 (model/errors.py; an inventory that cannot be
+        # asked, e.g. without credentials, is a fleet problem too).
+        assert error["code"] in (
+            "invalid_input",
+            "invalid_plan",
+            "empty_plan",
+            "invalid_fleet",
+            "inventory_error",
+        )
         assert len(error["message"]) < 10_000
     assert time.monotonic() - started < 5
 

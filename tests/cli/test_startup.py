@@ -29,3 +29,12 @@ def test_status_without_an_inventory_does_not_load_the_http_client(workdir: Path
     modules = imported_after(code, cwd=workdir)
     assert "typer" in modules  # the probe did run a real command
     assert "httpx" not in modules
+
+
+def test_only_report_loads_the_xml_parser(workdir: Path) -> None:
+    make_suite(workdir / "suites", "a")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/a}\n")
+    code = "from batchctl.cli.entry import main\nmain(['run', 'plan.yaml', '--dry-run', '--json'])"
+    modules = imported_after(code, cwd=workdir)
+    assert "batchctl.cli.report" in modules  # the command line was built
+    assert not {"xml.etree.ElementTree", "pyexpat", "batchctl.model.junit"} & modules

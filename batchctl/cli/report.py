@@ -1,0 +1,189 @@
+"""The report command: a batch as one JUnit XML file and/or a markdown summary."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from batchctl.cli.context import load_settings, open_service
+from batchctl.cli.options import BatchIdArgument, JsonOption, QuietOption, StateDirOption
+from batchctl.cli.output import Output
+from batchctl.model.errors import ExitCode, InvalidInput, OutputUnwritable
+from batchctl.state.journal import fsync_dir
+from batchctl.transports.umask import users_file_mode
+
+if TYPE_CHECKING:
+    from batchctl.model.report import Report
+
+JunitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--junit",
+        metavar="FILE",
+        help="Write the batch as one JUnit XML file: a test suite per item, every attempt merged.",
+        show_default=False,
+    ),
+]
+MarkdownOption = Annotated[
+    str | None,
+    typer.Option(
+        "--markdown",
+        metavar="FILE",
+        help="Write a markdown summary: counts, and the failed, flaky and skipped items.",
+        show_default=False,
+    ),
+]
+
+
+def report(
+    batch_id: BatchIdArgument,
+    junit: JunitOption = None,
+    markdown: MarkdownOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    state_dir: StateDirOption = None,
+) -> int:
+    """Write a batch's report: JUnit XML for CI test views, markdown for people.
+
+    Exits 0 once the files are written, whatever the batch's outcome (run
+    --wait or status --wait exit by that)."""
+    # Imported here: every command loads this module, only this one needs XML.
+    from batchctl.model.junit import render_junit
+    from batchctl.model.report import render_markdown
+
+    targets = _targets(junit, markdown)
+    output = Output(json_mode=json_output, quiet=quiet)
+    built = open_service(load_settings(state_dir)).report(batch_id)
+    _write_all(
+        {
+            option: (
+                path,
+                render_junit(built) if option == "--junit" else render_markdown(built).encode(),
+            )
+            for option, path in targets.items()
+        }
+    )
+    for warning in built.warnings:
+        sys.stderr.write(f"batchctl: warning: {warning}\n")
+    if not built.done:
+        sys.stderr.write(
+            f"batchctl: warning: batch {built.batch_id} is not finished; its unfinished items "
+            f"are reported as errors (type not_finished). To wait for its end first: "
+            f"batchctl status {built.batch_id} --wait\n"
+        )
+    written = {option: str(path) for option, path in targets.items()}
+    output.result(
+        _document(built, written), lambda console: _render(console, built, written, quiet=quiet)
+    )
+    return ExitCode.OK
+
+
+def _targets(junit: str | None, markdown: str | None) -> dict[str, Path]:
+    """Which files to write, by option, as absolute paths (what the answer
+    names). Checked before the batch is read."""
+    if junit is None and markdown is None:
+        raise InvalidInput(
+            "report needs --junit FILE or --markdown FILE (or both)",
+            details={"usage": True, "options": ["--junit", "--markdown"]},
+        )
+    targets = {
+        option: Path(value).absolute()
+        for option, value in (("--junit", junit), ("--markdown", markdown))
+        if value is not None
+    }
+    if len(targets) == 2 and os.path.realpath(targets["--junit"]) == os.path.realpath(
+        targets["--markdown"]
+    ):
+        raise InvalidInput(
+            f"--junit and --markdown name the same file {junit}",
+            details={"usage": True, "file": junit},
+        )
+    for option, path in targets.items():
+        if path.is_dir():
+            raise OutputUnwritable(
+                f"{option} {path}: cannot write the report there: it is a directory",
+                details={"option": option, "file": str(path)},
+            )
+    return targets
+
+
+def _unwritable(option: str, path: Path, exc: OSError) -> OutputUnwritable:
+    if exc.errno == errno.ENOENT and not path.parent.is_dir():
+        reason = f"the directory {path.parent} does not exist"
+    elif exc.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    else:
+        reason = exc.strerror or str(exc)
+    return OutputUnwritable(
+        f"{option} {path}: cannot write the report: {reason}; nothing was written",
+        details={"option": option, "file": str(path), "errno": exc.errno},
+    )
+
+
+def _write_all(files: dict[str, tuple[Path, bytes]]) -> None:
+    """Every file or none: each is written whole to a temporary file beside
+    it and synced, then all are moved into place (``os.replace``: a reader
+    never sees half a report, and a report that cannot be written leaves
+    the other one unwritten too). They get the user's umask, not batchctl's
+    private one: a CI job uploads them."""
+    mode = users_file_mode()
+    staged: list[tuple[str, str, Path]] = []
+    try:
+        for option, (path, payload) in files.items():
+            try:
+                fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as exc:
+                raise _unwritable(option, path, exc) from None
+            staged.append((option, temp, path))
+            try:
+                with open(fd, "wb") as out:
+                    out.write(payload)
+                    out.flush()
+                    os.fchmod(out.fileno(), mode)
+                    os.fsync(out.fileno())
+            except OSError as exc:
+                raise _unwritable(option, path, exc) from None
+        for option, temp, path in staged:
+            try:
+                os.replace(temp, path)
+                fsync_dir(path.parent)
+            except OSError as exc:
+                raise _unwritable(option, path, exc) from None
+    finally:
+        for _, temp, _ in staged:
+            Path(temp).unlink(missing_ok=True)
+
+
+def _document(built: Report, written: dict[str, str]) -> dict[str, Any]:
+    return {
+        "batch_id": built.batch_id,
+        "done": built.done,
+        "written": {"junit": written.get("--junit"), "markdown": written.get("--markdown")},
+        "tests": built.totals.document(),
+        "items": {"total": len(built.items), **built.item_results()},
+        "warnings": list(built.warnings),
+    }
+
+
+def _render(console: Console, built: Report, written: dict[str, str], *, quiet: bool) -> None:
+    if quiet:
+        return
+    from batchctl.model.junit import format_seconds
+
+    for path in written.values():
+        console.print(f"wrote {path}", markup=False)
+    totals = built.totals
+    results = ", ".join(f"{count} {result}" for result, count in built.item_results().items())
+    console.print(
+        f"batch {built.batch_id}: {len(built.items)} items ({results}); "
+        f"{totals.tests} tests: {totals.failures} failed, {totals.errors} errors, "
+        f"{totals.skipped} skipped, {totals.flaky} flaky, {format_seconds(totals.time_ms)}s",
+        markup=False,
+    )
