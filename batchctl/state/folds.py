@@ -61,7 +61,7 @@ def resolve_id(records: Mapping[str, Any], given: str, kind: str) -> str:
     raise NotFound(f"no {kind} with id {given!r}", details={kind: given})
 
 
-_SHARED_ENTRY_VALUES = ("dir", "abs_dir", "selector", "retry_on")
+_SHARED_ENTRY_VALUES = ("dir", "abs_dir", "selector", "retry_on", "snapshot", "env_pass")
 _SHARED_ITEM_VALUES = ("state", "machine", "updated_at", "not_before", "error_code")
 
 
