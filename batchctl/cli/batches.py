@@ -166,10 +166,14 @@ def run(
     )
     batch_id, resumed, changed = submitted.batch_id, submitted.resumed, submitted.changed_since
     if changed is not None:
+        # A few names say what changed; a 10,000-item matrix's would not.
+        names = ", ".join(changed.entries[:20]) + (
+            f" and {len(changed.entries) - 20} more" if len(changed.entries) > 20 else ""
+        )
         output.note(
             f"a new batch: {len(changed.entries)} "
             f"{'entry' if len(changed.entries) == 1 else 'entries'} changed since batch "
-            f"{changed.batch}: {', '.join(changed.entries)}"
+            f"{changed.batch}: {names}"
         )
     if not wait:
         result = SubmitResult(resumed=resumed, batch=service.view(batch_id), changed_since=changed)
@@ -179,9 +183,11 @@ def run(
         return ExitCode.OK
     output.note(f"{'resumed' if resumed else 'created'} batch {batch_id}")
     final = _wait(service, output, batch_id)
-    waited: dict[str, Any] = {"resumed": resumed, "batch": final}
-    if changed is not None:
-        waited["changed_since"] = changed.model_dump(mode="json")
+    waited: dict[str, Any] = {
+        "resumed": resumed,
+        "batch": final,
+        "changed_since": changed.model_dump(mode="json") if changed else None,
+    }
     output.result(
         waited,
         lambda console: render_batch(console, BatchView.model_validate(final)),

@@ -82,7 +82,7 @@ def live_table(
     if hidden:
         # One line fewer for the rows, one for what they leave out.
         shown, hidden = ordered[: room - 1], ordered[room - 1 :]
-    table = batch_table(view.model_copy(update={"items": shown}))
+    table = batch_table(view.model_copy(update={"items": shown}), fold_detail=False)
     if hidden:
         left_out = Counter(item.outcome for item in hidden)
         table.add_row(

@@ -57,7 +57,9 @@ def _detail(item: ItemView) -> str:
     return ", ".join(parts)
 
 
-def batch_table(view: BatchView, title: str | None = None) -> Table:
+def batch_table(view: BatchView, title: str | None = None, *, fold_detail: bool = True) -> Table:
+    """``fold_detail``: long details take more lines; without, they are cut
+    (the live table must keep one line per row to fit the screen)."""
     table = Table(
         show_edge=False,
         pad_edge=False,
@@ -71,7 +73,9 @@ def batch_table(view: BatchView, title: str | None = None) -> Table:
     table.add_column("TRY", justify="right")
     table.add_column("MACHINE", no_wrap=True)
     table.add_column("SELECTOR", no_wrap=True)
-    table.add_column("DETAIL", overflow="fold")
+    table.add_column(
+        "DETAIL", overflow="fold" if fold_detail else "ellipsis", no_wrap=not fold_detail
+    )
     for item in view.items:
         _row(
             table,

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.scheduler import why_unrunnable
 from batchctl.model.clock import Clock
-from batchctl.model.errors import InvalidPlan, NotFound, StateError
+from batchctl.model.errors import InvalidInput, InvalidPlan, NotFound, StateError
 from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
-from batchctl.model.plan import Plan, missing_dir_problems
+from batchctl.model.plan import Plan, dir_label, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
 from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
 from batchctl.model.viewdoc import BatchReading, Document, run_document
@@ -35,7 +35,7 @@ from batchctl.state.batches import BatchStore, items_record
 from batchctl.state.journal import Record
 from batchctl.state.memory import without_gc
 from batchctl.state.runs import RunStore
-from batchctl.state.snapshots import SnapshotRefused, SnapshotStore
+from batchctl.state.snapshots import Scan, SnapshotRefused, SnapshotStore
 
 
 class ChangedSince(View):
@@ -97,6 +97,8 @@ def _changed_since(previous: Batch | None, batch: Batch, resumed: bool) -> Chang
     """Which entries made a new batch rather than resuming ``previous``."""
     if resumed or previous is None or previous.id == batch.id:
         return None
+    if any(entry.snapshot is None for entry in previous.entries):
+        return None  # made before snapshots: nothing to compare with
     before = {entry.name: entry.snapshot for entry in previous.entries}
     changed = [entry.name for entry in batch.entries if before.get(entry.name) != entry.snapshot]
     return ChangedSince(batch=previous.id, entries=changed) if changed else None
@@ -211,34 +213,70 @@ class BatchService:
             return BatchView.model_validate(self.reading(batch_id).document())
 
     def snapshot(self, plan: Plan, *, store: bool) -> tuple[Entry, ...]:
-        """The plan's entries with the digest of their directories' snapshots
-        (kept in the state dir with ``store``). Every problem of every
-        directory is reported at once. O(bytes of the directories)."""
+        """The plan's entries with the digest of their directories' snapshots.
+        Every directory is scanned before anything is stored, so a plan
+        refused for one directory leaves nothing behind; every problem of
+        every directory is reported at once. O(bytes of the directories)."""
         problems = missing_dir_problems(plan)
         if problems:
             raise InvalidPlan(plan.path, problems)
-        digests: dict[str, str] = {}
-        for index, entry in enumerate(plan.entries):
-            if entry.abs_dir in digests:
+        scans: dict[str, Scan] = {}
+        reported: set[int] = set()
+        for position, entry in enumerate(plan.entries):
+            if entry.abs_dir in scans:
                 continue
             try:
-                digests[entry.abs_dir] = self.snapshots.take(Path(entry.abs_dir), store=store)
+                scans[entry.abs_dir] = self.snapshots.scan(Path(entry.abs_dir))
             except SnapshotRefused as refused:
-                problems.extend(
-                    f"{plan.path}: entry {entry.name!r} (#{index + 1}): field 'dir': "
-                    f"{entry.dir}/{problem}"
-                    for problem in refused.problems
-                )
-            except OSError as exc:
-                raise StateError(
-                    f"cannot store the snapshot of {entry.abs_dir}: {exc.strerror}",
-                    details={"dir": entry.abs_dir},
-                ) from None
+                origin, where = dir_label(plan, position)
+                if origin not in reported:
+                    reported.add(origin)
+                    problems.extend(
+                        f"{plan.path}: {where}: {entry.dir}/{problem}"
+                        for problem in refused.problems
+                    )
         if problems:
             raise InvalidPlan(plan.path, problems)
+        if store:
+            for scanned in scans.values():
+                self._store(scanned)
         return tuple(
-            entry.model_copy(update={"snapshot": digests[entry.abs_dir]}) for entry in plan.entries
+            entry.model_copy(update={"snapshot": scans[entry.abs_dir].digest})
+            for entry in plan.entries
         )
+
+    def _store(self, scanned: Scan) -> None:
+        try:
+            self.snapshots.store(scanned)
+        except SnapshotRefused as refused:
+            raise InvalidInput(
+                f"{scanned.directory}: {'; '.join(refused.problems)}",
+                details={"dir": str(scanned.directory)},
+            ) from None
+        except OSError as exc:
+            raise StateError(
+                f"cannot store the snapshot of {scanned.directory}: {exc.strerror or exc}",
+                details={"dir": str(scanned.directory)},
+            ) from None
+
+    def _snapshots_still_stored(self, plan: Plan, entries: tuple[Entry, ...]) -> None:
+        """Under the batches lock, before a new batch names its snapshots:
+        store again any that a prune collected since they were taken (prune
+        collects under the same lock). O(files of the distinct snapshots)."""
+        checked: set[str] = set()
+        for entry in entries:
+            if entry.snapshot is None or entry.snapshot in checked:
+                continue
+            checked.add(entry.snapshot)
+            if not self.snapshots.present(entry.snapshot):
+                rescanned = self.snapshots.scan(Path(entry.abs_dir))
+                if rescanned.digest != entry.snapshot:
+                    raise InvalidInput(
+                        f"{plan.path}: {entry.dir} changed while it was being snapshotted; "
+                        "run again",
+                        details={"dir": entry.dir},
+                    )
+                self._store(rescanned)
 
     def submit(
         self,
@@ -257,6 +295,7 @@ class BatchService:
         content = content_hash(entries)
 
         def new_batch() -> Batch:
+            self._snapshots_still_stored(plan, entries)
             now = self.clock.now()
             return Batch(
                 id=new_batch_id(self.clock),
@@ -618,17 +657,21 @@ class BatchService:
             self.batches.forget_views(finished)
             run_ids = self.runs.remove_batches(finished)
             remove_batches(finished)
+            # Under the lock: a `run` makes sure its snapshots are stored
+            # under it before its batch names them (submit), so nothing a
+            # batch is about to name is collected.
+            left_behind: list[str] = []
+            try:
+                self.snapshots.collect(
+                    self.batches.snapshots_in_use(), now=self.clock.now().timestamp()
+                )
+            except OSError as exc:
+                left_behind.append(f"{self.snapshots.root}: {exc.strerror or exc}")
         # Deleted after the locks are released: large run directories must
         # not keep the workers of other batches waiting for a lock.
         doomed = [self.runs.run_dir(run_id) for run_id in sorted(run_ids)]
         doomed += [self.batches.worker_log(batch_id) for batch_id in finished]
-        left_behind = [failure for path in doomed if (failure := _delete(path))]
-        try:
-            self.snapshots.collect(
-                self.batches.snapshots_in_use(), now=self.clock.now().timestamp()
-            )
-        except OSError as exc:
-            left_behind.append(f"{self.snapshots.root}: {exc.strerror}")
+        left_behind += [failure for path in doomed if (failure := _delete(path))]
         return PruneResult(
             dry_run=False,
             created_before=cutoff,

@@ -131,6 +131,9 @@ def _check_env(value: object) -> object:
         # and nulls are refused because their spelling would be a surprise.
         if isinstance(raw, bool) or raw is None or not isinstance(raw, str | int | float):
             raise ValueError(f"{key}: value must be a string or a number (quote it), got {raw!r}")
+        if "\0" in str(raw):
+            # No environment can hold it: the run could never start.
+            raise ValueError(f"{key}: value must not contain a NUL character")
         env[key] = str(raw)
     return env
 
@@ -197,6 +200,8 @@ def _check_matrix(value: object) -> object:
                         f"values must be strings or whole numbers (quote it), got {_shown(item)}",
                     )
                 )
+            elif "\0" in str(item):
+                problems.append((field, "a value must not contain a NUL character"))
             elif str(item) in values:
                 problems.append((field, f"{_shown(str(item))} is listed twice"))
             else:
@@ -866,6 +871,16 @@ def load_plan(path: str, *, env_tag: str | None) -> Plan:
         source=f"plan:{path}",
         env_tag=env_tag,
     )
+
+
+def dir_label(plan: Plan, position: int) -> tuple[int, str]:
+    """(plan entry index, ``"entry 'x' (#n): field 'dir'"``) for the item at
+    ``position`` of ``plan.entries``: problems of a directory are the plan
+    entry's, whatever number of items it expanded to."""
+    origin = plan.origins[position] if plan.origins else position
+    label = _entry_label(origin, {"name": base_name(plan.entries[position].name)})
+    field = "dirs" if origin in plan.globbed else "dir"
+    return origin, f"{label}: field {field!r}"
 
 
 def missing_dir_problems(plan: Plan) -> list[str]:

@@ -18,6 +18,7 @@ Standard library only, and no I/O: ``engine.report`` reads the files.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -439,12 +440,19 @@ def build_report(
 # -- markdown --------------------------------------------------------------
 
 
+# Characters markdown (and the HTML it may hold) would read as links,
+# mentions, code, emphasis or tags: test names and messages come from files
+# the tests wrote, and a CI summary must show them as they are. (`_` inside a
+# word and `#` inside a cell are plain text in GitHub's and GitLab's markdown.)
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|<>&@])")
+
+
 def _cell(text: str | None) -> str:
-    """Text that stays in its table cell."""
+    """Text that stays in its table cell, shown as it is."""
     if not text:
         return ""
     flat = " ".join(xml_text(text).split())
-    return flat.replace("|", "\\|")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
 def _code(text: str | None) -> str:

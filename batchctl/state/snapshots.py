@@ -31,16 +31,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import posixpath
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import orjson
 
-from batchctl.state.journal import DIR_MODE, FILE_MODE, ensure_state_dir
+from batchctl.state.journal import DIR_MODE, ensure_state_dir
 
 CHUNK = 1 << 20
 TREE_FORMAT = 1
@@ -81,16 +83,61 @@ class Member:
         return cls(raw[0], "d", mode=raw[2])
 
 
-def _leaves(root: Path, link: Path, target: str) -> bool:
-    """Does the symlink ``link`` (inside ``root``, pointing to ``target``)
-    lead outside ``root``? Absolute targets always do (the copy would point
-    back into the workspace); relative ones are resolved as the file system
-    resolves them, so a chain of links (``s2 -> .``, ``s1 -> s2/..``) is
-    judged by where it really ends."""
+def _leaves(root: Path, link: Path, relative: str, target: str) -> bool:
+    """Does the symlink at ``relative`` (inside ``root``, pointing to
+    ``target``) lead outside ``root``, or pass outside on its way? Absolute
+    targets always do (the copy would point back into the workspace). A
+    relative one must stay inside at every step of its own path (``../d/x``
+    from inside ``d`` climbs out of the copy, which is not named ``d``),
+    and where the file system resolves it (a chain of links, ``s2 -> .``,
+    ``s1 -> s2/..``, is judged by where it really ends). A loop leaves."""
     if target.startswith("/"):
         return True
-    resolved = link.resolve()
+    depth = 0
+    for part in [*PurePosixPath(relative).parent.parts, *PurePosixPath(target).parts]:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part != ".":
+            depth += 1
+    try:
+        resolved = link.resolve()
+    except (OSError, RuntimeError):  # a loop: RuntimeError before Python 3.13
+        return True
     return resolved != root and root not in resolved.parents
+
+
+def _link(root: Path, link: Path, relative: str) -> tuple[str | None, Member | None]:
+    """A symlink as a member, or the problem that keeps it out."""
+    target = str(link.readlink())
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{relative}: a symlink whose target is not UTF-8 text", None
+    if _leaves(root, link, relative, target):
+        return (
+            f"{relative}: a symlink to {target!r}, outside the test directory "
+            "(copy what it points to into the directory)",
+            None,
+        )
+    return None, Member(relative, "l", target=target)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A directory walked and hashed, not yet stored."""
+
+    directory: Path
+    members: list[Member]
+    manifest: bytes
+    digest: str
+
+
+# Version-control metadata is not part of a test: it differs between two
+# checkouts of one commit (packs, index times), and a snapshot that held it
+# would never let a re-run from a fresh checkout resume.
+SKIPPED_NAMES = frozenset({".git", ".hg", ".svn"})
 
 
 class SnapshotStore:
@@ -102,33 +149,54 @@ class SnapshotStore:
     # -- taking ----------------------------------------------------------------
 
     def take(self, directory: Path, *, store: bool = True) -> str:
-        """The tree digest of ``directory``; with ``store`` its files and
-        manifest are kept here. O(bytes of the directory) to hash; a file
-        already stored is not written again."""
-        members = list(self._walk(directory))
+        """The tree digest of ``directory``, stored with ``store``."""
+        scanned = self.scan(directory)
         if store:
-            self._ensure_dirs()
-            touched: set[Path] = set()
-            for member in members:
-                if member.kind == "f":
-                    self._store_object(directory / member.path, member.digest, touched)
+            self.store(scanned)
+        return scanned.digest
+
+    def scan(self, directory: Path) -> Scan:
+        """Walk and hash ``directory`` (O(its bytes)); SnapshotRefused with
+        every problem at once if it holds what a snapshot cannot."""
+        members = self._walk(directory)
         manifest = orjson.dumps(
             {"format": TREE_FORMAT, "members": [member.as_list() for member in members]}
         )
-        digest = hashlib.sha256(manifest).hexdigest()
-        if store:
-            tree = self.trees / f"{digest}.json"
-            if tree.exists():
-                _touch(tree)
-            else:
-                _write_whole(tree, manifest)
-                touched.add(self.trees)
-            for directory_written in touched:
-                _fsync_dir(directory_written)
-        return digest
+        return Scan(directory, members, manifest, hashlib.sha256(manifest).hexdigest())
 
-    def _walk(self, directory: Path) -> Iterator[Member]:
+    def store(self, scanned: Scan) -> None:
+        """Keep a scanned directory's files not stored yet, then its tree;
+        everything synced (directories too) before this returns, so a batch
+        recorded next never names a snapshot that is not whole on disk."""
+        touched = self._ensure_dirs()
+        for member in scanned.members:
+            if member.kind == "f":
+                self._store_object(scanned.directory, member, touched)
+        tree = self.trees / f"{scanned.digest}.json"
+        if tree.exists():
+            _touch(tree)
+        else:
+            _write_whole(tree, scanned.manifest)
+            touched.add(self.trees)
+        # Children before parents: a directory made here is synced into its
+        # parent after what it holds.
+        for directory in sorted(touched, key=lambda path: len(path.parts), reverse=True):
+            _fsync_dir(directory)
+
+    def present(self, digest: str) -> bool:
+        """Whether the tree and every object it names are stored. O(files)."""
+        try:
+            return all(
+                self._object(member.digest).exists()
+                for member in self.members(digest)
+                if member.kind == "f"
+            )
+        except (OSError, ValueError):
+            return False
+
+    def _walk(self, directory: Path) -> list[Member]:
         root = directory.resolve()
+        state = self.root.parent
         problems: list[str] = []
         members: list[Member] = []
         pending = [""]
@@ -142,21 +210,30 @@ class SnapshotStore:
                 continue
             for entry in entries:
                 relative = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
+                if entry.name in SKIPPED_NAMES:
+                    continue
+                try:
+                    relative.encode("utf-8")
+                except UnicodeEncodeError:
+                    problems.append(
+                        f"{relative.encode('utf-8', 'backslashreplace').decode()}: "
+                        "its name is not UTF-8 text"
+                    )
+                    continue
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except OSError as exc:
                     problems.append(f"{relative}: cannot read: {exc.strerror}")
                     continue
                 if stat.S_ISLNK(info.st_mode):
-                    target = str(Path(entry.path).readlink())
-                    if _leaves(root, Path(entry.path), target):
-                        problems.append(
-                            f"{relative}: a symlink to {target!r}, outside the test directory "
-                            "(copy what it points to into the directory)"
-                        )
-                    else:
-                        members.append(Member(relative, "l", target=target))
+                    problem, member = _link(root, Path(entry.path), relative)
+                    if problem:
+                        problems.append(problem)
+                    elif member is not None:
+                        members.append(member)
                 elif stat.S_ISDIR(info.st_mode):
+                    if Path(entry.path).resolve() == state.resolve():
+                        continue  # the state directory itself, kept inside the workspace
                     members.append(Member(relative, "d", mode=stat.S_IMODE(info.st_mode)))
                     pending.append(relative)
                 elif stat.S_ISREG(info.st_mode):
@@ -181,33 +258,44 @@ class SnapshotStore:
                     )
         if problems:
             raise SnapshotRefused(problems)
-        yield from sorted(members, key=lambda member: member.path)
+        return sorted(members, key=lambda member: member.path)
 
-    def _ensure_dirs(self) -> None:
-        ensure_state_dir(self.root.parent)
+    def _ensure_dirs(self) -> set[Path]:
+        """Make the store's directories; those made here are returned as
+        parents to sync."""
+        made: set[Path] = set()
+        if not self.root.parent.is_dir():
+            ensure_state_dir(self.root.parent)
+            made.add(self.root.parent.parent)
         for path in (self.root, self.objects, self.trees):
-            path.mkdir(mode=DIR_MODE, exist_ok=True)
+            if not path.is_dir():
+                path.mkdir(mode=DIR_MODE, exist_ok=True)
+                made.add(path.parent)
+        return made
 
     def _object(self, digest: str) -> Path:
         return self.objects / digest[:2] / digest
 
-    def _store_object(self, source: Path, digest: str, touched: set[Path]) -> None:
-        target = self._object(digest)
+    def _store_object(self, directory: Path, member: Member, touched: set[Path]) -> None:
+        target = self._object(member.digest)
         if target.exists():
             _touch(target)
             return
-        target.parent.mkdir(mode=DIR_MODE, exist_ok=True)
-        temporary = target.with_name(f".{digest}.{os.getpid()}.tmp")
+        if not target.parent.is_dir():
+            target.parent.mkdir(mode=DIR_MODE, exist_ok=True)
+            touched.add(self.objects)
+        descriptor, temporary_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+        temporary = Path(temporary_name)
         try:
-            with open(source, "rb") as reading, _private_file(temporary) as writing:
+            with open(directory / member.path, "rb") as reading, open(descriptor, "wb") as writing:
                 inner = hashlib.sha256()
                 while chunk := reading.read(CHUNK):
                     inner.update(chunk)
                     writing.write(chunk)
                 writing.flush()
                 os.fsync(writing.fileno())
-            if inner.hexdigest() != digest:
-                raise SnapshotRefused([f"{source.name}: changed while it was being snapshotted"])
+            if inner.hexdigest() != member.digest:
+                raise SnapshotRefused([f"{member.path}: changed while it was being snapshotted"])
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
@@ -220,8 +308,22 @@ class SnapshotStore:
         return [Member.from_list(item) for item in raw["members"]]
 
     def has_file(self, digest: str, name: str) -> bool:
-        """Whether the snapshot holds a regular file at the top named ``name``."""
-        return any(m.path == name and m.kind == "f" for m in self.members(digest))
+        """Whether ``name`` in the snapshot is a regular file, or a symlink
+        that leads to one inside it (as ``run.sh -> ci/run.sh``): what
+        ``is_file`` says of the copy. False for a tree that cannot be read."""
+        try:
+            by_path = {member.path: member for member in self.members(digest)}
+        except (OSError, ValueError, KeyError):
+            return False
+        path = name
+        for _ in range(40):  # the kernel's own bound on links followed
+            member = by_path.get(path)
+            if member is None or member.kind == "d":
+                return False
+            if member.kind == "f":
+                return True
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.target))
+        return False
 
     def materialize(self, digest: str, destination: Path) -> None:
         """Write the snapshot's tree at ``destination`` (which must not exist),
@@ -254,15 +356,24 @@ class SnapshotStore:
         kept_trees = set(kept)
         removed_trees = 0
         live_objects: set[str] = set()
-        for tree in self.trees.glob("*.json"):
+        unreadable = False
+        for tree in self.trees.glob("*.json") if self.trees.is_dir() else ():
             digest = tree.stem
             if digest in kept_trees or _recent(tree, moment):
-                with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError):
+                try:
                     live_objects.update(m.digest for m in self.members(digest) if m.kind == "f")
+                except (OSError, ValueError, KeyError):
+                    # What it names is unknown: no object may go this time.
+                    unreadable = True
                 continue
             tree.unlink(missing_ok=True)
             removed_trees += 1
+        for leftover in self.trees.glob(".*.tmp") if self.trees.is_dir() else ():
+            if not _recent(leftover, moment):
+                leftover.unlink(missing_ok=True)
         removed_objects = 0
+        if unreadable:
+            raise OSError(f"a kept tree under {self.trees} cannot be read; no object removed")
         for bucket in self.objects.iterdir() if self.objects.is_dir() else ():
             for stored in bucket.iterdir():
                 if stored.name in live_objects or _recent(stored, moment):
@@ -280,17 +391,11 @@ def _file_digest(path: Path) -> str:
     return inner.hexdigest()
 
 
-@contextlib.contextmanager
-def _private_file(path: Path) -> Iterator[Any]:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with open(descriptor, "wb") as handle:
-        yield handle
-
-
 def _write_whole(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    temporary = Path(temporary_name)
     try:
-        with _private_file(temporary) as handle:
+        with open(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -117,7 +117,7 @@ def execute_run(
                 shutil.rmtree(run_dir / "work.partial", ignore_errors=True)
                 snapshots.materialize(entry.snapshot, run_dir / "work.partial")
                 (run_dir / "work.partial").rename(work)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
             return _record(
                 runs,
                 run_dir,
@@ -162,6 +162,11 @@ def execute_run(
 
     with open(run.log_path, "ab") as log:
         failed = runner.start(log)
+    # Uploaded (or not to be): the local copies made for the upload go, so
+    # an ssh run keeps no second copy of its test and inputs per attempt.
+    for uploaded in ("work", "inputs"):
+        if entry.snapshot is not None or uploaded == "inputs":
+            shutil.rmtree(run_dir / uploaded, ignore_errors=True)
     if failed is not None:
         return _record(runs, run_dir, run.id, failed, clock)
     if runner.pgid is not None:

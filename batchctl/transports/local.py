@@ -154,7 +154,7 @@ class LocalTransport:
                 work = _materialize(self.snapshots, snapshot, run_dir)
             else:  # a batch made before snapshots runs its directory
                 work = _copy_test_dir(Path(run.test_dir), run_dir)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
             self._record(
                 run,
                 Ended(

@@ -65,14 +65,18 @@ def tail_text(path: Path, lines: int, *, max_bytes: int = CHUNK) -> str:
     """The last ``lines`` lines of a log as text, at most its last
     ``max_bytes`` bytes (a line cut there starts with ``…``). Undecodable
     bytes are replaced; a log that cannot be read says so."""
-    offset = tail_offset(path, lines)
+    # Only the last max_bytes are read: a log of gigabytes without a newline
+    # (progress bars) must not be read whole to find its last lines.
     try:
         with open(path, "rb") as handle:
             end = handle.seek(0, 2)
-            start = max(offset, end - max_bytes)
+            start = max(0, end - max_bytes)
             handle.seek(start)
             data = handle.read(end - start)
     except OSError as exc:
         return f"(cannot read {path}: {exc.strerror})\n"
-    text = data.decode(errors="replace")
-    return "…" + text if start > offset else text
+    pieces = data.split(b"\n")
+    wanted = lines + (1 if data.endswith(b"\n") else 0)  # the empty piece after the last newline
+    cut_line = start > 0 and len(pieces) <= wanted  # the first line kept began before start
+    text = b"\n".join(pieces[-wanted:] if wanted else []).decode(errors="replace")
+    return "…" + text if cut_line else text

@@ -70,6 +70,10 @@ class RemoteLayout:
         return f"{self.root}/inputs"
 
     @property
+    def env_file(self) -> str:
+        return f"{self.root}/env"
+
+    @property
     def pid_file(self) -> str:
         return f"{self.root}/pid"
 
@@ -96,18 +100,31 @@ class PosixCommands:
             f"&& tar -xf - -C {q(layout.root)}"
         )
 
+    @staticmethod
+    def env_file(env: Mapping[str, str]) -> bytes:
+        """The variables the controller chose for the run, as the shell
+        lines ``run`` reads: uploaded in a private file (``env``, 0600), so
+        their values (an ``env_pass`` secret) are in no command line, on
+        either host, for ``ps`` to show."""
+        return "".join(
+            f"{name}={shlex.quote(value)}\n" for name, value in sorted(env.items())
+        ).encode()
+
     def run(self, layout: RemoteLayout, entrypoint: str, env: Mapping[str, str]) -> str:
         """Start the entrypoint in a session of its own (setsid, where there is
         one) so the whole tree can be signalled, record its pid, wait, and
-        record its exit code where a later connection can read it."""
+        record its exit code where a later connection can read it. ``env``
+        arrives in the uploaded ``env`` file (``env_file``), not here."""
         q = shlex.quote
         # `env -i` empties the login environment; the machine's base
         # variables are put back from it where it sets them (the quoted word
-        # of ${NAME+word} is one argument, or none when NAME is unset), then
-        # the variables the controller chose (model/environment.py).
+        # of ${NAME+word} is one argument, or none when NAME is unset), with
+        # PWD, the work directory, as a local run's shell exports it. A
+        # shell then exports what the env file sets (set -a), removes the
+        # file and becomes the test (exec: the pid recorded stays the test's).
         base = " ".join(f'${{{name}+"{name}=${name}"}}' for name in BASE_VARIABLES)
-        chosen = " ".join(q(f"{name}={value}") for name, value in sorted(env.items()))
-        clean = f"env -i {base} {chosen}".rstrip()
+        load = q('set -a; . "$0"; set +a; rm -f "$0"; exec "$@"')
+        clean = f'env -i {base} "PWD=$PWD" sh -c {load} {q(layout.env_file)}'
         runner = f"./{entrypoint}" if entrypoint else "false"
         return self._sh(
             f"cd {q(layout.work)} || exit 97; "
@@ -171,6 +188,11 @@ class WindowsCommands:
             "| Out-Null; "
             f"tar -xf - -C {q(layout.root)}; exit $LASTEXITCODE"
         )
+
+    @staticmethod
+    def env_file(env: Mapping[str, str]) -> bytes | None:
+        """None: Windows runs get their variables in the (encoded) command."""
+        return None
 
     def run(self, layout: RemoteLayout, entrypoint: str, env: Mapping[str, str]) -> str:
         # The test keeps the login environment, with the controller's chosen

@@ -170,3 +170,22 @@ def test_fleet_env_pass_names_are_checked(workdir: Path, state_dir: Path) -> Non
     assert "machine 'm' (#1): field 'env_pass': 'BATCHCTL_X': names starting with" in (
         result.stderr
     )
+
+
+def test_a_nul_in_an_env_or_matrix_value_is_a_plan_problem(workdir: Path, state_dir: Path) -> None:
+    make_suite(workdir / "suites", "t")
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        '  - {name: a, dir: suites/t, env: {X: "a\\0b"}}\n'
+        '  - {name: b, dir: suites/t, matrix: {Y: ["c\\0d"]}}\n',
+    )
+    result = run_batchctl("run", "plan.yaml", cwd=workdir)
+    assert result.code == 2, result.stderr
+    assert "entry 'a' (#1): field 'env': X: value must not contain a NUL character" in (
+        result.stderr
+    )
+    assert "entry 'b' (#2): field 'matrix.Y': a value must not contain a NUL character" in (
+        result.stderr
+    )
+    assert not (state_dir / "batches.json").exists()

@@ -122,7 +122,10 @@ def test_modes_and_links_inside_the_directory_are_kept(tmp_path: Path, state_dir
     assert "tool-ran\nthrough-the-link\nmodes-kept\n" in log
 
 
-@pytest.mark.parametrize("kind", ["fifo", "socket", "absolute link", "climbing link", "chain"])
+@pytest.mark.parametrize(
+    "kind",
+    ["fifo", "socket", "absolute link", "climbing link", "chain", "loop", "round trip", "name"],
+)
 def test_what_a_snapshot_cannot_hold_is_refused_naming_it(
     tmp_path: Path, state_dir: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,11 +147,23 @@ def test_what_a_snapshot_cannot_hold_is_refused_naming_it(
     elif kind == "climbing link":
         (suite / "up").symlink_to("../..")
         expected = "suites/t/up: a symlink to '../..', outside the test directory"
-    else:
-        # Each link alone looks harmless; followed, s3 is above the directory.
+    elif kind == "chain":
+        # Each link alone looks harmless; followed, s1 is above the directory.
         (suite / "s2").symlink_to(".")
         (suite / "s1").symlink_to("s2/..")
         expected = "suites/t/s1: a symlink to 's2/..', outside the test directory"
+    elif kind == "loop":
+        (suite / "a").symlink_to("b")
+        (suite / "b").symlink_to("a")
+        expected = "suites/t/a: a symlink to 'b', outside the test directory"
+    elif kind == "round trip":
+        # Back inside here, but the copy's directory is not named `t`.
+        (suite / "data").mkdir()
+        (suite / "back").symlink_to("../t/data")
+        expected = "suites/t/back: a symlink to '../t/data', outside the test directory"
+    else:
+        (suite / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name")
+        expected = "suites/t/caf\\udce9.txt: its name is not UTF-8 text"
     write_plan(workspace, "version: 1\nentries:\n  - {name: t, dir: suites/t}\n")
 
     refused = run_batchctl("run", "plan.yaml", cwd=workspace)
@@ -177,3 +192,40 @@ def test_prune_collects_snapshots_no_batch_names(tmp_path: Path, state_dir: Path
     assert pruned.code == 0, pruned.stderr
     assert list(trees.iterdir()) == []
     assert [path for bucket in objects.iterdir() for path in bucket.iterdir()] == []
+
+
+def test_an_entrypoint_that_is_a_link_inside_the_directory_runs(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    workspace = tmp_path / "checkout"
+    suite = workspace / "suites" / "t"
+    (suite / "ci").mkdir(parents=True)
+    (suite / "ci" / "run.sh").write_text("#!/bin/sh\necho through-the-link\n")
+    (suite / "ci" / "run.sh").chmod(0o755)
+    (suite / "run.sh").symlink_to("ci/run.sh")
+    write_plan(workspace, "version: 1\nentries:\n  - {name: t, dir: suites/t}\n")
+
+    ran = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workspace)
+
+    assert ran.code == 0, ran.stderr
+    assert "through-the-link" in Path(items(ran)["t"]["run"]["log_path"]).read_text()
+
+
+def test_version_control_metadata_is_not_part_of_the_snapshot(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """Two checkouts of one commit differ in .git (packs, index times): a
+    re-run from the second still resumes."""
+    first = make_workspace(tmp_path / "one")
+    (first / "suites" / "unit" / ".git").mkdir()
+    (first / "suites" / "unit" / ".git" / "index").write_text("one")
+    ran = run_batchctl("run", "plan.yaml", "--staging", "c1", "--json", cwd=first)
+    assert ran.code == 0, ran.stderr
+    second = tmp_path / "two"
+    shutil.copytree(first, second, symlinks=True)
+    (second / "suites" / "unit" / ".git" / "index").write_text("another checkout")
+
+    again = run_batchctl("run", "plan.yaml", "--staging", "c1", "--json", cwd=second)
+
+    assert again.code == 0, again.stderr
+    assert again.json()["data"]["resumed"] is True

@@ -258,3 +258,22 @@ def test_markdown_lists_what_did_not_simply_pass() -> None:
     )
     assert r"ssh_connect: no route \| lost" in rows[1]
     assert "| deploy | skipped |  | 0 | dep_failed, because of bad#1 |  |" in rows
+
+
+def test_markdown_shows_what_tests_wrote_as_text_not_markup() -> None:
+    report = build_report(
+        batch_id="b1",
+        source="plan:plans/nightly.yaml",
+        staging="build-1",
+        done=True,
+        items=[
+            item(
+                "bad",
+                attempt(
+                    1, "error", error_code="ssh_connect", message="see [x](http://e) @team <b>`"
+                ),
+            ),
+        ],
+    )
+    row = next(line for line in render_markdown(report).splitlines() if line.startswith("| bad"))
+    assert r"see \[x\](http://e) \@team \<b\>\`" in row

@@ -61,7 +61,10 @@ def test_posix_run_command_passes_hostile_values_literally(tmp_path: Path) -> No
     script.write_text('#!/bin/sh\nprintf "%s" "$HOSTILE"\n')
     script.chmod(0o755)
 
+    # The values travel in the uploaded env file, never in a command line.
+    Path(layout.env_file).write_bytes(PosixCommands.env_file({"HOSTILE": HOSTILE}))
     command = PosixCommands().run(layout, "run.sh", {"HOSTILE": HOSTILE})
+    assert "touch pwned" not in command
     done = subprocess.run(
         ["sh", "-c", command], capture_output=True, text=True, check=False, cwd=tmp_path
     )
@@ -70,6 +73,7 @@ def test_posix_run_command_passes_hostile_values_literally(tmp_path: Path) -> No
     assert done.stdout == HOSTILE
     assert not list(tmp_path.rglob("pwned"))
     assert Path(layout.exit_file).read_text().strip() == "0"
+    assert not Path(layout.env_file).exists()  # read, then removed
 
 
 def test_posix_commands_quote_every_path() -> None:

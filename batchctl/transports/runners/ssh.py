@@ -9,6 +9,7 @@ directory. Timeout and cancel terminate the *remote* process tree.
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import tarfile
 from pathlib import Path
@@ -99,6 +100,12 @@ class SshRunner:
                 archive.add(self.test_dir, arcname="work")
                 if self.inputs_dir is not None:
                     archive.add(self.inputs_dir, arcname="inputs")
+                variables = self.commands.env_file(self.env)
+                if variables is not None:
+                    member = tarfile.TarInfo("env")
+                    member.size = len(variables)
+                    member.mode = 0o600
+                    archive.addfile(member, io.BytesIO(variables))
             upload.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # ssh exited early; its status and message say why
