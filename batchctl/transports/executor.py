@@ -95,20 +95,21 @@ def execute_run(
 
     batch = batches.get(run.batch_id)
     entry = next(e for e in batch.entries if e.name == run.item)
-    try:
-        machine = machine_of(run.machine)
-    except LookupError:
+
+    def not_started(error_code: str, message: str) -> Run:
+        """The run ends ``error`` before its test could start, saying why."""
         return _record(
             runs,
             run_dir,
             run.id,
-            Ended(
-                RunStatus.ERROR,
-                error_code="machine_unknown",
-                message=f"machine {run.machine!r} is no longer in the fleet",
-            ),
+            Ended(RunStatus.ERROR, error_code=error_code, message=message),
             clock,
         )
+
+    try:
+        machine = machine_of(run.machine)
+    except LookupError:
+        return not_started("machine_unknown", f"machine {run.machine!r} is no longer in the fleet")
     if entry.snapshot is not None and snapshots is not None:
         # The runner uploads the snapshot, put in the run directory first.
         work = run_dir / "work"
@@ -118,17 +119,7 @@ def execute_run(
                 snapshots.materialize(entry.snapshot, run_dir / "work.partial")
                 (run_dir / "work.partial").rename(work)
         except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
-            return _record(
-                runs,
-                run_dir,
-                run.id,
-                Ended(
-                    RunStatus.ERROR,
-                    error_code="upload_failed",
-                    message=f"cannot copy the snapshot of {entry.dir}: {exc}",
-                ),
-                clock,
-            )
+            return not_started("upload_failed", f"cannot copy the snapshot of {entry.dir}: {exc}")
         entry = entry.model_copy(update={"abs_dir": str(work)})
     given: dict[str, str] = {}
     if entry.inputs:
@@ -139,17 +130,7 @@ def execute_run(
                 lambda item: artifacts_of_passing_run(runs, batches.raw(run.batch_id), item),
             )
         except (OSError, InputsMissing) as exc:
-            return _record(
-                runs,
-                run_dir,
-                run.id,
-                Ended(
-                    RunStatus.ERROR,
-                    error_code="inputs_failed",
-                    message=f"cannot gather the artifacts of its inputs: {exc}",
-                ),
-                clock,
-            )
+            return not_started("inputs_failed", f"cannot gather the artifacts of its inputs: {exc}")
         given[INPUTS_VARIABLE] = str(gathered)
     env = run_variables(
         controller=environ,
