@@ -55,8 +55,7 @@ def report(
     Exits 0 once the files are written, whatever the batch's outcome (run
     --wait or status --wait exit by that)."""
     # Imported here: every command loads this module, only this one needs XML.
-    from batchctl.model.junit import render_junit
-    from batchctl.model.report import render_markdown
+    from batchctl.model.report import render_junit, render_markdown
 
     targets = _targets(junit, markdown)
     output = Output(json_mode=json_output, quiet=quiet)

@@ -20,11 +20,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 from xml.parsers import expat
-
-if TYPE_CHECKING:
-    from batchctl.model.report import Report
 
 FAILURE = "failure"
 ERROR = "error"
@@ -254,7 +251,7 @@ def parse_junit(data: bytes) -> list[Case] | None:
 # -- writing ---------------------------------------------------------------
 
 
-def _element(
+def add_element(
     parent: ET.Element, tag: str, text: str | None = None, **attributes: str | None
 ) -> ET.Element:
     element = ET.SubElement(
@@ -268,16 +265,16 @@ def _element(
 
 
 def _write_rerun(parent: ET.Element, rerun: Rerun) -> None:
-    element = _element(parent, rerun.tag, message=rerun.message, type=rerun.type)
-    _element(element, "stackTrace", rerun.stack_trace)
+    element = add_element(parent, rerun.tag, message=rerun.message, type=rerun.type)
+    add_element(element, "stackTrace", rerun.stack_trace)
     if rerun.system_out is not None:
-        _element(element, "system-out", rerun.system_out)
+        add_element(element, "system-out", rerun.system_out)
     if rerun.system_err is not None:
-        _element(element, "system-err", rerun.system_err)
+        add_element(element, "system-err", rerun.system_err)
 
 
-def _write_case(parent: ET.Element, case: Case) -> None:
-    element = _element(
+def write_case(parent: ET.Element, case: Case) -> None:
+    element = add_element(
         parent,
         "testcase",
         name=case.name,
@@ -291,7 +288,7 @@ def _write_case(parent: ET.Element, case: Case) -> None:
     # system-err?. At most one error and one skip; a skip only when nothing
     # failed (a test is not both skipped and failed).
     for problem in by_tag[FAILURE]:
-        _element(
+        add_element(
             element, FAILURE, problem.text, message=problem.message, type=problem.type or FAILURE
         )
     for tag in _RERUN_ORDER_BEFORE_SKIPPED:
@@ -300,52 +297,15 @@ def _write_case(parent: ET.Element, case: Case) -> None:
                 _write_rerun(element, rerun)
     if result == SKIPPED:
         skip = by_tag[SKIPPED][0]
-        _element(element, SKIPPED, skip.text, message=skip.message)
+        add_element(element, SKIPPED, skip.text, message=skip.message)
     if by_tag[ERROR]:
         error = by_tag[ERROR][0]
-        _element(element, ERROR, error.text, message=error.message, type=error.type or ERROR)
+        add_element(element, ERROR, error.text, message=error.message, type=error.type or ERROR)
     for tag in _RERUN_ORDER_AFTER_ERROR:
         for rerun in case.reruns:
             if rerun.tag == tag:
                 _write_rerun(element, rerun)
     if case.system_out is not None:
-        _element(element, "system-out", case.system_out)
+        add_element(element, "system-out", case.system_out)
     if case.system_err is not None:
-        _element(element, "system-err", case.system_err)
-
-
-def render_junit(report: Report) -> bytes:
-    """The batch as one JUnit XML document: a ``<testsuites>`` root with a
-    ``<testsuite>`` per item, UTF-8, with its XML declaration."""
-    totals = report.totals
-    root = ET.Element(
-        "testsuites",
-        {
-            "name": xml_text(f"batchctl batch {report.batch_id}"),
-            "tests": str(totals.tests),
-            "failures": str(totals.failures),
-            "errors": str(totals.errors),
-            "time": format_seconds(totals.time_ms),
-        },
-    )
-    for item in report.items:
-        counts = item.counts
-        suite = _element(
-            root,
-            "testsuite",
-            name=item.name,
-            tests=str(counts.tests),
-            failures=str(counts.failures),
-            errors=str(counts.errors),
-            skipped=str(counts.skipped),
-            time=format_seconds(counts.time_ms),
-            hostname=item.machine,
-        )
-        properties = _element(suite, "properties")
-        for name, value in item.properties:
-            _element(properties, "property", name=name, value=value)
-        for case in item.cases:
-            _write_case(suite, case)
-    ET.indent(root)
-    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return document + b"\n"
+        add_element(element, "system-err", case.system_err)

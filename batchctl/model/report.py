@@ -19,6 +19,7 @@ Standard library only, and no I/O: ``engine.report`` reads the files.
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,9 @@ from batchctl.model.junit import (
     Case,
     Problem,
     Rerun,
+    add_element,
     format_seconds,
+    write_case,
     xml_text,
 )
 from batchctl.model.viewdoc import how_it_ended
@@ -496,3 +499,40 @@ def render_markdown(report: Report) -> str:
     ]
     lines.append("")
     return "\n".join(lines)
+
+
+def render_junit(report: Report) -> bytes:
+    """The batch as one JUnit XML document: a ``<testsuites>`` root with a
+    ``<testsuite>`` per item, UTF-8, with its XML declaration."""
+    totals = report.totals
+    root = ET.Element(
+        "testsuites",
+        {
+            "name": xml_text(f"batchctl batch {report.batch_id}"),
+            "tests": str(totals.tests),
+            "failures": str(totals.failures),
+            "errors": str(totals.errors),
+            "time": format_seconds(totals.time_ms),
+        },
+    )
+    for item in report.items:
+        counts = item.counts
+        suite = add_element(
+            root,
+            "testsuite",
+            name=item.name,
+            tests=str(counts.tests),
+            failures=str(counts.failures),
+            errors=str(counts.errors),
+            skipped=str(counts.skipped),
+            time=format_seconds(counts.time_ms),
+            hostname=item.machine,
+        )
+        properties = add_element(suite, "properties")
+        for name, value in item.properties:
+            add_element(properties, "property", name=name, value=value)
+        for case in item.cases:
+            write_case(suite, case)
+    ET.indent(root)
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document + b"\n"

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from batchctl.model.junit import Refused, parse_junit, render_junit, xml_text
+from batchctl.model.junit import Refused, parse_junit, xml_text
 from batchctl.model.report import (
     AttemptInput,
     ItemInput,
     Report,
     build_report,
+    render_junit,
     render_markdown,
 )
 from tests.junit_check import cases, check_totals, suites, validate
