@@ -1,4 +1,5 @@
-"""The report command: a batch as one JUnit XML file and/or a markdown summary."""
+"""The report command: a batch as one JUnit XML file, a markdown summary
+and/or a self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -42,15 +43,30 @@ MarkdownOption = Annotated[
 ]
 
 
+HtmlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help="Write one self-contained HTML page: summary, timeline, needs with the critical "
+        "path, the items, failed logs' tails.",
+        show_default=False,
+    ),
+]
+
+OPTIONS = ("--junit", "--markdown", "--html")
+
+
 def report(
     batch_id: BatchIdArgument,
     junit: JunitOption = None,
     markdown: MarkdownOption = None,
+    html: HtmlOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     state_dir: StateDirOption = None,
 ) -> int:
-    """Write a batch's report: JUnit XML for CI test views, markdown for people.
+    """Write a batch's report: JUnit XML for CI test views, markdown or HTML for people.
 
     Exits 0 once the files are written, whatever the batch's outcome (run
     --wait or status --wait exit by that)."""
@@ -58,18 +74,24 @@ def report(
     from batchctl.model.junit import render_junit
     from batchctl.model.report import render_markdown
 
-    targets = _targets(junit, markdown)
+    targets = _targets({"--junit": junit, "--markdown": markdown, "--html": html})
     output = Output(json_mode=json_output, quiet=quiet)
-    built = open_service(load_settings(state_dir)).report(batch_id)
-    _write_all(
-        {
-            option: (
-                path,
-                render_junit(built) if option == "--junit" else render_markdown(built).encode(),
-            )
-            for option, path in targets.items()
-        }
-    )
+    settings = load_settings(state_dir)
+    service = open_service(settings)
+    built = service.report(batch_id)
+
+    def render(option: str, path: Path) -> bytes:
+        if option == "--junit":
+            return render_junit(built)
+        if option == "--markdown":
+            return render_markdown(built).encode()
+        from batchctl.model.report_html import render_html
+
+        return render_html(
+            built, now=service.clock.now(), link_base=_inside(path.parent, settings.state_dir)
+        ).encode()
+
+    _write_all({option: (path, render(option, path)) for option, path in targets.items()})
     for warning in built.warnings:
         sys.stderr.write(f"batchctl: warning: {warning}\n")
     if not built.done:
@@ -85,26 +107,24 @@ def report(
     return ExitCode.OK
 
 
-def _targets(junit: str | None, markdown: str | None) -> dict[str, Path]:
+def _targets(values: dict[str, str | None]) -> dict[str, Path]:
     """Which files to write, by option, as absolute paths (what the answer
     names). Checked before the batch is read."""
-    if junit is None and markdown is None:
+    targets = {option: Path(value).absolute() for option, value in values.items() if value}
+    if not targets:
         raise InvalidInput(
-            "report needs --junit FILE or --markdown FILE (or both)",
-            details={"usage": True, "options": ["--junit", "--markdown"]},
+            "report needs --junit FILE, --markdown FILE or --html FILE (or several)",
+            details={"usage": True, "options": list(OPTIONS)},
         )
-    targets = {
-        option: Path(value).absolute()
-        for option, value in (("--junit", junit), ("--markdown", markdown))
-        if value is not None
-    }
-    if len(targets) == 2 and os.path.realpath(targets["--junit"]) == os.path.realpath(
-        targets["--markdown"]
-    ):
-        raise InvalidInput(
-            f"--junit and --markdown name the same file {junit}",
-            details={"usage": True, "file": junit},
-        )
+    seen: dict[str, str] = {}
+    for option, path in targets.items():
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InvalidInput(
+                f"{seen[real]} and {option} name the same file {values[option]}",
+                details={"usage": True, "file": values[option]},
+            )
+        seen[real] = option
     for option, path in targets.items():
         if path.is_dir():
             raise OutputUnwritable(
@@ -112,6 +132,17 @@ def _targets(junit: str | None, markdown: str | None) -> dict[str, Path]:
                 details={"option": option, "file": str(path)},
             )
     return targets
+
+
+def _inside(directory: Path, state_dir: Path) -> str | None:
+    """``directory`` spelt under the state directory as the runs' paths are,
+    if it is inside it (the HTML then links logs relatively, so the state
+    directory can be moved or served whole); None otherwise."""
+    real_state = Path(os.path.realpath(state_dir))
+    real_dir = Path(os.path.realpath(directory))
+    if real_dir != real_state and real_state not in real_dir.parents:
+        return None
+    return str(state_dir.absolute() / real_dir.relative_to(real_state))
 
 
 def _unwritable(option: str, path: Path, exc: OSError) -> OutputUnwritable:
@@ -165,7 +196,11 @@ def _document(built: Report, written: dict[str, str]) -> dict[str, Any]:
     return {
         "batch_id": built.batch_id,
         "done": built.done,
-        "written": {"junit": written.get("--junit"), "markdown": written.get("--markdown")},
+        "written": {
+            "junit": written.get("--junit"),
+            "markdown": written.get("--markdown"),
+            "html": written.get("--html"),
+        },
         "tests": built.totals.document(),
         "items": {"total": len(built.items), **built.item_results()},
         "warnings": list(built.warnings),
