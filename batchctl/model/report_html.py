@@ -396,7 +396,7 @@ def _timeline_svg(line: Timeline, critical: frozenset[str]) -> str:
             )
             y += LANE_HEIGHT + LANE_GAP
     height = y + 4
-    width = LANE_LABEL_WIDTH + TIMELINE_WIDTH + 10
+    width = LANE_LABEL_WIDTH + TIMELINE_WIDTH + 40  # room for the last tick's label
     scale = TIMELINE_WIDTH / line.span_ms
     step = _tick_step(line.span_ms)
     ticks = []
