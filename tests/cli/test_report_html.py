@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CliRunner, make_suite, run_batchctl, stop_processes_of, write_plan
+from tests.helpers import (
+    CliRunner,
+    blocking_script,
+    make_suite,
+    run_batchctl,
+    stop_processes_of,
+    wait_until,
+    write_plan,
+)
 
 # Fails the first time it runs (it leaves a marker outside the run), passes after.
 FLAKY = """#!/bin/sh
@@ -352,3 +360,64 @@ def test_a_thousand_item_simulated_batch_is_under_two_megabytes(
     page = page_path.read_text()
     assert page.count('<g class="run ') == batch.attempts
     assert data["items"]["total"] == 1000
+
+
+def test_an_unfinished_batch_is_drawn_as_it_stands(cli: CliRunner, workdir: Path) -> None:
+    release = workdir / "release"
+    make_suite(workdir / "suites", "slow", blocking_script(release, before="started"))
+    make_suite(workdir / "suites", "quick")
+    write_plan(
+        workdir,
+        """
+        version: 1
+        entries:
+          - {name: quick, dir: suites/quick}
+          - {name: slow, dir: suites/slow}
+          - {name: after, dir: suites/quick, needs: [slow]}
+        """,
+    )
+    started = run_batchctl("run", "plan.yaml", "--json", cwd=workdir)
+    assert started.code == 0, started.stderr
+    batch_id = started.json()["data"]["batch"]["id"]
+
+    def outcomes() -> dict[str, str]:
+        view = cli("status", batch_id, "--json").json()["data"]["batch"]
+        return {item["name"]: item["outcome"] for item in view["items"]}
+
+    try:
+        wait_until(lambda: outcomes() == {"quick": "passed", "slow": "running", "after": "waiting"})
+        result = cli("report", batch_id, "--html", "r.html", "--json")
+    finally:
+        release.touch()
+
+    assert result.code == 0, result.stderr
+    assert "is not finished" in result.stderr
+    page = (workdir / "r.html").read_text()
+    assert "not finished: reported as it stands" in page
+    assert 'data-item="slow" data-attempt="1" data-status="running"' in page
+    assert 'data-result="not_finished"' in page
+    assert "Critical path so far" in page
+    wait_until(lambda: outcomes()["after"] == "passed")
+
+
+def test_an_unwritable_page_is_named_and_nothing_is_written(
+    cli: CliRunner, batch: Batch, tmp_path: Path
+) -> None:
+    junit = tmp_path / "junit.xml"
+    target = tmp_path / "missing" / "r.html"
+    result = run_batchctl(
+        "report",
+        batch.id,
+        "--state-dir",
+        str(batch.state_dir),
+        "--junit",
+        str(junit),
+        "--html",
+        str(target),
+    )
+    assert result.code == 4, result.stderr
+    assert result.stderr.startswith(f"batchctl: error: --html {target}: cannot write"), (
+        result.stderr
+    )
+    assert "does not exist" in result.stderr
+    assert not junit.exists()  # all or nothing
