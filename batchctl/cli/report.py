@@ -54,6 +54,24 @@ HtmlOption = Annotated[
     ),
 ]
 
+WatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="With --html: write the files again every --interval seconds until the batch is "
+        "finished; the page reloads itself meanwhile.",
+    ),
+]
+IntervalOption = Annotated[
+    float,
+    typer.Option(
+        "--interval",
+        metavar="SECONDS",
+        min=0.1,
+        help="With --watch: seconds between two writes (and the page's reloads).",
+    ),
+]
+
 OPTIONS = ("--junit", "--markdown", "--html")
 
 
@@ -62,6 +80,8 @@ def report(
     junit: JunitOption = None,
     markdown: MarkdownOption = None,
     html: HtmlOption = None,
+    watch: WatchOption = False,
+    interval: IntervalOption = 5.0,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     state_dir: StateDirOption = None,
@@ -75,12 +95,16 @@ def report(
     from batchctl.model.report import render_markdown
 
     targets = _targets({"--junit": junit, "--markdown": markdown, "--html": html})
+    if watch and html is None:
+        raise InvalidInput(
+            "--watch rewrites an HTML page: it needs --html FILE",
+            details={"usage": True, "options": ["--watch", "--html"]},
+        )
     output = Output(json_mode=json_output, quiet=quiet)
     settings = load_settings(state_dir)
     service = open_service(settings)
-    built = service.report(batch_id)
 
-    def render(option: str, path: Path) -> bytes:
+    def render(built: Report, option: str, path: Path) -> bytes:
         if option == "--junit":
             return render_junit(built)
         if option == "--markdown":
@@ -88,10 +112,23 @@ def report(
         from batchctl.model.report_html import render_html
 
         return render_html(
-            built, now=service.clock.now(), link_base=_inside(path.parent, settings.state_dir)
+            built,
+            now=service.clock.now(),
+            link_base=_inside(path.parent, settings.state_dir),
+            # Only a page that will be written again reloads itself.
+            reload_s=interval if watch and not built.done else None,
         ).encode()
 
-    _write_all({option: (path, render(option, path)) for option, path in targets.items()})
+    def write(built: Report) -> None:
+        _write_all(
+            {option: (path, render(built, option, path)) for option, path in targets.items()}
+        )
+
+    if watch:
+        built = service.watch_report(batch_id, on_report=write, interval_s=interval)
+    else:
+        built = service.report(batch_id)
+        write(built)
     for warning in built.warnings:
         sys.stderr.write(f"batchctl: warning: {warning}\n")
     if not built.done:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import math
 import posixpath
 import urllib.parse
 from collections import Counter, defaultdict, deque
@@ -723,11 +724,19 @@ def _failures(
     return out, shown
 
 
-def render_html(report: Report, *, now: datetime, link_base: str | None = None) -> str:
+def render_html(
+    report: Report,
+    *,
+    now: datetime,
+    link_base: str | None = None,
+    reload_s: float | None = None,
+) -> str:
     """The report as one HTML page. ``now`` is when it is written (a run
     still going is drawn up to it); ``link_base`` the directory the page is
     written to when that is inside the state directory (links to logs and
-    artifacts are then relative), else None (absolute ``file:`` links)."""
+    artifacts are then relative), else None (absolute ``file:`` links);
+    ``reload_s``, for a page that will be written again (``--watch``), how
+    often the browser reloads it."""
     inputs = report.inputs or tuple(
         ItemInput(name=item.name, selector="", state="", outcome=item.result, final=True)
         for item in report.items
@@ -752,6 +761,10 @@ def render_html(report: Report, *, now: datetime, link_base: str | None = None) 
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # A meta refresh, not script: it works with JavaScript off too.
+        f'<meta http-equiv="refresh" content="{max(1, math.ceil(reload_s))}">'
+        if reload_s is not None
+        else "",
         f"<title>batchctl report {esc(report.batch_id)}</title>",
         f"<style>{CSS}</style></head><body><main>",
         *_summary(report, line, inputs, now, index),

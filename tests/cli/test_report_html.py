@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import (
     CliRunner,
+    batchctl_process,
     blocking_script,
     make_suite,
     run_batchctl,
@@ -421,3 +422,53 @@ def test_an_unwritable_page_is_named_and_nothing_is_written(
     )
     assert "does not exist" in result.stderr
     assert not junit.exists()  # all or nothing
+
+
+def test_watch_rewrites_the_page_until_the_batch_is_finished(cli: CliRunner, workdir: Path) -> None:
+    release = workdir / "release"
+    make_suite(workdir / "suites", "slow", blocking_script(release, before="started"))
+    make_suite(workdir / "suites", "quick")
+    write_plan(
+        workdir,
+        """
+        version: 1
+        entries:
+          - {name: quick, dir: suites/quick}
+          - {name: slow, dir: suites/slow}
+        """,
+    )
+    started = run_batchctl("run", "plan.yaml", "--json", cwd=workdir)
+    assert started.code == 0, started.stderr
+    batch_id = started.json()["data"]["batch"]["id"]
+    page = workdir / "r.html"
+
+    def page_shows(*parts: str) -> bool:
+        text = page.read_text() if page.exists() else ""
+        return all(part in text for part in parts)
+
+    args = ("report", batch_id, "--html", str(page), "--watch", "--interval", "0.2", "--json")
+    with batchctl_process(*args, cwd=workdir) as watching:
+        try:
+            wait_until(
+                lambda: page_shows(
+                    'data-status="running"', '<meta http-equiv="refresh" content="1">'
+                )
+            )
+        finally:
+            release.touch()
+        out, err = watching.communicate(timeout=60)
+
+    assert watching.returncode == 0, err
+    assert json.loads(out)["data"]["done"] is True
+    final = page.read_text()
+    assert 'http-equiv="refresh"' not in final
+    assert 'data-item="slow" data-attempt="1" data-status="succeeded"' in final
+    assert "is not finished" not in err.decode()
+
+
+def test_watch_needs_an_html_page(cli: CliRunner, batch: Batch) -> None:
+    result = cli(
+        "report", batch.id, "--state-dir", str(batch.state_dir), "--junit", "j.xml", "--watch"
+    )
+    assert result.code == 2
+    assert "--watch rewrites an HTML page: it needs --html FILE" in result.stderr
