@@ -467,20 +467,19 @@ def _blamed(item: ItemInput) -> str | None:
 def _graph_svg(inputs: Sequence[ItemInput], results: Mapping[str, str], path: Sequence[str]) -> str:
     needs = {item.name: item.needs for item in inputs}
     rank = ranks(needs)
-    columns: dict[int, int] = Counter()
+    # Each item's rank and its place in it (plan order); a rank takes as
+    # many columns as NODES_PER_COLUMN needs for its items.
     place: dict[str, tuple[int, int]] = {}
-    per_rank: dict[int, int] = Counter()
+    per_rank: Counter[int] = Counter()
     for item in inputs:
         r = rank.get(item.name, 0)
         place[item.name] = (r, per_rank[r])
         per_rank[r] += 1
-    for r, count in per_rank.items():
-        columns[r] = -(-count // NODES_PER_COLUMN)
     offset: dict[int, int] = {}
     column = 0
     for r in sorted(per_rank):
         offset[r] = column
-        column += columns[r]
+        column += -(-per_rank[r] // NODES_PER_COLUMN)
     rows = min(NODES_PER_COLUMN, max(per_rank.values(), default=1))
     width = column * (NODE_WIDTH + NODE_GAP_X) + 10
     height = rows * (NODE_HEIGHT + NODE_GAP_Y) + 10
@@ -736,11 +735,9 @@ def render_html(
     written to when that is inside the state directory (links to logs and
     artifacts are then relative), else None (absolute ``file:`` links);
     ``reload_s``, for a page that will be written again (``--watch``), how
-    often the browser reloads it."""
-    inputs = report.inputs or tuple(
-        ItemInput(name=item.name, selector="", state="", outcome=item.result, final=True)
-        for item in report.items
-    )
+    often the browser reloads it. ``report`` is one ``build_report`` made:
+    it draws from the attempts and needs it keeps in ``inputs``."""
+    inputs = report.inputs
     pairs = list(zip(report.items, inputs, strict=True))
     line = timeline(inputs, now)
     ended = {item.name: end for item in inputs if (end := _end_ms(item, line.origin)) is not None}
