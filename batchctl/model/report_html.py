@@ -357,7 +357,8 @@ PATTERNS = """<defs>
 <rect width="6" height="6" fill="#bbdefb"/></pattern>
 <pattern id="p-pending" width="6" height="6" patternUnits="userSpaceOnUse">
 <rect width="6" height="6" fill="#bbdefb"/></pattern>
-<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6"
+<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8"
+ markerUnits="userSpaceOnUse"
  orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#757575"/></marker>
 </defs>"""
 
