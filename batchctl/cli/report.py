@@ -1,4 +1,5 @@
-"""The report command: a batch as one JUnit XML file and/or a markdown summary."""
+"""The report command: a batch as one JUnit XML file, a markdown summary
+and/or a self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -42,33 +43,91 @@ MarkdownOption = Annotated[
 ]
 
 
+HtmlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help="Write one self-contained HTML page: summary, timeline, needs with the critical "
+        "path, the items, failed logs' tails.",
+        show_default=False,
+    ),
+]
+
+WatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="With --html: write the files again every --interval seconds until the batch is "
+        "finished; the page reloads itself meanwhile.",
+    ),
+]
+IntervalOption = Annotated[
+    float,
+    typer.Option(
+        "--interval",
+        metavar="SECONDS",
+        min=0.1,
+        help="With --watch: seconds between two writes (and the page's reloads).",
+    ),
+]
+
+OPTIONS = ("--junit", "--markdown", "--html")
+
+
 def report(
     batch_id: BatchIdArgument,
     junit: JunitOption = None,
     markdown: MarkdownOption = None,
+    html: HtmlOption = None,
+    watch: WatchOption = False,
+    interval: IntervalOption = 5.0,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     state_dir: StateDirOption = None,
 ) -> int:
-    """Write a batch's report: JUnit XML for CI test views, markdown for people.
+    """Write a batch's report: JUnit XML for CI test views, markdown or HTML for people.
 
     Exits 0 once the files are written, whatever the batch's outcome (run
     --wait or status --wait exit by that)."""
     # Imported here: every command loads this module, only this one needs XML.
     from batchctl.model.report import render_junit, render_markdown
 
-    targets = _targets(junit, markdown)
+    targets = _targets({"--junit": junit, "--markdown": markdown, "--html": html})
+    if watch and html is None:
+        raise InvalidInput(
+            "--watch rewrites an HTML page: it needs --html FILE",
+            details={"usage": True, "options": ["--watch", "--html"]},
+        )
     output = Output(json_mode=json_output, quiet=quiet)
-    built = open_service(load_settings(state_dir)).report(batch_id)
-    _write_all(
-        {
-            option: (
-                path,
-                render_junit(built) if option == "--junit" else render_markdown(built).encode(),
-            )
-            for option, path in targets.items()
-        }
-    )
+    settings = load_settings(state_dir)
+    service = open_service(settings)
+
+    def render(built: Report, option: str, path: Path) -> bytes:
+        if option == "--junit":
+            return render_junit(built)
+        if option == "--markdown":
+            return render_markdown(built).encode()
+        from batchctl.model.report_html import render_html
+
+        return render_html(
+            built,
+            now=service.clock.now(),
+            link_base=_inside(path.parent, settings.state_dir),
+            # Only a page that will be written again reloads itself.
+            reload_s=interval if watch and not built.done else None,
+        ).encode()
+
+    def write(built: Report) -> None:
+        _write_all(
+            {option: (path, render(built, option, path)) for option, path in targets.items()}
+        )
+
+    if watch:
+        built = service.watch_report(batch_id, on_report=write, interval_s=interval)
+    else:
+        built = service.report(batch_id)
+        write(built)
     for warning in built.warnings:
         sys.stderr.write(f"batchctl: warning: {warning}\n")
     if not built.done:
@@ -84,26 +143,24 @@ def report(
     return ExitCode.OK
 
 
-def _targets(junit: str | None, markdown: str | None) -> dict[str, Path]:
+def _targets(values: dict[str, str | None]) -> dict[str, Path]:
     """Which files to write, by option, as absolute paths (what the answer
     names). Checked before the batch is read."""
-    if junit is None and markdown is None:
+    targets = {option: Path(value).absolute() for option, value in values.items() if value}
+    if not targets:
         raise InvalidInput(
-            "report needs --junit FILE or --markdown FILE (or both)",
-            details={"usage": True, "options": ["--junit", "--markdown"]},
+            "report needs --junit FILE, --markdown FILE or --html FILE (or several)",
+            details={"usage": True, "options": list(OPTIONS)},
         )
-    targets = {
-        option: Path(value).absolute()
-        for option, value in (("--junit", junit), ("--markdown", markdown))
-        if value is not None
-    }
-    if len(targets) == 2 and os.path.realpath(targets["--junit"]) == os.path.realpath(
-        targets["--markdown"]
-    ):
-        raise InvalidInput(
-            f"--junit and --markdown name the same file {junit}",
-            details={"usage": True, "file": junit},
-        )
+    seen: dict[str, str] = {}
+    for option, path in targets.items():
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InvalidInput(
+                f"{seen[real]} and {option} name the same file {values[option]}",
+                details={"usage": True, "file": values[option]},
+            )
+        seen[real] = option
     for option, path in targets.items():
         if path.is_dir():
             raise OutputUnwritable(
@@ -111,6 +168,17 @@ def _targets(junit: str | None, markdown: str | None) -> dict[str, Path]:
                 details={"option": option, "file": str(path)},
             )
     return targets
+
+
+def _inside(directory: Path, state_dir: Path) -> str | None:
+    """``directory`` spelt under the state directory as the runs' paths are,
+    if it is inside it (the HTML then links logs relatively, so the state
+    directory can be moved or served whole); None otherwise."""
+    real_state = Path(os.path.realpath(state_dir))
+    real_dir = Path(os.path.realpath(directory))
+    if real_dir != real_state and real_state not in real_dir.parents:
+        return None
+    return str(state_dir.absolute() / real_dir.relative_to(real_state))
 
 
 def _unwritable(option: str, path: Path, exc: OSError) -> OutputUnwritable:
@@ -164,7 +232,11 @@ def _document(built: Report, written: dict[str, str]) -> dict[str, Any]:
     return {
         "batch_id": built.batch_id,
         "done": built.done,
-        "written": {"junit": written.get("--junit"), "markdown": written.get("--markdown")},
+        "written": {
+            "junit": written.get("--junit"),
+            "markdown": written.get("--markdown"),
+            "html": written.get("--html"),
+        },
         "tests": built.totals.document(),
         "items": {"total": len(built.items), **built.item_results()},
         "warnings": list(built.warnings),

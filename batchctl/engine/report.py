@@ -107,6 +107,7 @@ def gather_report(reading: BatchReading) -> Report:
                 blame=document["blame"],
                 reason=document["reason"],
                 attempts=attempts,
+                needs=tuple(entry.get("needs") or ()),
             )
         )
     batch = reading.batch

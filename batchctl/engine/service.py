@@ -391,6 +391,23 @@ class BatchService:
 
         return gather_report(self.reading(batch_id, explain=False))
 
+    def watch_report(
+        self, batch_id: str, *, on_report: Callable[[Report], None], interval_s: float
+    ) -> Report:
+        """The batch's report every ``interval_s`` seconds, each handed to
+        ``on_report``, until the batch is done; the last one is returned
+        (and handed over too). Like ``wait``, it takes over a dead worker
+        (a batch nobody finishes would be watched forever) and wakes early
+        when the worker exits, so the final report follows the batch's end."""
+        while True:
+            report = self.report(batch_id)
+            on_report(report)
+            if report.done:
+                return report
+            self.dispatcher.ensure_worker(report.batch_id)
+            lease = self.batches.lease(report.batch_id)
+            self.sleep_unless_it_ends(lease.holder if lease is not None else None, interval_s)
+
     def cancel(self, batch_id: str, *, settle_s: float) -> BatchView:
         """Stop dispatching, skip queued items, stop running runs (they end
         interrupted), and wait up to ``settle_s`` for them to be recorded."""

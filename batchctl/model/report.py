@@ -124,6 +124,7 @@ class ItemInput:
     blame: str | None = None
     reason: str | None = None
     attempts: tuple[AttemptInput, ...] = ()
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,9 @@ class Report:
     done: bool
     items: tuple[ItemReport, ...]
     warnings: tuple[str, ...] = ()
+    # What the items were built from, in the same order: the HTML report
+    # draws every attempt's times and the needs between items.
+    inputs: tuple[ItemInput, ...] = field(default=(), compare=False, repr=False)
     totals: Counts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -427,6 +431,7 @@ def build_report(
     warnings: Sequence[str] = (),
 ) -> Report:
     classname = report_classname(source)
+    inputs = tuple(items)
     return Report(
         batch_id=batch_id,
         source=source,
@@ -434,9 +439,10 @@ def build_report(
         done=done,
         items=tuple(
             item_report(item, batch_id=batch_id, staging=staging, classname=classname)
-            for item in items
+            for item in inputs
         ),
         warnings=tuple(warnings),
+        inputs=inputs,
     )
 
 

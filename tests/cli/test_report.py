@@ -243,7 +243,7 @@ def test_markdown_and_json_name_the_files_and_counts(
     assert code == 0, err
     check_totals(validate(junit.read_bytes()))
     data = json.loads(out)["data"]
-    assert data["written"] == {"junit": str(junit), "markdown": str(markdown)}
+    assert data["written"] == {"junit": str(junit), "markdown": str(markdown), "html": None}
     assert data["tests"] == {
         "tests": 8,
         "failures": 2,
@@ -284,7 +284,7 @@ def test_markdown_and_json_name_the_files_and_counts(
 def test_a_report_needs_a_file_to_write(cli: CliRunner, batch: Batch) -> None:
     code, _, err = report(cli, batch)
     assert code == 2
-    assert "report needs --junit FILE or --markdown FILE" in err
+    assert "report needs --junit FILE, --markdown FILE or --html FILE" in err
 
     code, _, err = report(cli, batch, "--junit", "same.xml", "--markdown", "same.xml", "--json")
     assert code == 2
