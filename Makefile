@@ -10,7 +10,7 @@ BYTECODE := $(PY) -m compileall -q batchctl
 DEMO_STATE ?= .demo-state
 
 .DEFAULT_GOAL := help
-.PHONY: help install fmt lint type test test-fast check demo bench clean
+.PHONY: help install fmt lint type test test-fast check demo bench screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ demo: $(STAMP) ## run the example plan on this machine (state in .demo-state/)
 bench: $(STAMP) ## measure the engine at scale and local throughput (results: bench/RESULTS.md)
 	$(PY) bench/engine_scale.py --items 100000 --machines 1000
 	$(PY) bench/local_throughput.py --repeat 3
+
+screenshot: $(STAMP) ## redraw docs/report.png, the README's picture of an HTML report (needs chromium)
+	$(BYTECODE)
+	$(PY) docs/screenshot.py --out docs/report.png
 
 clean: ## remove the venv, caches and demo state
 	rm -rf $(VENV) $(DEMO_STATE) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

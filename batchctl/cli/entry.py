@@ -31,6 +31,18 @@ def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
     raise Interrupted("interrupted")
 
 
+class _Noted:
+    """A Ctrl-C while modules load is noted, and acted on once they have
+    loaded: raised in the middle of an extension module's initialisation
+    (orjson's, say), an exception can crash the interpreter (SIGSEGV)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.seen = True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args in (["--version"], ["-V"]):
@@ -38,19 +50,28 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"batchctl {__version__}")
         return 0
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
-    try:
-        if args[:1] == ["status"]:
-            from batchctl.cli.quick import answer
+    noted = _Noted()
+    signal.signal(signal.SIGINT, noted)
+    if args[:1] == ["status"]:
+        from batchctl.cli.quick import answer
 
-            code = answer(args, os.environ)
-            if code is not None:
-                return code
-        from batchctl.cli.app import main as full_main
-    except Interrupted:  # Ctrl-C while starting up or reading: nothing has changed
-        sys.stderr.write("batchctl: interrupted\n")
-        return int(Interrupted.exit_code)
+        code = answer(args, os.environ)
+        if code is not None:
+            return _interrupted() if noted.seen else code
+    from batchctl.cli.app import main as full_main
+
+    # Loaded: from here a Ctrl-C interrupts at once (full_main installs its
+    # own handler first thing).
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    if noted.seen:
+        return _interrupted()
     return full_main(args)
+
+
+def _interrupted() -> int:
+    """Ctrl-C while starting up or reading: nothing has changed."""
+    sys.stderr.write("batchctl: interrupted\n")
+    return int(Interrupted.exit_code)
 
 
 def console() -> NoReturn:

@@ -372,7 +372,7 @@ def started_its_command_line(pid: int) -> bool:
     return "orjson" in Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.parametrize("after_s", [0.0, 0.05, 0.15, 0.3, 0.5])
+@pytest.mark.parametrize("after_s", [0.0, 0.001, 0.003, 0.01, 0.05, 0.15, 0.3, 0.5])
 def test_ctrl_c_at_any_moment_is_exit_130_with_a_sentence_not_a_traceback(
     workdir: Path, after_s: float
 ) -> None:
