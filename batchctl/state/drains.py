@@ -63,6 +63,7 @@ class DrainStore:
         Returns the drain and whether the machine was drained before."""
 
         def change(document: dict[str, Any]) -> tuple[dict[str, Any], tuple[Drain, bool]]:
+            self._parse(document)  # a damaged file is refused, never rewritten
             drained = document["drained"]
             before = drained.get(name)
             since = before["since"] if isinstance(before, dict) and "since" in before else None
@@ -77,6 +78,7 @@ class DrainStore:
         had none (nothing is written then)."""
 
         def change(document: dict[str, Any]) -> tuple[dict[str, Any] | None, Drain | None]:
+            self._parse(document)  # a damaged file is refused, never rewritten
             entry = document["drained"].pop(name, None)
             if entry is None:
                 return None, None
