@@ -292,9 +292,9 @@ def render_drain(console: Console, result: DrainResult) -> None:
     if result.drained:
         again = "" if result.changed else " (it was already; reason updated)"
         reason = result.drain.reason if result.drain else ""
+        holds = f"it finishes its {runs}" if result.running else "it holds no run"
         console.print(
-            f"drained {result.machine}{again}: {reason}; it finishes its {runs} "
-            "and takes no new one",
+            f"drained {result.machine}{again}: {reason}; {holds} and takes no new one",
             markup=False,
         )
     elif result.changed:
