@@ -51,7 +51,7 @@ app.command("retry")(batches.retry)
 app.command("logs")(batches.logs)
 app.command("report")(report.report)
 app.command("prune")(batches.prune)
-app.command("machines")(fleet.machines)
+app.add_typer(fleet.machines_app, name="machines")
 app.command("_batch-worker", hidden=True)(fleet.batch_worker)
 app.command("_run-executor", hidden=True)(fleet.run_executor)
 

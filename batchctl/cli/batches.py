@@ -128,6 +128,14 @@ def run(
             help="Skip items no matching machine takes within this time (90s, 10m, 24h).",
         ),
     ] = "24h",
+    max_parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--max-parallel",
+            min=1,
+            help="At most N runs of this batch at once (kept with the batch).",
+        ),
+    ] = None,
     wait: WaitOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show what would run; write nothing.")
@@ -162,7 +170,11 @@ def run(
             details={"file": plan, "would_skip": skipped},
         )
     submitted = service.submit(
-        loaded, staging=staging, force_new=new, queue_timeout_s=queue_timeout_s
+        loaded,
+        staging=staging,
+        force_new=new,
+        queue_timeout_s=queue_timeout_s,
+        max_parallel=max_parallel,
     )
     batch_id, resumed, changed = submitted.batch_id, submitted.resumed, submitted.changed_since
     if changed is not None:

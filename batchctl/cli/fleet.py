@@ -12,7 +12,7 @@ import typer
 from batchctl.cli.context import load_settings, open_dispatcher, open_service
 from batchctl.cli.options import FleetOption, JsonOption, StateDirOption
 from batchctl.cli.output import Output
-from batchctl.cli.render import render_machines
+from batchctl.cli.render import render_drain, render_machines
 from batchctl.engine.worker import LEASE_TOKEN_VARIABLE, run_worker
 from batchctl.model.clock import SystemClock
 from batchctl.model.errors import ExitCode
@@ -21,19 +21,64 @@ from batchctl.model.views import MachineList
 from batchctl.transports.executor import ExecutorSettings, execute_run
 from batchctl.transports.runners import make_runner
 
+machines_app = typer.Typer(
+    help="List the fleet; drain and resume machines.",
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
+
+@machines_app.callback()
 def machines(
+    ctx: typer.Context,
     json_output: JsonOption = False,
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """List the fleet: each machine's tags, slots, state and the runs it holds."""
+    """List the fleet: each machine's tags, slots, state (drained, with its
+    reason) and the runs it holds."""
+    if ctx.invoked_subcommand is not None:
+        return ExitCode.OK
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir, fleet))
     listing = MachineList(source=service.dispatcher.fleet.source, machines=service.machines())
     output.result(
         listing, lambda console: render_machines(console, listing.machines, listing.source)
     )
+    return ExitCode.OK
+
+
+MachineArgument = Annotated[str, typer.Argument(metavar="NAME", help="A machine of the fleet.")]
+
+
+@machines_app.command("drain")
+def drain(
+    name: MachineArgument,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, as `machines` shows it (kept with the drain).")
+    ],
+    json_output: JsonOption = False,
+    state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
+) -> int:
+    """Finish what NAME runs, and give it nothing new, for every batch."""
+    output = Output(json_mode=json_output)
+    result = open_service(load_settings(state_dir, fleet)).drain(name, reason=reason)
+    output.result(result, lambda console: render_drain(console, result))
+    return ExitCode.OK
+
+
+@machines_app.command("resume")
+def resume(
+    name: MachineArgument,
+    json_output: JsonOption = False,
+    state_dir: StateDirOption = None,
+    fleet: FleetOption = None,
+) -> int:
+    """Give a drained machine work again, from the workers' next step."""
+    output = Output(json_mode=json_output)
+    result = open_service(load_settings(state_dir, fleet)).resume(name)
+    output.result(result, lambda console: render_drain(console, result))
     return ExitCode.OK
 
 

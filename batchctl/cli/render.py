@@ -6,7 +6,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from batchctl.engine.service import DryRunResult, PruneResult, RetryResult, SubmitResult
+from batchctl.engine.service import (
+    DrainResult,
+    DryRunResult,
+    PruneResult,
+    RetryResult,
+    SubmitResult,
+)
 from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
 
 OUTCOME_STYLE = {
@@ -275,10 +281,26 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
             machine.os,
             ", ".join(machine.tags) or "-",
             f"{len(machine.runs)}/{machine.slots}",
-            machine.state,
+            f"drained: {machine.drain.reason}" if machine.drain else machine.state,
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+
+
+def render_drain(console: Console, result: DrainResult) -> None:
+    runs = f"{result.running} run{'s' if result.running != 1 else ''}"
+    if result.drained:
+        again = "" if result.changed else " (it was already; reason updated)"
+        reason = result.drain.reason if result.drain else ""
+        holds = f"it finishes its {runs}" if result.running else "it holds no run"
+        console.print(
+            f"drained {result.machine}{again}: {reason}; {holds} and takes no new one",
+            markup=False,
+        )
+    elif result.changed:
+        console.print(f"resumed {result.machine}: it takes work again", markup=False)
+    else:
+        console.print(f"{result.machine} was not drained; nothing changed", markup=False)
 
 
 def render_retry(console: Console, result: RetryResult) -> None:

@@ -19,6 +19,7 @@ from batchctl.model.policy import Backoff
 from batchctl.model.viewdoc import BatchReading
 from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
+from batchctl.state.drains import DrainStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.base import Transport
@@ -59,6 +60,7 @@ class Dispatcher:
     # (batch id, fleet file, lease token) -> pid of the started worker
     spawn_worker: Callable[[str, str | None, str], int]
     snapshots: SnapshotStore | None = None
+    drains: DrainStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -165,6 +167,7 @@ class Dispatcher:
             hash_dir=self.hash_dir,
             lease_judge=self.judge,
             snapshot_has_file=self.snapshots.has_file if self.snapshots else None,
+            drained=self.drains.drained if self.drains else None,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from batchctl.engine.lease import LeaseJudge
-from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
 from batchctl.model.policy import (
     Backoff,
@@ -107,6 +107,7 @@ class BatchMemory:
         self.created_at = batch.created_at
         self.cancelled = batch.cancelled
         self.queue_timeout_s = batch.queue_timeout_s
+        self.max_parallel = batch.max_parallel
         self.entries = {entry.name: entry for entry in batch.entries}
         self.order = {entry.name: index for index, entry in enumerate(batch.entries)}
         self.items: dict[str, Item] = dict(batch.items)
@@ -274,6 +275,7 @@ class Scheduler:
         lease_judge: LeaseJudge | None = None,
         uniform: Callable[[float, float], float] = random.uniform,
         snapshot_has_file: Callable[[str, str], bool] | None = None,
+        drained: Callable[[], Mapping[str, Drain]] | None = None,
     ) -> None:
         self.batches = batches
         self.runs = runs
@@ -289,6 +291,11 @@ class Scheduler:
         # first); without one, other batches are not considered.
         self.lease_judge = lease_judge
         self.uniform = uniform
+        # Machines ``machines drain`` took out of dispatch, asked once a
+        # dispatch (a stat while nothing changed): they finish what they hold.
+        self.drained: Callable[[], Mapping[str, Drain]] = drained or dict
+        # Runs each capped tag (fleet ``limits``) may still start this dispatch.
+        self._cap_room: dict[str, int] = {}
         self._memory: dict[str, BatchMemory] = {}
         self._batch_feed = batches.subscribe()
         self._run_feed = runs.subscribe()
@@ -626,13 +633,18 @@ class Scheduler:
         if self.lease_judge is None:
             return []
         claims: list[SlotClaim] = []
+        drained = self.drained()
         for other_id, lease, cancelled, demand in self.batches.demands():
             if other_id == batch_id:
                 break
             if cancelled or not demand or not self.lease_judge.live(other_id, lease):
                 continue
             for selector, count in demand.items():
-                names = [m.name for m in self._matching_machines(selector) if m.dispatchable]
+                names = [
+                    m.name
+                    for m in self._matching_machines(selector)
+                    if m.dispatchable and m.name not in drained
+                ]
                 claims.extend(SlotClaim(names) for _ in range(min(count, len(names) * 64)))
         return claims
 
@@ -651,11 +663,24 @@ class Scheduler:
             demand: dict[str, int] = {}
             if not memory.cancelled:
                 free = self._free_slots(self._precedence(memory.id))
+                # The batch's own cap (``run --max-parallel``): its runs in
+                # flight are the items it has active, O(1) to count.
+                room = (
+                    None
+                    if memory.max_parallel is None
+                    else memory.max_parallel - len(memory.active)
+                )
                 for selector, heap in memory.ready.items():
-                    requests.extend(
-                        self._requests_for(memory, selector, heap, free, now, proposals, report)
+                    made = self._requests_for(
+                        memory, selector, heap, free, now, proposals, report, room
                     )
-                    if heap:  # items left that found no free machine (an upper bound)
+                    requests.extend(made)
+                    if room is not None:
+                        room -= len(made)
+                    # Items left that found no free machine (an upper bound);
+                    # those the batch's own cap holds back claim no slot
+                    # other batches could use.
+                    if heap and (room is None or room > 0):
                         demand[selector] = len(heap)
             results = (
                 self.runs.prepare_many(
@@ -701,14 +726,48 @@ class Scheduler:
         return memory.entries[name].selector
 
     def _free_slots(self, claims: Iterable[SlotClaim]) -> dict[str, int]:
+        """Free slots per machine: none on a drained machine, none on the
+        machines of a capped tag whose runs reached its limit. Read under the
+        batches lock, which every dispatch of every batch holds, so the runs
+        held are the runs there are. O(machines + claims)."""
         held = self.runs.held()
-        free = {m.name: m.slots - held.get(m.name, 0) for m in self.fleet.machines}
+        drained = self.drained()
+        free = {
+            m.name: 0 if m.name in drained else m.slots - held.get(m.name, 0)
+            for m in self.fleet.machines
+        }
+        self._cap_room = {
+            tag: self.fleet.limits[tag] - sum(held.get(name, 0) for name in names)
+            for tag, names in self.fleet.limited.items()
+        }
+        for tag, room in self._cap_room.items():
+            if room <= 0:
+                self._close_tag(tag, free)
         for claim in claims:
             for name in claim.candidates:
                 if free.get(name, 0) > 0:
-                    free[name] -= 1
+                    self._take_slot(name, free)
                     break
         return free
+
+    def _take_slot(self, name: str, free: dict[str, int]) -> None:
+        """One slot of ``name`` taken: from it, and from each capped tag it
+        has (a cap reached closes every machine with that tag)."""
+        free[name] -= 1
+        if not self._cap_room:
+            return
+        machine = self.fleet.get(name)
+        if machine is None:
+            return
+        for tag in self.fleet.caps_of(machine):
+            self._cap_room[tag] -= 1
+            if self._cap_room[tag] <= 0:
+                self._close_tag(tag, free)
+
+    def _close_tag(self, tag: str, free: dict[str, int]) -> None:
+        # At most once per capped tag and dispatch: O(machines with the tag).
+        for name in self.fleet.limited[tag]:
+            free[name] = 0
 
     def _requests_for(
         self,
@@ -719,9 +778,11 @@ class Scheduler:
         now: datetime,
         proposals: dict[str, Item],
         report: StepReport,
+        room: int | None = None,
     ) -> list[PrepareRequest]:
         """Pop ready items of one selector while a matching machine has a
-        free slot; each request reserves its slot in ``free``."""
+        free slot, at most ``room`` of them (the batch's own cap); each
+        request reserves its slot in ``free``."""
         requests: list[PrepareRequest] = []
         # Reversed, so machines that fill up are popped off the end.
         pool = [
@@ -729,7 +790,7 @@ class Scheduler:
             for m in reversed(self._matching_machines(selector))
             if m.dispatchable and free.get(m.name, 0) > 0
         ]
-        while heap:
+        while heap and (room is None or len(requests) < room):
             _, name, attempt = heap[0]
             if not memory.still_queued(name, attempt):
                 heapq.heappop(heap)
@@ -746,7 +807,7 @@ class Scheduler:
             machine = self._free_machine(memory, entry, memory.items[name], free, pool)
             if machine is None:
                 break  # every machine this selector may use is taken
-            free[machine] -= 1
+            self._take_slot(machine, free)
             heapq.heappop(heap)
             requests.append(
                 PrepareRequest(

@@ -15,6 +15,7 @@ from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.scheduler import why_unrunnable
 from batchctl.model.clock import Clock
 from batchctl.model.errors import InvalidInput, InvalidPlan, NotFound, StateError
+from batchctl.model.fleet import Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
 from batchctl.model.plan import Plan, dir_label, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
@@ -23,6 +24,7 @@ from batchctl.model.viewdoc import BatchReading, Document, run_document
 from batchctl.model.views import (
     BatchSummary,
     BatchView,
+    DrainView,
     FleetContext,
     ItemDetail,
     MachineView,
@@ -32,10 +34,14 @@ from batchctl.model.views import (
     machine_views,
 )
 from batchctl.state.batches import BatchStore, items_record
+from batchctl.state.drains import DrainStore
 from batchctl.state.journal import Record
 from batchctl.state.memory import without_gc
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import Scan, SnapshotRefused, SnapshotStore
+
+# A drain's reason is a line for a table, not a document.
+MAX_DRAIN_REASON = 500
 
 
 class ChangedSince(View):
@@ -123,6 +129,19 @@ class LogTarget(View):
     finished: bool
 
 
+class DrainResult(View):
+    """What ``machines drain`` and ``machines resume`` did to a machine."""
+
+    machine: str
+    drained: bool
+    # False when the machine already was as asked (drain again: its reason
+    # is replaced all the same).
+    changed: bool
+    drain: DrainView | None
+    # Runs the machine still holds: a drained machine finishes them.
+    running: int
+
+
 class KeptBatch(View):
     id: str
     reason: str
@@ -187,7 +206,10 @@ class BatchService:
 
     def _fleet_context(self) -> FleetContext:
         return FleetContext(
-            fleet=self.dispatcher.fleet, held=self.runs.held(), now=self.clock.now()
+            fleet=self.dispatcher.fleet,
+            held=self.runs.held(),
+            now=self.clock.now(),
+            drained=self.dispatcher.drains.drained() if self.dispatcher.drains else {},
         )
 
     def reading(self, batch_id: str, *, explain: bool = True) -> BatchReading:
@@ -285,6 +307,7 @@ class BatchService:
         staging: str,
         force_new: bool,
         queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S,
+        max_parallel: int | None = None,
     ) -> Submitted:
         """The batch created or resumed for the plan, the staging and the
         content of every entry's directory, snapshotted now: the batch runs
@@ -308,6 +331,7 @@ class BatchService:
                 entries=entries,
                 items={entry.name: Item(name=entry.name, updated_at=now) for entry in entries},
                 queue_timeout_s=queue_timeout_s,
+                max_parallel=max_parallel,
                 content_hash=content,
             )
 
@@ -627,7 +651,63 @@ class BatchService:
         return targets
 
     def machines(self) -> list[MachineView]:
-        return machine_views(self.dispatcher.fleet, self.runs.non_terminal())
+        return machine_views(
+            self.dispatcher.fleet,
+            self.runs.non_terminal(),
+            self.dispatcher.drains.drained() if self.dispatcher.drains else {},
+        )
+
+    def _drain_store(self) -> DrainStore:
+        if self.dispatcher.drains is None:
+            raise StateError("this batchctl keeps no drain state")
+        return self.dispatcher.drains
+
+    def _fleet_machine(self, name: str) -> Machine:
+        machine = self.dispatcher.fleet.get(name)
+        if machine is None:
+            close = self.dispatcher.fleet.close_names(name)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise NotFound(
+                f"no machine {name!r} in the fleet ({self.dispatcher.fleet.source}){hint}",
+                details={"machine": name, "close": close},
+            )
+        return machine
+
+    def drain(self, name: str, *, reason: str) -> DrainResult:
+        """Take a machine out of dispatch for every batch: it finishes the
+        runs it holds. Drained again, its reason is replaced."""
+        reason = reason.strip()
+        if not reason or len(reason) > MAX_DRAIN_REASON or not reason.isprintable():
+            raise InvalidInput(
+                f"--reason: give a printable reason of 1 to {MAX_DRAIN_REASON} characters",
+                details={"option": "--reason"},
+            )
+        self._fleet_machine(name)
+        drain, before = self._drain_store().drain(
+            name, reason=reason, by=self.identity, now=self.clock.now()
+        )
+        return DrainResult(
+            machine=name,
+            drained=True,
+            changed=not before,
+            drain=DrainView(reason=drain.reason, since=drain.since, by=drain.by),
+            running=self.runs.held().get(name, 0),
+        )
+
+    def resume(self, name: str) -> DrainResult:
+        """Give a drained machine work again, from the workers' next step.
+        A machine that left the fleet while drained can still be resumed."""
+        store = self._drain_store()
+        if name not in store.drained():
+            self._fleet_machine(name)
+        had = store.resume(name)
+        return DrainResult(
+            machine=name,
+            drained=False,
+            changed=had is not None,
+            drain=None,
+            running=self.runs.held().get(name, 0),
+        )
 
     def list_batches(
         self, *, staging: str | None = None, state: str | None = None, limit: int | None = None
@@ -718,7 +798,7 @@ class _LazyReasons:
         self._make_context = context
         self._context: FleetContext | None = None
 
-    def queued_reason(self, selector: str, not_before: str | None) -> str:
+    def queued_reason(self, selector: str, not_before: str | None) -> tuple[str, str]:
         if self._context is None:
             self._context = self._make_context()
         return self._context.queued_reason(selector, not_before)

@@ -6,11 +6,13 @@ with none, the fleet is this host alone.
 
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -239,6 +241,48 @@ class FleetFileSpec(BaseModel):
     machines: list[Any] = []
     inventory: list[Any] = []
     env_pass: EnvPass = ()
+    # Checked by ``_limits`` (each problem named by its tag), not here.
+    limits: Any = None
+
+
+# A cap is at most this: a larger number caps nothing a fleet could hold.
+MAX_LIMIT = 1_000_000
+
+
+def _limits(raw: object, path: str, problems: list[str]) -> dict[str, int]:
+    """``limits: {TAG: N}``: at most N runs at once on the machines tagged
+    TAG, whatever batch they belong to. Every problem is named by its field."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: field 'limits': must be a mapping of tag to a number of runs")
+        return {}
+    limits: dict[str, int] = {}
+    for tag, value in raw.items():
+        if not isinstance(tag, str) or not NAME_RE.fullmatch(tag):
+            problems.append(
+                f"{path}: field 'limits': {tag!r} is not a valid tag name "
+                "(letters, digits, '.', '_', '-')"
+            )
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+            problems.append(
+                f"{path}: field 'limits.{tag}': {value!r} is not a positive whole number "
+                f"of runs (1 to {MAX_LIMIT})"
+            )
+            continue
+        limits[tag] = value
+    return limits
+
+
+@dataclass(frozen=True)
+class Drain:
+    """A machine taken out of dispatch by ``machines drain``: it finishes the
+    runs it holds and takes no new one, for every batch, until resumed."""
+
+    reason: str
+    since: datetime
+    by: str
 
 
 @dataclass(frozen=True)
@@ -248,6 +292,8 @@ class Fleet:
     inventories: tuple[InventorySpec, ...] = ()
     # Controller variables every run on any machine receives, by name.
     env_pass: tuple[str, ...] = ()
+    # tag -> at most this many runs at once on the machines with that tag.
+    limits: Mapping[str, int] = field(default_factory=dict)
 
     def env_pass_for(self, machine: Machine | None, entry_names: Sequence[str]) -> tuple[str, ...]:
         """What a run of an entry on a machine receives: the plan's names,
@@ -263,6 +309,20 @@ class Fleet:
     @cached_property
     def _by_name(self) -> dict[str, Machine]:
         return {machine.name: machine for machine in self.machines}
+
+    @cached_property
+    def limited(self) -> dict[str, tuple[str, ...]]:
+        """Each capped tag's machines, by name: what a cap counts."""
+        return {tag: tuple(m.name for m in self.machines if tag in m.tags) for tag in self.limits}
+
+    def caps_of(self, machine: Machine) -> tuple[str, ...]:
+        """The capped tags a run on this machine counts against."""
+        return tuple(tag for tag in machine.tags if tag in self.limits)
+
+    def close_names(self, name: str) -> list[str]:
+        """Machine names like ``name`` (a typo's likely meaning)."""
+        names = [machine.name for machine in self.machines]
+        return difflib.get_close_matches(name, names, n=3, cutoff=0.5)
 
 
 class FleetSource:
@@ -376,11 +436,15 @@ def parse_fleet(text: str, path: str) -> Fleet:
         problems.append(f"{path}: field 'machines': lists no machine")
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
+    limits = _limits(spec.limits, path, problems)
+    if problems:
+        raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
     return Fleet(
         machines=tuple(machines),
         source=path,
         inventories=tuple(inventories),
         env_pass=spec.env_pass,
+        limits=limits,
     )
 
 

@@ -176,6 +176,8 @@ class Batch(Record):
     demand: dict[str, int] = Field(default_factory=dict)
     # Items ready this long without a machine taking them are skipped.
     queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S
+    # At most this many runs of the batch at once (``run --max-parallel``).
+    max_parallel: int | None = None
 
 
 class Run(Record):

@@ -27,7 +27,9 @@ class QueuedReasons(Protocol):
     """Why a ready, queued item has no machine yet: it needs the fleet and the
     clock, which a view of stored records alone does not have."""
 
-    def queued_reason(self, selector: str, not_before: str | None) -> str: ...
+    def queued_reason(self, selector: str, not_before: str | None) -> tuple[str, str]:
+        """(reason_code, reason) of a ready item of ``selector``."""
+        ...
 
 
 def run_document(run: Stored, runs_prefix: str) -> Document:
@@ -79,6 +81,7 @@ class BatchReading:
         self.items: Mapping[str, Stored] = batch["items"]
         self.entries: dict[str, Stored] = {entry["name"]: entry for entry in batch["entries"]}
         self.cancelled: bool = batch.get("cancelled", False)
+        self._in_flight: int | None = None
 
     @staticmethod
     def attempt_run_ids(item: Stored) -> list[str]:
@@ -132,17 +135,22 @@ class BatchReading:
 
     def reason(self, entry: Stored, item: Stored) -> str | None:
         """Why a queued item is not running yet, in words."""
+        explained = self.explain(entry, item)
+        return explained[1] if explained else None
+
+    def explain(self, entry: Stored, item: Stored) -> tuple[str, str] | None:
+        """(reason_code, reason): why an item is not running yet."""
         state = item.get("state", rules.QUEUED)
         run_id = item.get("run_id")
         if state == rules.DISPATCHED and run_id and run_id not in self.runs:
-            return f"its run {run_id} is not in runs.json (removed by hand?)"
+            return "run_missing", f"its run {run_id} is not in runs.json (removed by hand?)"
         if state != rules.QUEUED:
             return None
         waiting_on = self.unmet_needs(entry)
         if waiting_on:
             # The first few: a dependent of a matrix may wait on thousands.
             more = len(waiting_on) - WAITING_SHOWN
-            return (
+            return "needs", (
                 "waiting on "
                 + ", ".join(
                     f"{name} ({self.outcome(self.entries[name], self.items[name])})"
@@ -151,8 +159,24 @@ class BatchReading:
                 + (f" and {more} more" if more > 0 else "")
             )
         if self.reasons is None:
-            return "ready; waiting for a matching machine"
-        return self.reasons.queued_reason(entry["selector"], item.get("not_before"))
+            return "ready", "ready; waiting for a matching machine"
+        code, text = self.reasons.queued_reason(entry["selector"], item.get("not_before"))
+        cap = self.batch.get("max_parallel")
+        if code != "backoff" and cap is not None and self.in_flight() >= cap:
+            return "cap", f"the batch runs at most {cap} at once (--max-parallel {cap})"
+        return code, text
+
+    def in_flight(self) -> int:
+        """Runs of the batch not ended yet; O(items) once per reading."""
+        if self._in_flight is None:
+            self._in_flight = sum(
+                1
+                for item in self.items.values()
+                if item.get("state") == rules.DISPATCHED
+                and (run := self.run_of(item)) is not None
+                and run.get("status", "pending") in ("pending", "running")
+            )
+        return self._in_flight
 
     def item_document(self, name: str) -> Document:
         return self._item_document(self.entries[name], self.items[name])[0]
@@ -169,6 +193,7 @@ class BatchReading:
         attempt = get("attempt", 1)
         needs = entry.get("needs")
         waiting = state == rules.QUEUED and bool(needs) and bool(self.unmet_needs(entry))
+        explained = None if state == rules.SKIPPED or run is not None else self.explain(entry, item)
         document = {
             "name": item["name"],
             "selector": entry["selector"],
@@ -180,9 +205,8 @@ class BatchReading:
             "run_id": run_id,
             "machine": get("machine"),
             "error_code": get("error_code"),
-            "reason": None
-            if state == rules.SKIPPED or run is not None
-            else self.reason(entry, item),
+            "reason": explained[1] if explained else None,
+            "reason_code": explained[0] if explained else None,
             "blame": get("blame"),
             "history": get("history") or [],
             "run": run_document(run, self.runs_prefix) if run is not None else None,
@@ -204,6 +228,7 @@ class BatchReading:
             "done": self.done() if done is None else done,
             "cancelled": self.cancelled,
             "queue_timeout_s": batch.get("queue_timeout_s", rules.DEFAULT_QUEUE_TIMEOUT_S),
+            "max_parallel": batch.get("max_parallel"),
         }
 
     def summary(self) -> Document:

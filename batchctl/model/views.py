@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from batchctl.model.clock import utc_iso
-from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Run
 from batchctl.model.viewdoc import run_document
 
@@ -46,6 +46,9 @@ class ItemView(View):
     machine: str | None
     error_code: str | None
     reason: str | None
+    # What the reason is about, for scripts: needs, backoff, cap, drained,
+    # busy, offline, no_machine, dispatching, ready, run_missing.
+    reason_code: str | None = None
     blame: str | None
     history: list[str]
     run: RunView | None
@@ -78,6 +81,7 @@ class BatchView(View):
     done: bool
     cancelled: bool
     queue_timeout_s: int
+    max_parallel: int | None = None
     counts: dict[str, int]
     items: list[ItemView]
 
@@ -108,37 +112,70 @@ class BatchList(View):
 @dataclass(frozen=True)
 class FleetContext:
     """What explaining a queued item needs beyond the batch: the fleet, how
-    many slots each machine has taken, and the time."""
+    many slots each machine has taken, which machines are drained, and the time."""
 
     fleet: Fleet
     held: Mapping[str, int]
     now: datetime
+    drained: Mapping[str, Drain] = field(default_factory=dict)
     # Filled as items are explained: every item with one selector shares its
     # answer, so a view costs O(items + selectors x machines).
-    by_selector: dict[str, str] = field(default_factory=dict)
+    by_selector: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def queued_reason(self, selector: str, not_before: str | None) -> str:
+    def queued_reason(self, selector: str, not_before: str | None) -> tuple[str, str]:
         if not_before is not None:
             until = datetime.fromisoformat(not_before)
             if until > self.now:
-                return f"retry backoff until {utc_iso(until)}"
+                return "backoff", f"retry backoff until {utc_iso(until)}"
         if selector not in self.by_selector:
             self.by_selector[selector] = self._selector_reason(selector)
         return self.by_selector[selector]
 
-    def _selector_reason(self, selector: str) -> str:
+    def _selector_reason(self, selector: str) -> tuple[str, str]:
         kind, _, value = selector.partition(":")
         matching = self.fleet.matching(selector)
         if not matching:
-            return f"no machine matches {selector}"
-        if not any(m.dispatchable for m in matching):
-            return f"every machine matching {selector} is offline"
-        if all(self.held.get(m.name, 0) >= m.slots for m in matching):
+            return "no_machine", f"no machine matches {selector}"
+        online = [m for m in matching if m.dispatchable]
+        if not online:
+            return "offline", f"every machine matching {selector} is offline"
+        usable = [m for m in online if m.name not in self.drained]
+        if not usable:
+            drains = "; ".join(
+                f"{m.name}: {self.drained[m.name].reason}" for m in online[:DRAINS_SHOWN]
+            )
+            more = f" and {len(online) - DRAINS_SHOWN} more" if len(online) > DRAINS_SHOWN else ""
+            return "drained", f"every machine matching {selector} is drained ({drains}{more})"
+        with_room = [m for m in usable if self.held.get(m.name, 0) < m.slots]
+        if not with_room:
+            drained = len(online) - len(usable)
+            aside = f" ({drained} drained)" if drained else ""
             if kind == "machine":
-                return f"machine {value} busy"
-            count = len(matching)
-            return f"all {count} machine{'s' if count != 1 else ''} with tag {value} busy"
-        return "ready; dispatching on the next tick"
+                return "busy", f"machine {value} busy"
+            count = len(usable)
+            return (
+                "busy",
+                f"all {count} machine{'s' if count != 1 else ''} with tag {value} busy{aside}",
+            )
+        capped = self._reached_caps()
+        if capped and all(any(tag in capped for tag in self.fleet.caps_of(m)) for m in with_room):
+            tags = sorted(
+                {tag for m in with_room for tag in self.fleet.caps_of(m) if tag in capped}
+            )
+            caps = ", ".join(f"{tag}: {self.fleet.limits[tag]}" for tag in tags)
+            return "cap", f"fleet limits reached ({caps} runs at once)"
+        return "dispatching", "ready; dispatching on the next tick"
+
+    def _reached_caps(self) -> set[str]:
+        return {
+            tag
+            for tag, names in self.fleet.limited.items()
+            if sum(self.held.get(name, 0) for name in names) >= self.fleet.limits[tag]
+        }
+
+
+# How many drained machines a waiting item's reason names.
+DRAINS_SHOWN = 3
 
 
 def attempt_document(run: Mapping[str, Any], runs_prefix: str) -> dict[str, Any]:
@@ -160,6 +197,12 @@ class MachineRunView(View):
     status: str
 
 
+class DrainView(View):
+    reason: str
+    since: datetime
+    by: str
+
+
 class MachineView(View):
     name: str
     source: str
@@ -170,6 +213,8 @@ class MachineView(View):
     slots: int
     state: str
     runs: list[MachineRunView]
+    # Set while ``machines drain`` keeps the machine out of dispatch.
+    drain: DrainView | None = None
 
 
 class MachineList(View):
@@ -190,10 +235,17 @@ def machine_state(machine: Machine, held: int) -> str:
     return "idle"
 
 
-def machine_views(fleet: Fleet, live_runs: list[Run]) -> list[MachineView]:
+def machine_views(
+    fleet: Fleet, live_runs: list[Run], drained: Mapping[str, Drain] | None = None
+) -> list[MachineView]:
+    drained = drained or {}
+    by_machine: dict[str, list[Run]] = {}
+    for run in live_runs:
+        by_machine.setdefault(run.machine, []).append(run)
     views = []
     for machine in fleet.machines:
-        held = [run for run in live_runs if run.machine == machine.name]
+        held = by_machine.get(machine.name, [])
+        drain = drained.get(machine.name)
         views.append(
             MachineView(
                 name=machine.name,
@@ -203,13 +255,16 @@ def machine_views(fleet: Fleet, live_runs: list[Run]) -> list[MachineView]:
                 os=machine.os,
                 tags=list(machine.tags),
                 slots=machine.slots,
-                state=machine_state(machine, len(held)),
+                state="drained" if drain else machine_state(machine, len(held)),
                 runs=[
                     MachineRunView(
                         run_id=r.id, batch_id=r.batch_id, item=r.item, status=r.status.value
                     )
                     for r in held
                 ],
+                drain=DrainView(reason=drain.reason, since=drain.since, by=drain.by)
+                if drain
+                else None,
             )
         )
     return views

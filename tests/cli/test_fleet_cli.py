@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,88 @@ def test_a_bad_queue_timeout_is_invalid_input(
 
     accepted = cli("run", "plan.yaml", "--queue-timeout", "90m", "--json")
     assert accepted.json()["data"]["batch"]["queue_timeout_s"] == 5400
+
+
+TWO_MACHINES = (
+    "machines:\n"
+    "  - {name: gpu-01, transport: local, tags: [gpu], slots: 1}\n"
+    "  - {name: gpu-02, transport: local, tags: [gpu], slots: 1}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ("limits: {gpu: 0}\n", ["fleet.yaml", "field 'limits.gpu'", "positive whole number"]),
+        ("limits: {gpu: -2}\n", ["field 'limits.gpu'", "-2"]),
+        ("limits: {gpu: two}\n", ["field 'limits.gpu'", "'two'"]),
+        ("limits: {gpu: true}\n", ["field 'limits.gpu'", "True"]),
+        ("limits: {gpu: 1.5}\n", ["field 'limits.gpu'", "1.5"]),
+        ("limits: {'bad tag': 1}\n", ["field 'limits'", "'bad tag' is not a valid tag name"]),
+        ("limits: [gpu]\n", ["field 'limits'", "must be a mapping"]),
+    ],
+)
+def test_bad_limits_are_exit_2_naming_file_and_field(
+    workdir: Path, cli: CliRunner, state_dir: Path, limits: str, expected: list[str]
+) -> None:
+    (workdir / "fleet.yaml").write_text(limits + TWO_MACHINES)
+    make_suite(workdir / "suites", "a")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/a, tag: gpu}\n")
+
+    for args in (
+        ("machines",),
+        ("run", "plan.yaml"),
+        ("machines", "drain", "gpu-01", "--reason", "x"),
+    ):
+        result = cli(*args, "--fleet", "fleet.yaml")
+        assert result.code == 2, result.stderr
+        for fragment in expected:
+            assert fragment in result.stderr, (fragment, result.stderr)
+    assert snapshot_dir(state_dir) == {}
+
+
+def test_unknown_machine_names_are_exit_3_with_close_names_and_change_nothing(
+    workdir: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    (workdir / "fleet.yaml").write_text(TWO_MACHINES)
+
+    for command in (("drain", "gpu-1", "--reason", "x"), ("resume", "gpu-1")):
+        result = cli("machines", *command, "--fleet", "fleet.yaml", "--json")
+        assert result.code == 3, result.stderr
+        error = result.error()["error"]
+        assert error["code"] == "not_found"
+        assert "'gpu-1'" in error["message"]
+        assert error["details"]["close"] == ["gpu-01", "gpu-02"]
+    human = cli("machines", "drain", "gpu-1", "--reason", "x", "--fleet", "fleet.yaml")
+    assert human.code == 3
+    assert "did you mean gpu-01, gpu-02?" in human.stderr
+    assert cli("machines", "drain", "gpu-01", "--reason", " ", "--fleet", "fleet.yaml").code == 2
+    assert not (state_dir / "machines.json").exists()
+
+
+def test_drain_is_idempotent_private_and_resume_undoes_it(
+    workdir: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    (workdir / "fleet.yaml").write_text(TWO_MACHINES)
+    fleet = ("--fleet", "fleet.yaml")
+
+    first = cli("machines", "drain", "gpu-01", "--reason", "fan noise", *fleet, "--json")
+    again = cli("machines", "drain", "gpu-01", "--reason", "fan replaced", *fleet, "--json")
+
+    assert (first.code, first.json()["data"]["changed"]) == (0, True)
+    assert (again.code, again.json()["data"]["changed"]) == (0, False)
+    assert again.json()["data"]["drain"]["since"] == first.json()["data"]["drain"]["since"]
+    stored = state_dir / "machines.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    listing = {m["name"]: m for m in cli("machines", *fleet, "--json").json()["data"]["machines"]}
+    assert listing["gpu-01"]["state"] == "drained"
+    assert listing["gpu-01"]["drain"]["reason"] == "fan replaced"
+    assert (listing["gpu-02"]["state"], listing["gpu-02"]["drain"]) == ("idle", None)
+    assert "drained: fan replaced" in cli("machines", *fleet).stdout
+
+    resumed = cli("machines", "resume", "gpu-01", *fleet)
+    assert resumed.code == 0
+    assert "resumed gpu-01" in resumed.stdout
+    assert cli("machines", "resume", "gpu-01", *fleet, "--json").json()["data"]["changed"] is False
+    listing = {m["name"]: m for m in cli("machines", *fleet, "--json").json()["data"]["machines"]}
+    assert (listing["gpu-01"]["state"], listing["gpu-01"]["drain"]) == ("idle", None)

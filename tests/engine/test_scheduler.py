@@ -4,6 +4,7 @@ processes, no sleeps. Stores are the real ones on a temp directory."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import pytest
 from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings
 from batchctl.model.errors import LeaseLost
-from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Batch, Item, ItemState, Lease, RunStatus, SkipCode
 from batchctl.model.plan import load_plan_text
 from batchctl.model.policy import Backoff
 from batchctl.model.views import FleetContext
 from batchctl.state.batches import BatchStore
+from batchctl.state.drains import DrainStore
 from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.testdir import hash_test_dir
 from tests.fakes import FakeClock, FakeTransport, batch_view
@@ -33,7 +35,13 @@ class World:
     transport: FakeTransport
     fleet: Fleet
 
-    def batch(self, plan: str, batch_id: str = "b1", staging: str = "s") -> Batch:
+    def batch(
+        self,
+        plan: str,
+        batch_id: str = "b1",
+        staging: str = "s",
+        max_parallel: int | None = None,
+    ) -> Batch:
         for name in ("ok", "other"):
             make_suite(self.tmp / "suites", name)
         (self.tmp / "suites" / "no-entrypoint").mkdir(exist_ok=True)
@@ -55,13 +63,19 @@ class World:
             source="inline",
             entries=loaded.entries,
             items={e.name: Item(name=e.name, updated_at=now) for e in loaded.entries},
+            max_parallel=max_parallel,
         )
         created, _ = self.batches.create_or_get(
             loaded.plan_hash, staging, force_new=True, new_batch=lambda: batch
         )
         return created
 
-    def scheduler(self, token: str | None = None, older: bool = False) -> Scheduler:
+    def scheduler(
+        self,
+        token: str | None = None,
+        older: bool = False,
+        drained: Callable[[], Mapping[str, Drain]] | None = None,
+    ) -> Scheduler:
         return Scheduler(
             batches=self.batches,
             runs=self.runs,
@@ -76,6 +90,7 @@ class World:
             if older
             else None,
             uniform=lambda low, high: low,  # no jitter: the backoff is exactly half its ceiling
+            drained=drained,
         )
 
     def outcomes(self, batch_id: str = "b1") -> dict[str, str]:
@@ -447,3 +462,132 @@ def test_a_dispatched_item_whose_run_record_vanished_does_not_hold_the_batch_ope
 
     assert report.done
     assert report.skipped == ["b"]
+
+
+# -- fleet governance: drained machines and caps -------------------------------
+
+
+def reasons_of(world: World, batch_id: str, context: FleetContext) -> dict[str, tuple[str, str]]:
+    batch = world.batches.get(batch_id)
+    runs = world.runs.get_many(i.run_id for i in batch.items.values() if i.run_id)
+    return {
+        i.name: (i.reason_code or "", i.reason or "")
+        for i in batch_view(batch, runs, context).items
+        if i.state == "queued"
+    }
+
+
+def machines_of(world: World, batch_id: str = "b1") -> dict[str, str | None]:
+    return {name: item.machine for name, item in world.batches.get(batch_id).items.items()}
+
+
+def test_a_drained_machine_finishes_its_run_takes_nothing_new_and_resumes(
+    world: World, state_dir: Path
+) -> None:
+    world.fleet = Fleet(
+        machines=(
+            Machine(name="m1", tags=("local",), slots=1),
+            Machine(name="m2", tags=("local",), slots=1),
+        ),
+        source="t",
+    )
+    world.batch(entries(*(f"{{name: i{n}, dir: suites/ok}}" for n in range(5))))
+    drains = DrainStore(state_dir)
+    scheduler = world.scheduler(drained=drains.drained)
+
+    assert scheduler.step("b1", world.clock.now()).dispatched == ["i0", "i1"]
+    assert machines_of(world)["i1"] == "m2"
+    drains.drain("m2", reason="disk swap", by="t@h", now=world.clock.now())
+
+    # m2's run goes on and ends; m2 takes nothing new, m1 goes on alone.
+    world.transport.finish_running()
+    assert scheduler.step("b1", world.clock.advance(1)).dispatched == ["i2"]
+    assert machines_of(world)["i2"] == "m1"
+    assert world.outcomes()["i1"] == "passed"
+    context = FleetContext(
+        fleet=world.fleet, held=world.runs.held(), now=world.clock.now(), drained=drains.drained()
+    )
+    assert reasons_of(world, "b1", context)["i3"] == (
+        "busy",
+        "all 1 machine with tag local busy (1 drained)",
+    )
+
+    drains.resume("m2")
+    world.transport.finish_running()
+    assert scheduler.step("b1", world.clock.advance(1)).dispatched == ["i3", "i4"]
+    assert {machines_of(world)["i3"], machines_of(world)["i4"]} == {"m1", "m2"}
+
+
+def test_items_whose_every_machine_is_drained_wait_with_that_reason_not_skipped(
+    world: World, state_dir: Path
+) -> None:
+    world.batch(entries("{name: a, dir: suites/ok}"))
+    drains = DrainStore(state_dir)
+    drains.drain("m1", reason="kernel upgrade", by="t@h", now=world.clock.now())
+    scheduler = world.scheduler(drained=drains.drained)
+
+    for _ in range(3):
+        report = scheduler.step("b1", world.clock.advance(5))
+        assert (report.dispatched, report.skipped) == ([], [])
+    context = FleetContext(
+        fleet=world.fleet, held=world.runs.held(), now=world.clock.now(), drained=drains.drained()
+    )
+    assert reasons_of(world, "b1", context)["a"] == (
+        "drained",
+        "every machine matching tag:local is drained (m1: kernel upgrade)",
+    )
+
+    drains.resume("m1")
+    assert scheduler.step("b1", world.clock.advance(1)).dispatched == ["a"]
+
+
+def test_a_tag_limit_caps_runs_across_batches(world: World) -> None:
+    world.fleet = Fleet(
+        machines=(
+            Machine(name="g1", tags=("gpu",), slots=2),
+            Machine(name="g2", tags=("gpu",), slots=2),
+        ),
+        source="t",
+        limits={"gpu": 1},
+    )
+    world.batch(
+        entries("{name: a1, dir: suites/ok, tag: gpu}", "{name: a2, dir: suites/ok, tag: gpu}"), "A"
+    )
+    world.batch(
+        entries(
+            "{name: b1, dir: suites/other, tag: gpu}", "{name: b2, dir: suites/other, tag: gpu}"
+        ),
+        "B",
+        staging="other",
+    )
+    first, second = world.scheduler(), world.scheduler()
+    most = 0
+    for _ in range(12):
+        first.step("A", world.clock.advance(1))
+        second.step("B", world.clock.advance(1))
+        held = world.runs.held()
+        most = max(most, held.get("g1", 0) + held.get("g2", 0))
+        if held:
+            context = FleetContext(fleet=world.fleet, held=held, now=world.clock.now())
+            waiting = {**reasons_of(world, "A", context), **reasons_of(world, "B", context)}
+            assert {code for code, _ in waiting.values()} <= {"cap"}
+            assert all("gpu: 1" in text for _, text in waiting.values())
+        world.transport.finish_running()
+    assert most == 1
+    assert set(world.outcomes("A").values()) == set(world.outcomes("B").values()) == {"passed"}
+
+
+def test_max_parallel_runs_a_batch_one_at_a_time_on_a_large_machine(world: World) -> None:
+    world.batch(entries(*(f"{{name: i{n}, dir: suites/ok}}" for n in range(3))), max_parallel=1)
+    scheduler = world.scheduler()
+
+    for expected in ("i0", "i1", "i2"):
+        assert scheduler.step("b1", world.clock.advance(1)).dispatched == [expected]
+        assert scheduler.step("b1", world.clock.advance(1)).dispatched == []
+        context = FleetContext(fleet=world.fleet, held=world.runs.held(), now=world.clock.now())
+        for code, text in reasons_of(world, "b1", context).values():
+            assert (code, text) == ("cap", "the batch runs at most 1 at once (--max-parallel 1)")
+        # Held back by its own cap, the batch claims no slot from other batches.
+        assert world.batches.get("b1").demand == {}
+        world.transport.finish_running()
+    assert scheduler.step("b1", world.clock.advance(1)).done
