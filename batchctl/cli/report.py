@@ -195,8 +195,8 @@ def _unwritable(option: str, path: Path, exc: OSError) -> OutputUnwritable:
 
 
 def _write_all(files: dict[str, tuple[Path, bytes]]) -> None:
-    """Every file or none: each is written whole to a temporary file beside
-    it and synced, then all are moved into place (``os.replace``: a reader
+    """Every file or none, as far as renames go: each is written whole to a
+    temporary file beside it and synced, then all are moved into place (``os.replace``: a reader
     never sees half a report, and a report that cannot be written leaves
     the other one unwritten too). They get the user's umask, not batchctl's
     private one: a CI job uploads them."""
@@ -217,12 +217,21 @@ def _write_all(files: dict[str, tuple[Path, bytes]]) -> None:
                     os.fsync(out.fileno())
             except OSError as exc:
                 raise _unwritable(option, path, exc) from None
+        placed: list[str] = []
         for option, temp, path in staged:
             try:
                 os.replace(temp, path)
                 fsync_dir(path.parent)
             except OSError as exc:
-                raise _unwritable(option, path, exc) from None
+                error = _unwritable(option, path, exc)
+                if placed:
+                    # The rename of a file already synced beside it failed
+                    # after another was moved into place: say which.
+                    error.message = error.message.replace(
+                        "nothing was written", f"only {', '.join(placed)} was written"
+                    )
+                raise error from None
+            placed.append(str(path))
     finally:
         for _, temp, _ in staged:
             Path(temp).unlink(missing_ok=True)

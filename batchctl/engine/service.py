@@ -734,8 +734,12 @@ class BatchService:
         said so. With ``dry_run``, report the same and change nothing."""
         cutoff = prune_cutoff(self.clock.now(), older_than)
         finished, kept = self._prunable(self.batches.created_before(cutoff))
-        # With nothing to remove no lock is taken and nothing is written.
+        # With nothing to remove no state file is written: only snapshots no
+        # batch names (a `run` killed while it stored them) are collected.
         if dry_run or not finished:
+            if not dry_run and self.snapshots.root.is_dir():
+                with self.batches.removing():
+                    self._collect_snapshots()
             return PruneResult(
                 dry_run=dry_run,
                 created_before=cutoff,
@@ -757,13 +761,7 @@ class BatchService:
             # Under the lock: a `run` makes sure its snapshots are stored
             # under it before its batch names them (submit), so nothing a
             # batch is about to name is collected.
-            left_behind: list[str] = []
-            try:
-                self.snapshots.collect(
-                    self.batches.snapshots_in_use(), now=self.clock.now().timestamp()
-                )
-            except OSError as exc:
-                left_behind.append(f"{self.snapshots.root}: {exc.strerror or exc}")
+            left_behind = self._collect_snapshots()
         # Deleted after the locks are released: large run directories must
         # not keep the workers of other batches waiting for a lock.
         doomed = [self.runs.run_dir(run_id) for run_id in sorted(run_ids)]
@@ -777,6 +775,17 @@ class BatchService:
             runs_removed=len(run_ids),
             left_behind=left_behind,
         )
+
+    def _collect_snapshots(self) -> list[str]:
+        """Collect what no batch names; call under the batches lock. What
+        could not be collected, as prune reports what it left behind."""
+        try:
+            self.snapshots.collect(
+                self.batches.snapshots_in_use(), now=self.clock.now().timestamp()
+            )
+        except OSError as exc:
+            return [f"{self.snapshots.root}: {exc.strerror or exc}"]
+        return []
 
     def _prunable(self, batches: list[Batch]) -> tuple[list[str], list[KeptBatch]]:
         runs = self.runs.stored()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from batchctl.state.snapshots import SnapshotStore
 from tests.helpers import make_suite, run_batchctl, write_plan
 
 PLAN = (
@@ -229,3 +230,22 @@ def test_version_control_metadata_is_not_part_of_the_snapshot(
 
     assert again.code == 0, again.stderr
     assert again.json()["data"]["resumed"] is True
+
+
+def test_prune_collects_what_a_killed_run_stored_even_with_no_batch_to_remove(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    workspace = make_workspace(tmp_path / "checkout")
+    # What a `run` killed after storing its snapshots and before recording its
+    # batch leaves: a tree and objects no batch names, over an hour old.
+    SnapshotStore(state_dir).take(workspace / "suites" / "unit")
+    stored = [path for path in (state_dir / "snapshots").rglob("*") if path.is_file()]
+    assert len(stored) == 3  # the tree, run.sh and input.txt
+    for path in stored:
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+
+    pruned = run_batchctl("prune", "--older-than", "0s", "--json", cwd=workspace)
+
+    assert pruned.code == 0, pruned.stderr
+    assert pruned.json()["data"]["removed"] == []
+    assert [path for path in (state_dir / "snapshots").rglob("*") if path.is_file()] == []
