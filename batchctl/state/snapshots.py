@@ -325,6 +325,20 @@ class SnapshotStore:
             path = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.target))
         return False
 
+    def materialize_whole(self, digest: str, run_dir: Path) -> Path:
+        """``run_dir/work``, the snapshot's copy for a run, put in place whole:
+        written as ``work.partial`` and renamed, so a copy cut short by a
+        crash is made again, never run half-made. Kept if already there."""
+        work = run_dir / "work"
+        if work.is_dir():
+            return work
+        run_dir.mkdir(parents=True, exist_ok=True)
+        partial = run_dir / "work.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.materialize(digest, partial)
+        partial.rename(work)
+        return work
+
     def materialize(self, digest: str, destination: Path) -> None:
         """Write the snapshot's tree at ``destination`` (which must not exist),
         each file with its recorded mode. O(bytes of the snapshot)."""

@@ -112,12 +112,8 @@ def execute_run(
         return not_started("machine_unknown", f"machine {run.machine!r} is no longer in the fleet")
     if entry.snapshot is not None and snapshots is not None:
         # The runner uploads the snapshot, put in the run directory first.
-        work = run_dir / "work"
         try:
-            if not work.is_dir():
-                shutil.rmtree(run_dir / "work.partial", ignore_errors=True)
-                snapshots.materialize(entry.snapshot, run_dir / "work.partial")
-                (run_dir / "work.partial").rename(work)
+            work = snapshots.materialize_whole(entry.snapshot, run_dir)
         except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
             return not_started("upload_failed", f"cannot copy the snapshot of {entry.dir}: {exc}")
         entry = entry.model_copy(update={"abs_dir": str(work)})

@@ -151,7 +151,7 @@ class LocalTransport:
         snapshot = entry.get("snapshot")
         try:
             if snapshot and self.snapshots is not None:
-                work = _materialize(self.snapshots, snapshot, run_dir)
+                work = self.snapshots.materialize_whole(snapshot, run_dir)
             else:  # a batch made before snapshots runs its directory
                 work = _copy_test_dir(Path(run.test_dir), run_dir)
         except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
@@ -451,20 +451,6 @@ def _copy_test_dir(source: Path, run_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, symlinks=True)
     # The copy keeps its files' modes; its top is private like the rest.
-    staging.chmod(0o700)
-    staging.rename(work)
-    return work
-
-
-def _materialize(snapshots: SnapshotStore, snapshot: str, run_dir: Path) -> Path:
-    """The run's copy of its snapshot, put in place whole like a copy."""
-    work = run_dir / "work"
-    if work.is_dir():
-        return work
-    run_dir.mkdir(parents=True, exist_ok=True)
-    staging = run_dir / "work.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    snapshots.materialize(snapshot, staging)
     staging.chmod(0o700)
     staging.rename(work)
     return work
