@@ -15,7 +15,7 @@ from batchctl.cli.output import Output
 from batchctl.cli.render import render_drain, render_machines
 from batchctl.engine.worker import LEASE_TOKEN_VARIABLE, run_worker
 from batchctl.model.clock import SystemClock
-from batchctl.model.errors import ExitCode
+from batchctl.model.errors import ExitCode, InvalidInput
 from batchctl.model.fleet import Machine
 from batchctl.model.views import MachineList
 from batchctl.transports.executor import ExecutorSettings, execute_run
@@ -38,6 +38,23 @@ def machines(
     """List the fleet: each machine's tags, slots, state (drained, with its
     reason) and the runs it holds."""
     if ctx.invoked_subcommand is not None:
+        given = [
+            name
+            for name, value in (
+                ("--json", json_output),
+                ("--state-dir", state_dir),
+                ("--fleet", fleet),
+            )
+            if value
+        ]
+        if given:
+            # Said before the subcommand they would be the listing's, not its:
+            # a drain in another state dir than meant must not pass quietly.
+            raise InvalidInput(
+                f"{', '.join(given)} goes after `machines {ctx.invoked_subcommand}`, "
+                f"e.g. batchctl machines {ctx.invoked_subcommand} NAME {given[0]} ...",
+                details={"usage": True},
+            )
         return ExitCode.OK
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir, fleet))

@@ -68,6 +68,7 @@ IntervalOption = Annotated[
         "--interval",
         metavar="SECONDS",
         min=0.1,
+        max=86_400.0,  # a day; also refuses inf, which no page reloads by
         help="With --watch: seconds between two writes (and the page's reloads).",
     ),
 ]

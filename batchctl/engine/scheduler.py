@@ -24,6 +24,7 @@ Order within a step, and why:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 from collections import defaultdict
@@ -33,6 +34,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from batchctl.engine.lease import LeaseJudge
+from batchctl.model.errors import StateError
 from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
 from batchctl.model.policy import (
@@ -294,6 +296,7 @@ class Scheduler:
         # Machines ``machines drain`` took out of dispatch, asked once a
         # dispatch (a stat while nothing changed): they finish what they hold.
         self.drained: Callable[[], Mapping[str, Drain]] = drained or dict
+        self._last_drained: Mapping[str, Drain] = {}
         # Runs each capped tag (fleet ``limits``) may still start this dispatch.
         self._cap_room: dict[str, int] = {}
         self._memory: dict[str, BatchMemory] = {}
@@ -627,13 +630,21 @@ class Scheduler:
             self._dir_hashes[entry.abs_dir] = self.hash_dir(Path(entry.abs_dir))
         return self._dir_hashes[entry.abs_dir]
 
+    def _drained_now(self) -> Mapping[str, Drain]:
+        """The drained machines; a damaged or newer drain file must not stop
+        every batch's dispatch, so the last answer read is kept (``machines
+        drain`` and ``resume`` refuse such a file and say why)."""
+        with contextlib.suppress(StateError):
+            self._last_drained = self.drained()
+        return self._last_drained
+
     def _precedence(self, batch_id: str) -> list[SlotClaim]:
         """Older batches are served first: each ready item a live older batch
         could not place at its last step holds back a slot. O(batches)."""
         if self.lease_judge is None:
             return []
         claims: list[SlotClaim] = []
-        drained = self.drained()
+        drained = self._drained_now()
         for other_id, lease, cancelled, demand in self.batches.demands():
             if other_id == batch_id:
                 break
@@ -731,7 +742,7 @@ class Scheduler:
         batches lock, which every dispatch of every batch holds, so the runs
         held are the runs there are. O(machines + claims)."""
         held = self.runs.held()
-        drained = self.drained()
+        drained = self._drained_now()
         free = {
             m.name: 0 if m.name in drained else m.slots - held.get(m.name, 0)
             for m in self.fleet.machines

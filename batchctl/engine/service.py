@@ -425,6 +425,9 @@ class BatchService:
         when the worker exits, so the final report follows the batch's end."""
         while True:
             report = self.report(batch_id)
+            # The full id from here on: a prefix the user typed may match a
+            # second batch made while this one is watched.
+            batch_id = report.batch_id
             on_report(report)
             if report.done:
                 return report
@@ -683,15 +686,20 @@ class BatchService:
                 details={"option": "--reason"},
             )
         self._fleet_machine(name)
-        drain, before = self._drain_store().drain(
-            name, reason=reason, by=self.identity, now=self.clock.now()
-        )
+        # Under the batches lock: a dispatch that read the fleet before the
+        # drain has committed by then, so the runs counted below are all the
+        # machine will have ("it holds no run" is then true).
+        with self.batches.dispatch_paused():
+            drain, before = self._drain_store().drain(
+                name, reason=reason, by=self.identity, now=self.clock.now()
+            )
+            running = self.runs.held().get(name, 0)
         return DrainResult(
             machine=name,
             drained=True,
             changed=not before,
             drain=DrainView(reason=drain.reason, since=drain.since, by=drain.by),
-            running=self.runs.held().get(name, 0),
+            running=running,
         )
 
     def resume(self, name: str) -> DrainResult:

@@ -757,7 +757,8 @@ def render_html(
         '<html lang="en"><head><meta charset="utf-8">',
         # The page may fetch nothing: only its own inline style and script run.
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
+        "base-uri 'none'; form-action 'none'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         # A meta refresh, not script: it works with JavaScript off too.
         f'<meta http-equiv="refresh" content="{max(1, math.ceil(reload_s))}">'
@@ -788,13 +789,14 @@ def render_html(
         parts.append(f"<p>{line.undrawn} runs have no start or end time and are not drawn.</p>")
     parts.append("</section>")
     parts.append('<section aria-labelledby="graph-h"><h2 id="graph-h">Needs and critical path</h2>')
+    on_path = set(path)
     if path:
         parts.append(
             '<p id="critical-path">Critical path'
             + ("" if report.done else " so far")
             + " (the chain of needs with the most run time ending at the last finish): "
             + " → ".join(f'<a href="#item-{index[name]}">{esc(name)}</a>' for name in path)
-            + f", {seconds_text(sum(_duration(i) for i in inputs if i.name in set(path)))}"
+            + f", {seconds_text(sum(_duration(i) for i in inputs if i.name in on_path))}"
             + " of runs.</p>"
         )
     if any(item.needs for item in inputs) or any(_blamed(item) for item in inputs):

@@ -345,6 +345,14 @@ class BatchStore:
             self._append([{"op": "remove", "batches": sorted(batch_ids)}])
 
     @contextlib.contextmanager
+    def dispatch_paused(self) -> Iterator[None]:
+        """Hold the batches lock, under which every batch's dispatch decides
+        and records: no dispatch commits meanwhile, and one that read the
+        fleet's state before has committed already."""
+        with self.file.locked():
+            yield
+
+    @contextlib.contextmanager
     def removing(self) -> Iterator[Callable[[Collection[str]], None]]:
         """Hold the lock while choosing batches to remove: reads in the block
         see the fresh file and nobody can change a batch meanwhile; the block

@@ -383,7 +383,7 @@ class JournaledFile:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, self._offset)
-                raise _write_error(self.journal_path, exc) from None
+                raise write_error(self.journal_path, exc) from None
         finally:
             os.close(fd)
         self.bytes_written += len(payload)
@@ -456,7 +456,7 @@ class JournaledFile:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 Path(temp_name).unlink()
-            raise _write_error(target, exc) from None
+            raise write_error(target, exc) from None
         self.bytes_written += written
         return written
 
@@ -535,7 +535,8 @@ def _write_all(fd: int, payload: bytes) -> None:
         view = view[written:]
 
 
-def _write_error(path: Path, exc: OSError) -> StateError:
+def write_error(path: Path, exc: OSError) -> StateError:
+    """A state file that could not be written, as the user is told it."""
     reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
     return StateError(
         f"cannot write {path}: {reason}; nothing was changed",

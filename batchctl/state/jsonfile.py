@@ -30,6 +30,7 @@ from batchctl.state.journal import (
     ensure_state_dir,
     fsync_dir,
     take_lock,
+    write_error,
 )
 from batchctl.state.memory import without_gc
 
@@ -114,7 +115,10 @@ class JsonStateFile:
     def _write(self, document: Document) -> None:
         document["schema_version"] = self.schema_version
         payload = orjson.dumps(document)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            fd, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError as exc:  # a full disk, a read-only state dir: exit 4, not a crash
+            raise write_error(self.path, exc) from None
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
@@ -123,11 +127,15 @@ class JsonStateFile:
             if self.path.exists():
                 self._keep_last_good()
             os.replace(temp_name, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                Path(temp_name).unlink()
+            raise write_error(self.path, exc) from None
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 Path(temp_name).unlink()
             raise
-        fsync_dir(self.path.parent)
 
     def _keep_last_good(self) -> None:
         staging = self.last_good_path.with_name(self.last_good_path.name + ".tmp")

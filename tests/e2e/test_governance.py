@@ -216,3 +216,24 @@ def test_max_parallel_runs_a_batch_one_at_a_time(workdir: Path, state_dir: Path)
     assert final.json()["data"]["batch"]["max_parallel"] == 1
     assert len(started(ledger)) == 4
     assert most_at_once(ledger) == 1
+
+
+def test_a_damaged_drain_file_stops_no_batch_and_is_refused_by_drain(
+    workdir: Path, state_dir: Path
+) -> None:
+    """Batches go on (with the drains last read: none here) while the file
+    is damaged; drain and resume refuse it, exit 4, and leave it as it is."""
+    make_suite(workdir / "suites", "t")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: t, dir: suites/t}\n")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    damaged = state_dir / "machines.json"
+    damaged.write_text("{not json")
+
+    ran = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir)
+    drained = run_batchctl("machines", "drain", "local", "--reason", "x", cwd=workdir)
+
+    assert ran.code == 0, ran.stderr
+    assert items_of(ran)["t"]["outcome"] == "passed"
+    assert drained.code == 4, drained.stderr
+    assert "Traceback" not in drained.stderr
+    assert damaged.read_text() == "{not json"
