@@ -197,9 +197,10 @@ def stored_runs(state_dir: Path) -> dict[str, Any]:
     from batchctl.state.runs import RunStore
 
     store = RunStore(state_dir)
-    return {
-        run_id: store.get(run_id).model_dump(mode="json") for run_id in store.file.read()["runs"]
-    }
+    # The ids first: each `get` folds what was appended since, into the very
+    # dict `read` returned, while a worker may be appending.
+    run_ids = list(store.file.read()["runs"])
+    return {run_id: store.get(run_id).model_dump(mode="json") for run_id in run_ids}
 
 
 def stored_batches(state_dir: Path) -> dict[str, Any]:
