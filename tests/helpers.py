@@ -249,3 +249,32 @@ def read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float =
             assert chunk, f"output ended before {marker!r}: {seen!r}"
             seen += chunk
     return seen
+
+
+def run_shared_batch(root: Path, *, extra_env: dict[str, str] | None = None) -> CliResult:
+    """`run plan.yaml --wait --json` in ``root`` (its plan and suites already
+    written) on a local fleet of 2 slots, with state in ``root/state``: the
+    batch a module-scoped fixture shares among its tests. The environment is
+    set in full, since the autouse fixture that isolates each test is not in
+    force for a fixture shared by the module; short ticks and retry backoffs
+    keep it quick. Its processes are the caller's to stop (stop_processes_of)."""
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    fleet = write_plan(
+        root,
+        "machines:\n  - {name: local, transport: local, tags: [local], slots: 2}\n",
+        "fleet.yaml",
+    )
+    env = {
+        "HOME": str(home),
+        "BATCHCTL_STATE_DIR": str(root / "state"),
+        "BATCHCTL_FLEET": str(fleet),
+        "BATCHCTL_TAG": "local",
+        "BATCHCTL_STAGING": "",
+        "BATCHCTL_TICK": "0.1",
+        "BATCHCTL_RETRY_BASE": "0.1",
+        "BATCHCTL_RETRY_CAP": "0.5",
+        "BATCHCTL_LOCK_TIMEOUT": "10",
+        **(extra_env or {}),
+    }
+    return run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=root, env=env, timeout=120)

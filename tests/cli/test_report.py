@@ -19,6 +19,7 @@ from tests.helpers import (
     blocking_script,
     make_suite,
     run_batchctl,
+    run_shared_batch,
     stop_processes_of,
     wait_until,
     write_plan,
@@ -116,8 +117,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
     """One finished batch of real pytest runs, for every test of this module
     to report on (it takes a few seconds to run)."""
     root = tmp_path_factory.mktemp("report")
-    state_dir, home, markers = root / "state", root / "home", root / "markers"
-    home.mkdir()
+    state_dir, markers = root / "state", root / "markers"
     markers.mkdir()
     pytest_suite(root, "unit", UNIT_TESTS)
     pytest_suite(root, "flaky", FLAKY_TESTS)
@@ -125,26 +125,8 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
     make_suite(root / "suites", "plain-fail", PLAIN_FAIL)
     make_suite(root / "suites", "plain-pass", PLAIN_PASS)
     write_plan(root, PLAN.format(python=sys.executable, markers=markers))
-    fleet = write_plan(
-        root,
-        "machines:\n  - {name: local, transport: local, tags: [local], slots: 2}\n",
-        "fleet.yaml",
-    )
-    # Set in full: the autouse fixture that isolates each test is not in force
-    # for a fixture shared by the module.
-    env = {
-        "HOME": str(home),
-        "BATCHCTL_STATE_DIR": str(state_dir),
-        "BATCHCTL_FLEET": str(fleet),
-        "BATCHCTL_TAG": "local",
-        "BATCHCTL_STAGING": "",
-        "BATCHCTL_TICK": "0.1",
-        "BATCHCTL_RETRY_BASE": "0.1",
-        "BATCHCTL_RETRY_CAP": "0.5",
-        "BATCHCTL_LOCK_TIMEOUT": "10",
-    }
     try:
-        ran = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=root, env=env, timeout=120)
+        ran = run_shared_batch(root)
         assert ran.code == 1, ran.stderr  # some items did not pass
         yield Batch(id=ran.json()["data"]["batch"]["id"], state_dir=state_dir, root=root)
     finally:

@@ -22,6 +22,7 @@ from tests.helpers import (
     blocking_script,
     make_suite,
     run_batchctl,
+    run_shared_batch,
     stop_processes_of,
     wait_until,
     write_plan,
@@ -87,35 +88,15 @@ class Batch:
 def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
     """One finished batch of real local runs, for every test of this module."""
     root = tmp_path_factory.mktemp("html")
-    state_dir, home, markers = root / "state", root / "home", root / "markers"
-    home.mkdir()
+    state_dir, markers = root / "state", root / "markers"
     markers.mkdir()
     make_suite(root / "suites", "pass")
     make_suite(root / "suites", "flaky", FLAKY)
     make_suite(root / "suites", "hostile", HOSTILE_OUTPUT)
     make_suite(root / "suites", "hangs", HANGS)
     write_plan(root, PLAN.format(markers=markers))
-    fleet = write_plan(
-        root,
-        "machines:\n  - {name: local, transport: local, tags: [local], slots: 2}\n",
-        "fleet.yaml",
-    )
-    # Set in full: the autouse fixture that isolates each test is not in force
-    # for a fixture shared by the module.
-    env = {
-        "HOME": str(home),
-        "BATCHCTL_STATE_DIR": str(state_dir),
-        "BATCHCTL_FLEET": str(fleet),
-        "BATCHCTL_TAG": "local",
-        "BATCHCTL_STAGING": "",
-        "BATCHCTL_TICK": "0.1",
-        "BATCHCTL_KILL_GRACE": "1",
-        "BATCHCTL_RETRY_BASE": "0.1",
-        "BATCHCTL_RETRY_CAP": "0.5",
-        "BATCHCTL_LOCK_TIMEOUT": "10",
-    }
     try:
-        ran = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=root, env=env, timeout=120)
+        ran = run_shared_batch(root, extra_env={"BATCHCTL_KILL_GRACE": "1"})
         assert ran.code == 1, ran.stderr  # some items did not pass
         view = ran.json()["data"]["batch"]
         yield Batch(id=view["id"], state_dir=state_dir, root=root, view=view)
