@@ -278,3 +278,23 @@ def run_shared_batch(root: Path, *, extra_env: dict[str, str] | None = None) -> 
         **(extra_env or {}),
     }
     return run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=root, env=env, timeout=120)
+
+
+def start_held_batch(workdir: Path, *, with_dependent: bool = True) -> tuple[str, Path]:
+    """Start (no --wait) a batch of `quick`, which passes, and `slow`, which
+    runs until the returned release file exists; with ``with_dependent``,
+    `after` needs `slow`. Returns (batch id, release file): the caller
+    decides when the batch can finish."""
+    release = workdir / "release"
+    make_suite(workdir / "suites", "slow", blocking_script(release, before="started"))
+    make_suite(workdir / "suites", "quick")
+    after = "  - {name: after, dir: suites/quick, needs: [slow]}\n" if with_dependent else ""
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        "  - {name: quick, dir: suites/quick}\n"
+        "  - {name: slow, dir: suites/slow}\n" + after,
+    )
+    started = run_batchctl("run", "plan.yaml", "--json", cwd=workdir)
+    assert started.code == 0, started.stderr
+    return started.json()["data"]["batch"]["id"], release

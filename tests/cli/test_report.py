@@ -16,10 +16,10 @@ import pytest
 
 from tests.helpers import (
     CliRunner,
-    blocking_script,
     make_suite,
     run_batchctl,
     run_shared_batch,
+    start_held_batch,
     stop_processes_of,
     wait_until,
     write_plan,
@@ -327,22 +327,7 @@ def test_an_unwritable_path_is_named_and_nothing_is_written(batch: Batch, tmp_pa
 def test_an_unfinished_batch_is_reported_with_its_unfinished_items_as_errors(
     cli: CliRunner, workdir: Path
 ) -> None:
-    release = workdir / "release"
-    make_suite(workdir / "suites", "slow", blocking_script(release, before="started"))
-    make_suite(workdir / "suites", "quick")
-    write_plan(
-        workdir,
-        """
-        version: 1
-        entries:
-          - {name: quick, dir: suites/quick}
-          - {name: slow, dir: suites/slow}
-          - {name: after, dir: suites/quick, needs: [slow]}
-        """,
-    )
-    started = run_batchctl("run", "plan.yaml", "--json", cwd=workdir)
-    assert started.code == 0, started.stderr
-    batch_id = started.json()["data"]["batch"]["id"]
+    batch_id, release = start_held_batch(workdir)
 
     def outcome_of(name: str) -> str:
         view = cli("status", batch_id, "--json").json()["data"]["batch"]

@@ -19,10 +19,10 @@ import pytest
 from tests.helpers import (
     CliRunner,
     batchctl_process,
-    blocking_script,
     make_suite,
     run_batchctl,
     run_shared_batch,
+    start_held_batch,
     stop_processes_of,
     wait_until,
     write_plan,
@@ -345,22 +345,7 @@ def test_a_thousand_item_simulated_batch_is_under_two_megabytes(
 
 
 def test_an_unfinished_batch_is_drawn_as_it_stands(cli: CliRunner, workdir: Path) -> None:
-    release = workdir / "release"
-    make_suite(workdir / "suites", "slow", blocking_script(release, before="started"))
-    make_suite(workdir / "suites", "quick")
-    write_plan(
-        workdir,
-        """
-        version: 1
-        entries:
-          - {name: quick, dir: suites/quick}
-          - {name: slow, dir: suites/slow}
-          - {name: after, dir: suites/quick, needs: [slow]}
-        """,
-    )
-    started = run_batchctl("run", "plan.yaml", "--json", cwd=workdir)
-    assert started.code == 0, started.stderr
-    batch_id = started.json()["data"]["batch"]["id"]
+    batch_id, release = start_held_batch(workdir)
 
     def outcomes() -> dict[str, str]:
         view = cli("status", batch_id, "--json").json()["data"]["batch"]
@@ -406,21 +391,7 @@ def test_an_unwritable_page_is_named_and_nothing_is_written(
 
 
 def test_watch_rewrites_the_page_until_the_batch_is_finished(cli: CliRunner, workdir: Path) -> None:
-    release = workdir / "release"
-    make_suite(workdir / "suites", "slow", blocking_script(release, before="started"))
-    make_suite(workdir / "suites", "quick")
-    write_plan(
-        workdir,
-        """
-        version: 1
-        entries:
-          - {name: quick, dir: suites/quick}
-          - {name: slow, dir: suites/slow}
-        """,
-    )
-    started = run_batchctl("run", "plan.yaml", "--json", cwd=workdir)
-    assert started.code == 0, started.stderr
-    batch_id = started.json()["data"]["batch"]["id"]
+    batch_id, release = start_held_batch(workdir, with_dependent=False)
     page = workdir / "r.html"
 
     def page_shows(*parts: str) -> bool:
