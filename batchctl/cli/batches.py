@@ -34,6 +34,7 @@ from batchctl.cli.render import (
 from batchctl.engine.service import BatchService, LogTarget, SubmitResult
 from batchctl.model.age import parse_age
 from batchctl.model.errors import ExitCode, Interrupted, InvalidInput, NotFound
+from batchctl.model.ordering import DEFAULT_PRIORITY, MAX_PRIORITY
 from batchctl.model.plan import load_plan, parse_duration
 from batchctl.model.viewdoc import Document
 from batchctl.model.views import BatchList, BatchView
@@ -136,6 +137,16 @@ def run(
             help="At most N runs of this batch at once (kept with the batch).",
         ),
     ] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            "--priority",
+            min=1,
+            max=MAX_PRIORITY,
+            help="Weight in the fleet's fair share: a batch of priority 3 gets 3 slots "
+            "for every 1 of a priority-1 batch while both wait (kept with the batch).",
+        ),
+    ] = DEFAULT_PRIORITY,
     wait: WaitOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show what would run; write nothing.")
@@ -175,6 +186,7 @@ def run(
         force_new=new,
         queue_timeout_s=queue_timeout_s,
         max_parallel=max_parallel,
+        priority=priority,
     )
     batch_id, resumed, changed = submitted.batch_id, submitted.resumed, submitted.changed_since
     if changed is not None:

@@ -37,6 +37,7 @@ from batchctl.engine.lease import LeaseJudge
 from batchctl.model.errors import StateError
 from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
+from batchctl.model.ordering import Contender, FairTurns
 from batchctl.model.policy import (
     Backoff,
     prefer_fresh_machines,
@@ -88,6 +89,28 @@ class SchedulerSettings:
     backoff: Backoff = field(default_factory=Backoff)
 
 
+class _Claims:
+    """Slots held back for another batch's waiting items: per selector, how
+    many it still wants and its machines (fleet order, popped from the end
+    once they have no free slot), so all its claims in one dispatch cost
+    O(its machines + claims)."""
+
+    def __init__(self, wanted: list[tuple[int, list[str]]]) -> None:
+        self.wanted = wanted
+
+    def take(self, free: Mapping[str, int]) -> str | None:
+        """A machine with a free slot for one more of its items, or None."""
+        while self.wanted:
+            count, machines = self.wanted[-1]
+            while machines and free.get(machines[-1], 0) <= 0:
+                machines.pop()
+            if count > 0 and machines:
+                self.wanted[-1] = (count - 1, machines)
+                return machines[-1]
+            self.wanted.pop()
+        return None
+
+
 def blame_of(item: Item) -> str:
     """``name#attempt`` of the root failure an item stands for."""
     if item.state is ItemState.SKIPPED and item.error_code is SkipCode.DEP_FAILED and item.blame:
@@ -110,6 +133,7 @@ class BatchMemory:
         self.cancelled = batch.cancelled
         self.queue_timeout_s = batch.queue_timeout_s
         self.max_parallel = batch.max_parallel
+        self.priority = batch.priority
         self.entries = {entry.name: entry for entry in batch.entries}
         self.order = {entry.name: index for index, entry in enumerate(batch.entries)}
         self.items: dict[str, Item] = dict(batch.items)
@@ -289,8 +313,8 @@ class Scheduler:
         # Whether a stored snapshot holds a file (entries of batches made
         # with snapshots run those, not their directories).
         self.snapshot_has_file = snapshot_has_file
-        # With a judge, live older batches' demand holds slots back (oldest
-        # first); without one, other batches are not considered.
+        # With a judge, live batches share the fleet fairly (``_precedence``);
+        # without one, other batches are not considered.
         self.lease_judge = lease_judge
         self.uniform = uniform
         # Machines ``machines drain`` took out of dispatch, asked once a
@@ -638,26 +662,88 @@ class Scheduler:
             self._last_drained = self.drained()
         return self._last_drained
 
-    def _precedence(self, batch_id: str) -> list[SlotClaim]:
-        """Older batches are served first: each ready item a live older batch
-        could not place at its last step holds back a slot. O(batches)."""
+    def _precedence(self, memory: BatchMemory, free: dict[str, int]) -> int | None:
+        """Fair sharing between live batches (``ordering.FairTurns``): the
+        free slots are handed out one at a time, each to the batch that then
+        holds the fewest per unit of priority (ties: fewer runs so far, then
+        the older). Each turn takes a real slot, on a machine the batch's
+        waiting items match, in a scratch copy of ``free`` (fleet limits
+        included), so that a turn never counts a slot another turn took.
+        Then the slots that fell to other batches' published demand are
+        taken out of ``free`` (held back for them), and the number that
+        fell to this batch is returned: at most that many of its items
+        start now. None when no other batch wants a slot (or other batches
+        are not considered). O(batches + free slots x log batches +
+        machines matching the selectors in demand)."""
         if self.lease_judge is None:
-            return []
-        claims: list[SlotClaim] = []
-        drained = self._drained_now()
-        for other_id, lease, cancelled, demand in self.batches.demands():
-            if other_id == batch_id:
-                break
-            if cancelled or not demand or not self.lease_judge.live(other_id, lease):
-                continue
-            for selector, count in demand.items():
-                names = [
-                    m.name
-                    for m in self._matching_machines(selector)
-                    if m.dispatchable and m.name not in drained
+            return None
+        others = [
+            other
+            for other in self.batches.demands()
+            if other.batch_id == memory.id
+            or (
+                not other.cancelled
+                and other.demand
+                and self.lease_judge.live(other.batch_id, other.lease)
+            )
+        ]
+        if all(other.batch_id == memory.id for other in others):
+            return None
+        own = {selector: len(heap) for selector, heap in memory.ready.items() if heap}
+        own_wants = sum(own.values())
+        if memory.max_parallel is not None:
+            own_wants = min(own_wants, max(0, memory.max_parallel - len(memory.active)))
+        held = self.runs.held_by_batch()
+        so_far = self.runs.run_counts(other.batch_id for other in others)
+        contenders: list[Contender] = []
+        claims: dict[str, _Claims] = {}
+        for age, other in enumerate(others):
+            demand = own if other.batch_id == memory.id else other.demand
+            wants = own_wants if other.batch_id == memory.id else sum(demand.values())
+            weight = memory.priority if other.batch_id == memory.id else other.priority
+            contenders.append(
+                Contender(
+                    other.batch_id,
+                    held.get(other.batch_id, 0),
+                    weight,
+                    age,
+                    wants,
+                    so_far.get(other.batch_id, 0),
+                )
+            )
+            claims[other.batch_id] = _Claims(
+                [
+                    (
+                        count,
+                        [
+                            m.name
+                            for m in reversed(self._matching_machines(selector))
+                            if m.dispatchable
+                        ],
+                    )
+                    for selector, count in demand.items()
                 ]
-                claims.extend(SlotClaim(names) for _ in range(min(count, len(names) * 64)))
-        return claims
+            )
+        room_before = dict(self._cap_room)
+        scratch = dict(free)
+        budget = 0
+        held_back: list[str] = []
+        turns = FairTurns(contenders)
+        while (turn := turns.next()) is not None:
+            machine = claims[turn.batch_id].take(scratch)
+            if machine is None:
+                turns.passed()
+                continue
+            self._take_slot(machine, scratch)
+            turns.took()
+            if turn.batch_id == memory.id:
+                budget += 1
+            else:
+                held_back.append(machine)
+        self._cap_room = room_before
+        for machine in held_back:
+            self._take_slot(machine, free)
+        return budget
 
     def _dispatch(
         self,
@@ -673,7 +759,10 @@ class Scheduler:
             requests: list[PrepareRequest] = []
             demand: dict[str, int] = {}
             if not memory.cancelled:
-                free = self._free_slots(self._precedence(memory.id))
+                free = self._free_slots(())
+                # This batch's fair share of the free slots; the rest are
+                # held back for other batches' waiting items.
+                share = self._precedence(memory, free)
                 # The batch's own cap (``run --max-parallel``): its runs in
                 # flight are the items it has active, O(1) to count.
                 room = (
@@ -682,12 +771,15 @@ class Scheduler:
                     else memory.max_parallel - len(memory.active)
                 )
                 for selector, heap in memory.ready.items():
+                    limit = room if share is None else share if room is None else min(room, share)
                     made = self._requests_for(
-                        memory, selector, heap, free, now, proposals, report, room
+                        memory, selector, heap, free, now, proposals, report, limit
                     )
                     requests.extend(made)
                     if room is not None:
                         room -= len(made)
+                    if share is not None:
+                        share -= len(made)
                     # Items left that found no free machine (an upper bound);
                     # those the batch's own cap holds back claim no slot
                     # other batches could use.

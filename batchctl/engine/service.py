@@ -17,6 +17,7 @@ from batchctl.model.clock import Clock
 from batchctl.model.errors import InvalidInput, InvalidPlan, NotFound, StateError
 from batchctl.model.fleet import Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
+from batchctl.model.ordering import DEFAULT_PRIORITY
 from batchctl.model.plan import Plan, dir_label, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
 from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
@@ -308,6 +309,7 @@ class BatchService:
         force_new: bool,
         queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S,
         max_parallel: int | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> Submitted:
         """The batch created or resumed for the plan, the staging and the
         content of every entry's directory, snapshotted now: the batch runs
@@ -332,6 +334,7 @@ class BatchService:
                 items={entry.name: Item(name=entry.name, updated_at=now) for entry in entries},
                 queue_timeout_s=queue_timeout_s,
                 max_parallel=max_parallel,
+                priority=priority,
                 content_hash=content,
             )
 

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from batchctl.model.ordering import DEFAULT_PRIORITY
 from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
 
 
@@ -171,13 +172,15 @@ class Batch(Record):
     # Set by the worker that saw every item final; ``retry`` clears it.
     finished: bool = False
     lease: Lease | None = None
-    # Ready items per selector that found no free machine at the last step;
-    # younger batches hold that many slots back (older batches go first).
+    # Ready items per selector that found no free machine at the last step:
+    # other batches' dispatches hold slots back for them by fair share.
     demand: dict[str, int] = Field(default_factory=dict)
     # Items ready this long without a machine taking them are skipped.
     queue_timeout_s: int = DEFAULT_QUEUE_TIMEOUT_S
     # At most this many runs of the batch at once (``run --max-parallel``).
     max_parallel: int | None = None
+    # Its weight in the fair share of the fleet (``run --priority``).
+    priority: int = DEFAULT_PRIORITY
 
 
 class Run(Record):

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from batchctl.model import rules
+from batchctl.model.ordering import DEFAULT_PRIORITY
 
 Document = dict[str, Any]
 Stored = Mapping[str, Any]
@@ -229,6 +230,7 @@ class BatchReading:
             "cancelled": self.cancelled,
             "queue_timeout_s": batch.get("queue_timeout_s", rules.DEFAULT_QUEUE_TIMEOUT_S),
             "max_parallel": batch.get("max_parallel"),
+            "priority": batch.get("priority", DEFAULT_PRIORITY),
         }
 
     def summary(self) -> Document:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from batchctl.model.clock import utc_iso
 from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Run
+from batchctl.model.ordering import DEFAULT_PRIORITY
 from batchctl.model.viewdoc import run_document
 
 
@@ -82,6 +83,7 @@ class BatchView(View):
     cancelled: bool
     queue_timeout_s: int
     max_parallel: int | None = None
+    priority: int = DEFAULT_PRIORITY
     counts: dict[str, int]
     items: list[ItemView]
 

@@ -9,7 +9,7 @@ document and the record):
 - ``{"op": "cancel", "batch": ID}`` / ``{"op": "uncancel", "batch": ID}``;
 - ``{"op": "lease", "batch": ID, "lease": {...} | null}``;
 - ``{"op": "demand", "batch": ID, "demand": {SELECTOR: COUNT}}`` ready items
-  that found no machine (younger batches let them go first);
+  that found no machine (other batches hold slots back for them: fair share);
 - ``{"op": "remove", "batches": [ID, ...]}`` (prune, followed by a compaction).
 
 Every decision that depends on the stored state (is this key taken, is this
@@ -25,12 +25,13 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import EllipsisType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter
 
 from batchctl.model.errors import LeaseLost
 from batchctl.model.models import Batch, Item, Lease
+from batchctl.model.ordering import DEFAULT_PRIORITY
 from batchctl.state import final_views
 from batchctl.state.folds import batches_file, resolve_id
 from batchctl.state.journal import (
@@ -43,6 +44,17 @@ from batchctl.state.memory import share_fields_set, without_gc
 
 # Parses a stored time as the model would, without validating the whole batch.
 _CREATED_AT = TypeAdapter(datetime)
+
+
+class BatchDemand(NamedTuple):
+    """A batch's ready items that found no machine at its last step, per
+    selector, with what the fair share weighs."""
+
+    batch_id: str
+    lease: Lease | None
+    cancelled: bool
+    demand: dict[str, int]
+    priority: int
 
 
 def items_record(batch_id: str, items: Mapping[str, Item]) -> Record:
@@ -326,16 +338,17 @@ class BatchStore:
             )
             return True
 
-    def demands(self) -> list[tuple[str, Lease | None, bool, dict[str, int]]]:
-        """(id, lease, cancelled, demand) of every batch, oldest first:
-        O(batches), whatever their size."""
+    def demands(self) -> list[BatchDemand]:
+        """What every batch wants of the fleet, oldest first: O(batches),
+        whatever their size."""
         with self.file.reading() as document:
             return [
-                (
+                BatchDemand(
                     batch_id,
                     Lease.model_validate(raw["lease"]) if raw.get("lease") else None,
                     bool(raw.get("cancelled")),
                     dict(raw.get("demand") or {}),
+                    int(raw.get("priority", DEFAULT_PRIORITY)),
                 )
                 for batch_id, raw in document["batches"].items()
             ]

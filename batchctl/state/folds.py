@@ -125,6 +125,8 @@ class RunIndex:
     """What the fold derives from the runs, kept current record by record."""
 
     live_by_machine: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # The same live runs by batch: how many slots each batch holds (fair sharing).
+    live_by_batch: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     by_attempt: dict[tuple[str, str, int], str] = field(default_factory=dict)
     # Every attempt's run, so pruning a batch costs its runs, not all runs kept.
     by_batch: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -134,9 +136,10 @@ class RunIndex:
         self.by_batch[raw["batch_id"]].add(raw["id"])
         if raw["status"] not in TERMINAL_STATUSES:
             self.live_by_machine[raw["machine"]].add(raw["id"])
+            self.live_by_batch[raw["batch_id"]].add(raw["id"])
 
     def drop(self, raw: Mapping[str, Any]) -> None:
-        self.live_by_machine[raw["machine"]].discard(raw["id"])
+        self.ended(raw)
         key = (raw["batch_id"], raw["item"], raw["attempt"])
         if self.by_attempt.get(key) == raw["id"]:
             del self.by_attempt[key]
@@ -145,6 +148,15 @@ class RunIndex:
             of_batch.discard(raw["id"])
             if not of_batch:
                 del self.by_batch[raw["batch_id"]]
+
+    def ended(self, raw: Mapping[str, Any]) -> None:
+        """The run holds no slot any more."""
+        self.live_by_machine[raw["machine"]].discard(raw["id"])
+        live = self.live_by_batch.get(raw["batch_id"])
+        if live is not None:
+            live.discard(raw["id"])
+            if not live:
+                del self.live_by_batch[raw["batch_id"]]
 
 
 def apply_run_update(stored: dict[str, Any], changes: Mapping[str, Any]) -> bool:
@@ -200,7 +212,7 @@ class RunFold:
                 and stored["status"] in TERMINAL_STATUSES
                 and self.indexed
             ):
-                self.index.live_by_machine[stored["machine"]].discard(stored["id"])
+                self.index.ended(stored)
         elif op == "remove":
             for run_id in record["runs"]:
                 raw = runs.pop(run_id, None)

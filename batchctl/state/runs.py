@@ -170,6 +170,17 @@ class RunStore:
         self.file.read()
         return {machine: len(ids) for machine, ids in self.index.live_by_machine.items() if ids}
 
+    def held_by_batch(self) -> dict[str, int]:
+        """How many slots each batch's runs hold: O(batches holding any)."""
+        self.file.read()
+        return {batch_id: len(ids) for batch_id, ids in self.index.live_by_batch.items()}
+
+    def run_counts(self, batch_ids: Iterable[str]) -> dict[str, int]:
+        """How many runs each of these batches has had, every attempt:
+        O(batches asked), from the index."""
+        self.file.read()
+        return {batch_id: len(self.index.by_batch.get(batch_id, ())) for batch_id in batch_ids}
+
     def subscribe(self) -> Subscription:
         """Follow the records folded from now on (see JournaledFile.subscribe)."""
         return self.file.subscribe()

@@ -68,6 +68,21 @@ def test_run_creates_then_resumes_the_same_batch(plan: Path, cli: CliRunner) -> 
     assert batch["counts"] == {"running": 1, "waiting": 1}
 
 
+def test_priority_is_kept_with_the_batch_and_a_bad_one_is_refused(
+    plan: Path, cli: CliRunner, state_dir: Path
+) -> None:
+    refused = cli("run", "plan.yaml", "--priority", "0", "--json")
+    assert refused.code == 2
+    assert "--priority" in refused.error()["error"]["message"]
+    assert not state_dir.exists()
+
+    made = cli("run", "plan.yaml", "--priority", "5", "--json").json()["data"]["batch"]
+    # A resume keeps the priority the batch was made with.
+    resumed = cli("run", "plan.yaml", "--priority", "9", "--json").json()["data"]["batch"]
+    assert (made["priority"], resumed["id"], resumed["priority"]) == (5, made["id"], 5)
+    assert cli("status", made["id"], "--json").json()["data"]["batch"]["priority"] == 5
+
+
 def test_edited_plan_makes_a_new_batch_and_new_flag_forces_one(plan: Path, cli: CliRunner) -> None:
     original = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
     plan.write_text(PLAN.replace("dir: suites/test", "dir: suites/test\n    retries: 2"))

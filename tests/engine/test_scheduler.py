@@ -41,6 +41,7 @@ class World:
         batch_id: str = "b1",
         staging: str = "s",
         max_parallel: int | None = None,
+        priority: int = 1,
     ) -> Batch:
         for name in ("ok", "other"):
             make_suite(self.tmp / "suites", name)
@@ -64,6 +65,7 @@ class World:
             entries=loaded.entries,
             items={e.name: Item(name=e.name, updated_at=now) for e in loaded.entries},
             max_parallel=max_parallel,
+            priority=priority,
         )
         created, _ = self.batches.create_or_get(
             loaded.plan_hash, staging, force_new=True, new_batch=lambda: batch
@@ -306,26 +308,71 @@ def test_a_pending_run_whose_starter_died_is_started_once_after_the_grace(world:
     assert world.transport.executions == [run_id]
 
 
-def test_older_batches_are_served_first(world: World) -> None:
-    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
-    world.batch(entries("{name: old1, dir: suites/ok}", "{name: old2, dir: suites/ok}"), "old")
-    world.batch(entries("{name: new1, dir: suites/other}"), "new", staging="other")
-    for batch_id in ("old", "new"):
+def lease_both(world: World, *batch_ids: str) -> None:
+    for batch_id in batch_ids:
         world.batches.swap_lease(
             batch_id,
             when=lambda lease: True,
             new_lease=Lease(token=batch_id, pid=1, host="h", heartbeat_at=world.clock.now()),
         )
+
+
+def test_batches_sharing_one_slot_take_turns(world: World) -> None:
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
+    world.batch(entries("{name: old1, dir: suites/ok}", "{name: old2, dir: suites/ok}"), "old")
+    world.batch(entries("{name: new1, dir: suites/other}"), "new", staging="other")
+    lease_both(world, "old", "new")
     old, new = world.scheduler("old", older=True), world.scheduler("new", older=True)
 
-    old.step("old", world.clock.now())
+    assert old.step("old", world.clock.now()).dispatched == ["old1"]
+    assert new.step("new", world.clock.advance(1)).dispatched == []  # publishes its demand
     world.transport.finish_running()
-    # The slot is free, but the old batch still has a ready item: new yields.
-    assert new.step("new", world.clock.advance(1)).dispatched == []
-    assert old.step("old", world.clock.advance(1)).dispatched == ["old2"]
-    world.transport.finish_running()
-    assert old.step("old", world.clock.advance(1)).done
+    # Neither holds the slot now; old has had a run, new none: it is new's
+    # turn, though old is older and steps first.
+    assert old.step("old", world.clock.advance(1)).dispatched == []
     assert new.step("new", world.clock.advance(1)).dispatched == ["new1"]
+    world.transport.finish_running()
+    assert new.step("new", world.clock.advance(1)).done
+    assert old.step("old", world.clock.advance(1)).dispatched == ["old2"]
+
+
+def test_batches_of_equal_priority_take_turns_not_oldest_first(world: World) -> None:
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=2),), source="t")
+    world.batch(entries(*(f"{{name: big{n}, dir: suites/ok}}" for n in range(8))), "big")
+    world.batch(entries(*(f"{{name: small{n}, dir: suites/other}}" for n in range(3))), "small")
+    lease_both(world, "big", "small")
+    big, small = world.scheduler("big", older=True), world.scheduler("small", older=True)
+
+    assert len(big.step("big", world.clock.now()).dispatched) == 2
+    # Every slot is taken: the small batch publishes what waits.
+    assert small.step("small", world.clock.advance(1)).dispatched == []
+    taken: dict[str, int] = {"big": 0, "small": 0}
+    for _ in range(3):
+        world.transport.finish_running()
+        # Two free slots, neither batch holds one: one each, whoever steps first.
+        taken["big"] += len(big.step("big", world.clock.advance(1)).dispatched)
+        taken["small"] += len(small.step("small", world.clock.advance(1)).dispatched)
+    assert taken == {"big": 3, "small": 3}
+    assert set(world.outcomes("small").values()) == {"passed", "running"}
+
+
+def test_a_higher_priority_gets_its_weight_in_slots(world: World) -> None:
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=4),), source="t")
+    world.batch(entries(*(f"{{name: low{n}, dir: suites/ok}}" for n in range(12))), "low")
+    world.batch(
+        entries(*(f"{{name: high{n}, dir: suites/other}}" for n in range(12))),
+        "high",
+        staging="other",
+        priority=3,
+    )
+    lease_both(world, "low", "high")
+    low, high = world.scheduler("low", older=True), world.scheduler("high", older=True)
+    low.step("low", world.clock.now())
+    high.step("high", world.clock.advance(1))  # nothing free: publishes its demand
+    world.transport.finish_running()
+    # Four free slots shared 3:1, though the low-priority batch is older and steps first.
+    assert len(low.step("low", world.clock.advance(1)).dispatched) == 1
+    assert len(high.step("high", world.clock.advance(1)).dispatched) == 3
 
 
 def test_cancelled_batch_skips_queued_items_and_stops_runs(world: World) -> None:
