@@ -60,7 +60,7 @@ def _wait(
             console,
             quiet=output.quiet,
             now=service.clock.now,
-            expected=lambda: service.earlier_durations(batch_id),
+            expected=lambda: service.expected_durations(batch_id),
         ) as progress:
             document = service.wait(
                 batch_id, on_progress=progress.update, poll_s=WAIT_POLL_S, item=item

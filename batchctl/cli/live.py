@@ -4,7 +4,7 @@ It fits the screen whatever the batch's size: running items first, then
 those that did not pass, then the rest, as many as there are lines for; what
 does not fit is summarised in one line by outcome. Its title has the counts,
 the time since the batch was made, and an estimate of the time left from
-how long the same items took in earlier batches of the same plan.
+how long the same items (same name, same content) took before.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from datetime import datetime
 from rich.console import Group
 from rich.text import Text
 
-from batchctl.cli.render import batch_table, counts_line
+from batchctl.cli.render import batch_table, counts_line, duration
+from batchctl.model.ordering import Remaining, time_left
 from batchctl.model.views import BatchView, ItemView
 
 RUNNING = ("running",)
@@ -36,35 +37,31 @@ def _rank(item: ItemView) -> int:
     return 3
 
 
-def duration(seconds: float) -> str:
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
 def remaining_s(view: BatchView, now: datetime, expected: Mapping[str, float]) -> float | None:
-    """Seconds left if the items not yet final take what they took before,
-    spread over the runs in flight; None without any earlier figure. An
-    item with no figure of its own counts as the mean of those known. O(items)."""
-    if not expected:
+    """Seconds left if the items not yet final take what they took before
+    (``ordering.time_left``: the longest chain left, or the work left over
+    the runs in flight); None without any earlier figure. O(items + needs)."""
+    return time_left(
+        (
+            Remaining(
+                item.name,
+                item.needs,
+                _running_for(item, now),
+            )
+            for item in view.items
+            if item.outcome not in FINAL
+        ),
+        expected,
+    )
+
+
+def _running_for(item: ItemView, now: datetime) -> float | None:
+    """How long the item's run has run; 0 for one not started yet (pending:
+    in flight all the same); None if it is not in flight."""
+    if item.outcome not in RUNNING:
         return None
-    mean = sum(expected.values()) / len(expected)
-    left = 0.0
-    running = 0
-    for item in view.items:
-        if item.outcome in FINAL:
-            continue
-        took = expected.get(item.name, mean)
-        if item.outcome in RUNNING:
-            running += 1
-            started = item.run.started_at if item.run else None
-            if started is not None:
-                took = max(0.0, took - (now - started).total_seconds())
-        left += took
-    return left / max(1, running)
+    started = item.run.started_at if item.run else None
+    return max(0.0, (now - started).total_seconds()) if started else 0.0
 
 
 def live_table(

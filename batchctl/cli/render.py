@@ -34,6 +34,15 @@ def _row(table: Table, *cells: str | Text) -> None:
     table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
 
 
+def duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
 
@@ -141,6 +150,12 @@ def render_batch(console: Console, view: BatchView) -> None:
         console.file.write("\n".join(plain_table_lines(view)) + "\n")
     console.print()
     console.print(f"{view.expected_count} items: {counts_line(view.counts)}", markup=False)
+    if view.eta_s is not None and view.eta is not None:
+        console.print(
+            f"ETA      {_when(view.eta)} (about {duration(view.eta_s)} left, "
+            "from earlier runs of the same items)",
+            markup=False,
+        )
 
 
 def render_submit(console: Console, result: SubmitResult) -> None:

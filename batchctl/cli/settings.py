@@ -62,7 +62,23 @@ def resolve_tuning(environ: Mapping[str, str]) -> Tuning:
         heartbeat_s=seconds_from_env(environ, "BATCHCTL_HEARTBEAT", defaults.heartbeat_s),
         retry_base_s=seconds_from_env(environ, "BATCHCTL_RETRY_BASE", defaults.retry_base_s),
         retry_cap_s=seconds_from_env(environ, "BATCHCTL_RETRY_CAP", defaults.retry_cap_s),
+        critical_path_first=ready_order_from_env(environ),
     )
+
+
+READY_ORDERS = ("critical-path", "fifo")
+
+
+def ready_order_from_env(environ: Mapping[str, str]) -> bool:
+    """$BATCHCTL_READY_ORDER: ``critical-path`` (the default) or ``fifo``
+    (authored order, to compare against); True for the critical path."""
+    raw = environ.get("BATCHCTL_READY_ORDER") or READY_ORDERS[0]
+    if raw not in READY_ORDERS:
+        raise InvalidInput(
+            f"BATCHCTL_READY_ORDER: expected one of {', '.join(READY_ORDERS)}, got {raw!r}",
+            details={"variable": "BATCHCTL_READY_ORDER"},
+        )
+    return raw == READY_ORDERS[0]
 
 
 def load_settings(

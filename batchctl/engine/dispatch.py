@@ -20,6 +20,7 @@ from batchctl.model.viewdoc import BatchReading
 from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
+from batchctl.state.durations import DurationStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.base import Transport
@@ -35,6 +36,9 @@ class Tuning:
     heartbeat_s: float = 10.0
     retry_base_s: float = 5.0
     retry_cap_s: float = 300.0
+    # Ready items longest critical path first; False: first in, first out
+    # ($BATCHCTL_READY_ORDER=fifo, for measuring what the order buys).
+    critical_path_first: bool = True
 
     @property
     def lease_renew_s(self) -> float:
@@ -61,6 +65,7 @@ class Dispatcher:
     spawn_worker: Callable[[str, str | None, str], int]
     snapshots: SnapshotStore | None = None
     drains: DrainStore | None = None
+    durations: DurationStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -163,11 +168,13 @@ class Dispatcher:
             settings=SchedulerSettings(
                 launch_grace_s=self.tuning.lease_stale_s,
                 backoff=Backoff(base_s=self.tuning.retry_base_s, cap_s=self.tuning.retry_cap_s),
+                critical_path_first=self.tuning.critical_path_first,
             ),
             hash_dir=self.hash_dir,
             lease_judge=self.judge,
             snapshot_has_file=self.snapshots.has_file if self.snapshots else None,
             drained=self.drains.drained if self.drains else None,
+            durations=self.durations,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:

@@ -37,7 +37,13 @@ from batchctl.engine.lease import LeaseJudge
 from batchctl.model.errors import StateError
 from batchctl.model.fleet import Drain, Fleet, Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, Run, RunStatus, SkipCode
-from batchctl.model.ordering import Contender, FairTurns
+from batchctl.model.ordering import (
+    Contender,
+    FairTurns,
+    critical_path,
+    duration_key,
+    expected_durations,
+)
 from batchctl.model.policy import (
     Backoff,
     prefer_fresh_machines,
@@ -46,6 +52,7 @@ from batchctl.model.policy import (
     retry_due,
 )
 from batchctl.state.batches import BatchStore
+from batchctl.state.durations import DurationStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
 from batchctl.transports.base import Transport
 
@@ -70,6 +77,11 @@ def why_unrunnable(
     return None
 
 
+# A ready item in its selector's heap: the longest critical path first, then
+# authored order.
+ReadyEntry = tuple[float, int, str, int]
+
+
 @dataclass
 class StepReport:
     done: bool
@@ -87,6 +99,9 @@ class SchedulerSettings:
     # executes once).
     launch_grace_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    # Ready items longest critical path first; False: in authored order
+    # (first in, first out), to measure what the critical path buys.
+    critical_path_first: bool = True
 
 
 class _Claims:
@@ -127,7 +142,18 @@ class BatchMemory:
     becomes final, O(its dependents).
     """
 
-    def __init__(self, batch: Batch, runs: Mapping[str, Run]) -> None:
+    def __init__(
+        self,
+        batch: Batch,
+        runs: Mapping[str, Run],
+        *,
+        first: Mapping[str, float] | None = None,
+        learns: Callable[[Run], bool] = lambda run: True,
+    ) -> None:
+        """``first``: each item's expected longest chain of work left
+        (``ordering.critical_path``); ready items with the longest go first,
+        and without it they go in authored order. ``learns(run)``: whether
+        a passing run's duration is worth keeping as the item's history."""
         self.id = batch.id
         self.created_at = batch.created_at
         self.cancelled = batch.cancelled
@@ -150,8 +176,12 @@ class BatchMemory:
         self.passed: set[str] = set()
         self.final: set[str] = set()
         self.active: set[str] = set()
-        # selector -> heap of (authored order, name, attempt)
-        self.ready: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+        self.first: Mapping[str, float] = first or {}
+        self.learns = learns
+        # Durations of passing runs seen since the last time they were kept.
+        self.learned: dict[str, float] = {}
+        # selector -> heap of (minus the critical path, authored order, name, attempt)
+        self.ready: dict[str, list[ReadyEntry]] = defaultdict(list)
         self.in_ready: set[tuple[str, int]] = set()
         self.backoff: list[tuple[datetime, int, str, int]] = []
         self.expiry: list[tuple[datetime, int, str, int]] = []
@@ -171,6 +201,8 @@ class BatchMemory:
         if name in self.final:
             return
         self.final.add(name)
+        if passed:
+            self._learn(name)
         if name not in self.dependents:
             # Nobody will ask about this run again: a 100,000-item batch
             # keeps only the runs in flight and those dependents look at.
@@ -184,6 +216,18 @@ class BatchMemory:
             for dependent in self.dependents.get(name, ()):
                 self.first_failed.setdefault(dependent, name)
                 self.dirty.add(dependent)
+
+    def _learn(self, name: str) -> None:
+        run = self.run_of(name)
+        if (
+            run is not None
+            and run.status is RunStatus.SUCCEEDED
+            and run.started_at is not None
+            and run.ended_at is not None
+            and self.learns(run)
+        ):
+            key = duration_key(name, run.test_dir_hash)
+            self.learned[key] = max(0.0, (run.ended_at - run.started_at).total_seconds())
 
     def _unmake_final(self, name: str) -> None:
         """A final item queued again (``retry``): its dependents may run after all."""
@@ -256,7 +300,10 @@ class BatchMemory:
             return
         self.in_ready.add(key)
         entry = self.entries[name]
-        heapq.heappush(self.ready[entry.selector], (self.order[name], name, item.attempt))
+        heapq.heappush(
+            self.ready[entry.selector],
+            (-self.first.get(name, 0.0), self.order[name], name, item.attempt),
+        )
         deadline = self.ready_since(name, item) + timedelta(seconds=self.queue_timeout_s)
         heapq.heappush(self.expiry, (deadline, self.order[name], name, item.attempt))
 
@@ -302,6 +349,7 @@ class Scheduler:
         uniform: Callable[[float, float], float] = random.uniform,
         snapshot_has_file: Callable[[str, str], bool] | None = None,
         drained: Callable[[], Mapping[str, Drain]] | None = None,
+        durations: DurationStore | None = None,
     ) -> None:
         self.batches = batches
         self.runs = runs
@@ -317,6 +365,9 @@ class Scheduler:
         # without one, other batches are not considered.
         self.lease_judge = lease_judge
         self.uniform = uniform
+        # How long items took before: read once per batch load, added to
+        # by ``keep_durations``.
+        self.durations = durations
         # Machines ``machines drain`` took out of dispatch, asked once a
         # dispatch (a stat while nothing changed): they finish what they hold.
         self.drained: Callable[[], Mapping[str, Drain]] = drained or dict
@@ -338,7 +389,7 @@ class Scheduler:
     def _load(self, batch_id: str) -> BatchMemory:
         batch = self.batches.get(batch_id)
         runs = self.runs.get_many(item.run_id for item in batch.items.values() if item.run_id)
-        memory = BatchMemory(batch, runs)
+        memory = BatchMemory(batch, runs, first=self._critical_paths(batch), learns=self._learns)
         self._memory[batch.id] = memory
         self._memory[batch_id] = memory
         return memory
@@ -392,6 +443,46 @@ class Scheduler:
         self._catch_up(memory.id)  # folds the decisions just recorded
         chosen = {item.run_id for item in reclaimed.values()}
         self._start([run for run in orphans if run.id in chosen], now)
+
+    def _critical_paths(self, batch: Batch) -> dict[str, float]:
+        """Each item's longest chain of expected work, from the durations
+        its earlier runs took (same name, same content; the median of the
+        known ones for the others). O(items + needs + entries kept in the
+        durations file), once per load. History is an aid: a file that
+        cannot be read is gone without."""
+        if not self.settings.critical_path_first:
+            return {}
+        known: dict[str, float] = {}
+        if self.durations is not None:
+            with contextlib.suppress(StateError):
+                kept = self.durations.expected()
+                for entry in batch.entries:
+                    key = duration_key(entry.name, self._test_dir_hash(entry))
+                    if key in kept:
+                        known[entry.name] = kept[key]
+        names = [entry.name for entry in batch.entries]
+        expected, _ = expected_durations(names, known)
+        needs = {entry.name: entry.needs for entry in batch.entries if entry.needs}
+        return critical_path(names, needs, expected)
+
+    def _learns(self, run: Run) -> bool:
+        """A simulated run's duration was drawn, not measured: not history."""
+        machine = self.fleet.get(run.machine)
+        return machine is None or machine.transport != "sim"
+
+    def keep_durations(self, batch_id: str, now: datetime) -> str | None:
+        """Add the durations learned since the last call to the durations
+        file, in one write; why not, as a sentence for the log (they are
+        kept for the next call)."""
+        memory = self._memory.get(batch_id)
+        if memory is None or not memory.learned or self.durations is None:
+            return None
+        try:
+            self.durations.record(memory.learned, now)
+        except StateError as error:
+            return error.message
+        memory.learned = {}
+        return None
 
     def _catch_up(self, batch_id: str) -> BatchMemory:
         batch_records = self._batch_feed.drain()
@@ -876,7 +967,7 @@ class Scheduler:
         self,
         memory: BatchMemory,
         selector: str,
-        heap: list[tuple[int, str, int]],
+        heap: list[ReadyEntry],
         free: dict[str, int],
         now: datetime,
         proposals: dict[str, Item],
@@ -894,7 +985,7 @@ class Scheduler:
             if m.dispatchable and free.get(m.name, 0) > 0
         ]
         while heap and (room is None or len(requests) < room):
-            _, name, attempt = heap[0]
+            _, _, name, attempt = heap[0]
             if not memory.still_queued(name, attempt):
                 heapq.heappop(heap)
                 memory.in_ready.discard((name, attempt))

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.scheduler import why_unrunnable
-from batchctl.model.clock import Clock
+from batchctl.model.clock import Clock, utc_iso
 from batchctl.model.errors import InvalidInput, InvalidPlan, NotFound, StateError
 from batchctl.model.fleet import Machine
 from batchctl.model.models import Batch, Entry, Item, ItemState, ProcessIdentity, Run, SkipCode
-from batchctl.model.ordering import DEFAULT_PRIORITY
+from batchctl.model.ordering import DEFAULT_PRIORITY, duration_key, time_left
 from batchctl.model.plan import Plan, dir_label, missing_dir_problems
 from batchctl.model.policy import item_is_final, item_passed
 from batchctl.model.rules import DEFAULT_QUEUE_TIMEOUT_S, TERMINAL_STATUSES
-from batchctl.model.viewdoc import BatchReading, Document, run_document
+from batchctl.model.viewdoc import BatchReading, Document, remaining_items, run_document
 from batchctl.model.views import (
     BatchSummary,
     BatchView,
@@ -379,35 +379,49 @@ class BatchService:
             items=items,
         )
 
-    def earlier_durations(self, batch_id: str, *, batches_back: int = 5) -> dict[str, float]:
-        """Seconds each item's passing run took in the newest earlier batches
-        of the same plan (any staging): what a live ETA is estimated from.
-        O(batches + items x batches_back), once per wait."""
-        this = self.batches.raw(batch_id)
-        earlier: list[dict[str, Any]] = []
-        for raw in self.batches.all_raw():  # oldest first
-            if raw["id"] == this["id"]:
-                break
-            if raw["plan_hash"] == this["plan_hash"]:
-                earlier.append(raw)
-        durations: dict[str, float] = {}
-        for raw in reversed(earlier[-batches_back:]):
-            wanted = {
-                item["run_id"]: name
-                for name, item in raw["items"].items()
-                if name not in durations and item.get("run_id")
-            }
-            for run_id, run in self.runs.get_many(wanted).items():
-                if run.status.value == "succeeded" and run.started_at and run.ended_at:
-                    durations[wanted[run_id]] = (run.ended_at - run.started_at).total_seconds()
-        return durations
+    def expected_durations(self, batch_id: str) -> dict[str, float]:
+        """Seconds each item of the batch is expected to take: what its
+        earlier runs took (same name, same content), from the durations
+        file; items without history are left out. O(entries + entries of
+        the durations file); empty when the file cannot be read (history is
+        an aid, never a reason to fail)."""
+        store = self.dispatcher.durations
+        if store is None:
+            return {}
+        keys = {
+            duration_key(entry["name"], entry["snapshot"]): entry["name"]
+            for entry in self.batches.raw(batch_id)["entries"]
+            if entry.get("snapshot")
+        }
+        try:
+            kept = store.expected(keys)
+        except StateError:
+            return {}
+        return {keys[key]: seconds for key, seconds in kept.items()}
+
+    def with_eta(self, document: Document) -> Document:
+        """The view with the batch's estimated time left (``eta_s``) and end
+        (``eta``) while it is not done and some item has history.
+        O(items + needs)."""
+        if document["done"]:
+            return document
+        left = time_left(
+            remaining_items(document, self.clock.now()), self.expected_durations(document["id"])
+        )
+        if left is None:
+            return document
+        return {
+            **document,
+            "eta_s": round(left, 1),
+            "eta": utc_iso(self.clock.now() + timedelta(seconds=left)),
+        }
 
     def status(self, batch_id: str) -> Document:
         """The joined view; an unfinished batch whose worker died is taken over."""
         document = self.view_document(batch_id)
         if not document["done"]:
             self.dispatcher.ensure_worker(document["id"])
-        return document
+        return self.with_eta(document)
 
     def report(self, batch_id: str) -> Report:
         """The batch's report as stored now, every attempt merged. A read

@@ -17,6 +17,9 @@ from batchctl.model.errors import LeaseLost, StateError
 from batchctl.transports.processes import spawn_detached
 
 SLOW_STEP_S = 0.5
+# How often a worker adds the durations it learned to the durations file
+# (and once more when its batch is done): one write now and then, not per run.
+KEEP_DURATIONS_S = 30.0
 LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
@@ -113,6 +116,15 @@ def run_worker(
     began = clock.monotonic()
     scheduler.load(batch_id, clock.now())
     stats.load_s = clock.monotonic() - began
+    kept_at = clock.monotonic()
+
+    def keep_durations() -> None:
+        nonlocal kept_at
+        kept_at = clock.monotonic()
+        trouble = scheduler.keep_durations(batch_id, clock.now())
+        if trouble is not None:
+            log(f"{utc_iso(clock.now())} durations not kept: {trouble}")
+
     with LeaseKeeper(dispatcher, batch_id, token) as keeper:
         try:
             while not stop.requested and not keeper.lost.is_set():
@@ -133,6 +145,8 @@ def run_worker(
                 ):
                     if names:
                         log(f"{utc_iso(clock.now())} {label}: {_names(names)}")
+                if report.done or clock.monotonic() - kept_at > KEEP_DURATIONS_S:
+                    keep_durations()
                 if report.done:
                     # The files are compacted before the batch is marked
                     # finished: whoever waited for it reads settled files,

@@ -3,6 +3,7 @@ sharing), and which ready item of a batch goes first (critical path)."""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -116,3 +117,45 @@ def critical_path(
     for name in order:
         chain.setdefault(name, expected.get(name, 0.0))
     return chain
+
+
+def duration_key(name: str, content: str) -> str:
+    """What an item's history is kept under: its name and the digest of
+    what it runs (an edited test starts afresh). A hash, so that keys stay
+    short whatever the names."""
+    return hashlib.sha256(f"{name}\0{content}".encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """An item not final yet, as an estimate of the time left sees it."""
+
+    name: str
+    needs: Sequence[str]
+    # Seconds its run has been running (0 if not started yet), if it is in flight.
+    running_for: float | None = None
+
+
+def time_left(items: Iterable[Remaining], expected: Mapping[str, float]) -> float | None:
+    """Seconds until the items not final yet are done, if each takes what
+    it took before (a running one, what is left of that): the longer of the
+    longest chain of them (``critical_path``) and their work spread over the
+    runs in flight (at least one). An item without history counts as the
+    median of those with; None when no item has any. O(items + needs)."""
+    if not expected:
+        return None
+    remaining = list(items)
+    if not remaining:
+        return 0.0
+    durations, _ = expected_durations((item.name for item in remaining), expected)
+    running = 0
+    left: dict[str, float] = {}
+    for item in remaining:
+        seconds = durations[item.name]
+        if item.running_for is not None:
+            running += 1
+            seconds = max(0.0, seconds - item.running_for)
+        left[item.name] = seconds
+    needs = {item.name: item.needs for item in remaining if item.needs}
+    longest = max(critical_path(list(left), needs, left).values())
+    return max(longest, sum(left.values()) / max(1, running))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from batchctl.model import rules
-from batchctl.model.ordering import DEFAULT_PRIORITY
+from batchctl.model.ordering import DEFAULT_PRIORITY, Remaining
 
 Document = dict[str, Any]
 Stored = Mapping[str, Any]
@@ -49,6 +50,26 @@ def run_document(run: Stored, runs_prefix: str) -> Document:
         "log_path": get("log_path") or f"{runs_prefix}/{run_id}/output.log",
         "artifacts_path": get("artifacts_path") or f"{runs_prefix}/{run_id}/artifacts",
     }
+
+
+# Outcomes of items that still have something to do.
+NOT_FINAL_OUTCOMES = ("running", "queued", "waiting")
+
+
+def remaining_items(document: Document, now: datetime) -> Iterator[Remaining]:
+    """The view's items not final yet, as ``ordering.time_left`` takes
+    them: a running item with how long it has run. O(items)."""
+    for item in document["items"]:
+        if item["outcome"] not in NOT_FINAL_OUTCOMES:
+            continue
+        run = item.get("run")
+        started = run.get("started_at") if run and item["outcome"] == "running" else None
+        # A run not started yet (pending) is in flight all the same.
+        running_for = 0.0 if item["outcome"] == "running" else None
+        if started is not None:
+            moment = started if isinstance(started, datetime) else datetime.fromisoformat(started)
+            running_for = max(0.0, (now - moment).total_seconds())
+        yield Remaining(item["name"], item.get("needs") or (), running_for)
 
 
 def how_it_ended(run: Stored) -> str:

@@ -86,6 +86,9 @@ class BatchView(View):
     priority: int = DEFAULT_PRIORITY
     counts: dict[str, int]
     items: list[ItemView]
+    # While not done, if items have history: the seconds left, and when.
+    eta_s: float | None = None
+    eta: datetime | None = None
 
 
 class BatchSummary(View):

@@ -116,12 +116,24 @@ def test_time_left_comes_from_earlier_durations_over_the_runs_in_flight() -> Non
         item("d", "queued"),
         item("e", "passed"),
     ]
-    expected = {"a": 30.0, "b": 40.0, "c": 60.0}  # d unknown: the mean, 43.3 s
-    # (20 + 0 + 60 + 43.3) / 2 runs in flight
-    assert remaining_s(view(items), NOW, expected) == (20 + 0 + 60 + 130 / 3) / 2
+    expected = {"a": 30.0, "b": 40.0, "c": 50.0}  # d unknown: the median, 40 s
+    # Work left (20 + 0 + 50 + 40) over the 2 runs in flight, longer than any one item.
+    assert remaining_s(view(items), NOW, expected) == 55.0
     assert remaining_s(view(items), NOW, {}) is None
     title = rendered(live_table(view(items), height=30, now=NOW, expected=expected), 30)[0]
-    assert "about 1m01s left" in title
+    assert "about 55s left" in title
+
+
+def test_time_left_is_at_least_the_longest_chain_left() -> None:
+    items = [
+        item("a", "running", started=NOW - timedelta(seconds=10)),
+        {**item("b", "waiting"), "needs": ["a"]},
+        {**item("c", "waiting"), "needs": ["b"]},
+        item("d", "running", started=NOW),
+    ]
+    expected = {"a": 30.0, "b": 40.0, "c": 50.0, "d": 5.0}
+    # a's 20 s left, then b and c one after the other, however many run at once.
+    assert remaining_s(view(items), NOW, expected) == 110.0
 
 
 def _read_all(fd: int, process: subprocess.Popen[bytes], timeout: float) -> bytes:

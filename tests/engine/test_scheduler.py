@@ -20,6 +20,7 @@ from batchctl.model.policy import Backoff
 from batchctl.model.views import FleetContext
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
+from batchctl.state.durations import DurationStore
 from batchctl.state.runs import PrepareRequest, RunStore
 from batchctl.transports.testdir import hash_test_dir
 from tests.fakes import FakeClock, FakeTransport, batch_view
@@ -77,6 +78,8 @@ class World:
         token: str | None = None,
         older: bool = False,
         drained: Callable[[], Mapping[str, Drain]] | None = None,
+        durations: DurationStore | None = None,
+        critical_path_first: bool = True,
     ) -> Scheduler:
         return Scheduler(
             batches=self.batches,
@@ -84,7 +87,11 @@ class World:
             fleet=self.fleet,
             transports={"local": self.transport},
             lease_token=token,
-            settings=SchedulerSettings(launch_grace_s=30, backoff=Backoff(base_s=4, cap_s=60)),
+            settings=SchedulerSettings(
+                launch_grace_s=30,
+                backoff=Backoff(base_s=4, cap_s=60),
+                critical_path_first=critical_path_first,
+            ),
             hash_dir=hash_test_dir,
             lease_judge=LeaseJudge(
                 stale_s=30, monotonic=self.clock.monotonic, identity_alive=lambda identity: True
@@ -93,6 +100,7 @@ class World:
             else None,
             uniform=lambda low, high: low,  # no jitter: the backoff is exactly half its ceiling
             drained=drained,
+            durations=durations,
         )
 
     def outcomes(self, batch_id: str = "b1") -> dict[str, str]:
@@ -638,3 +646,84 @@ def test_max_parallel_runs_a_batch_one_at_a_time_on_a_large_machine(world: World
         assert world.batches.get("b1").demand == {}
         world.transport.finish_running()
     assert scheduler.step("b1", world.clock.advance(1)).done
+
+
+CHAIN_AND_SHORT_ITEMS = entries(
+    "{name: short1, dir: suites/ok}",
+    "{name: short2, dir: suites/ok}",
+    "{name: head, dir: suites/other}",
+    "{name: tail, dir: suites/other, needs: [head]}",
+)
+
+
+def learn_durations(world: World, store: DurationStore, took: Mapping[str, float]) -> None:
+    """Runs the plan once, each item taking ``took`` seconds, one at a time,
+    and keeps what the worker learned."""
+    world.batch(CHAIN_AND_SHORT_ITEMS, "first")
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
+    scheduler = world.scheduler(durations=store)
+    now = world.clock.now()
+    while not (report := scheduler.step("first", now)).done:
+        for name in report.dispatched:
+            world.clock.advance(took[name])
+            world.transport.finish(world.run_of(name, "first"))
+        now = world.clock.advance(0.001)
+    assert scheduler.keep_durations("first", world.clock.now()) is None
+
+
+def dispatch_order(world: World, scheduler: Scheduler, batch_id: str) -> list[str]:
+    order: list[str] = []
+    while not (report := scheduler.step(batch_id, world.clock.advance(1))).done:
+        order.extend(report.dispatched)
+        world.transport.finish_running()
+    return order
+
+
+def test_with_history_the_longest_chain_starts_first(world: World, state_dir: Path) -> None:
+    store = DurationStore(state_dir)
+    learn_durations(world, store, {"short1": 5, "short2": 5, "head": 20, "tail": 20})
+    assert len(store.expected()) == 4
+
+    world.batch(CHAIN_AND_SHORT_ITEMS, "again", staging="again")
+    # One slot: the chain (40 s) before the short items (5 s), and once head
+    # has passed, tail (20 s) still before them.
+    assert dispatch_order(world, world.scheduler(durations=store), "again") == [
+        "head",
+        "tail",
+        "short1",
+        "short2",
+    ]
+    # First in, first out: authored order among the ready items.
+    world.batch(CHAIN_AND_SHORT_ITEMS, "fifo", staging="fifo")
+    assert dispatch_order(
+        world, world.scheduler(durations=store, critical_path_first=False), "fifo"
+    ) == ["short1", "short2", "head", "tail"]
+
+
+def test_an_edited_item_has_no_history(world: World, state_dir: Path) -> None:
+    store = DurationStore(state_dir)
+    learn_durations(world, store, {"short1": 30, "short2": 30, "head": 5, "tail": 5})
+    world.batch(CHAIN_AND_SHORT_ITEMS, "same", staging="same")
+    assert dispatch_order(world, world.scheduler(durations=store), "same")[0] == "short1"
+
+    # The short items' directory changes: their 30 s were another content's.
+    # The median of what is known (the chain's 5 s) stands in for each, so
+    # the chain (10 s) goes first.
+    world.batch(CHAIN_AND_SHORT_ITEMS, "edited", staging="edited")
+    (world.tmp / "suites" / "ok" / "run.sh").write_text("#!/bin/sh\nexit 0\n")
+    scheduler = world.scheduler(durations=store)
+    assert dispatch_order(world, scheduler, "edited")[0] == "head"
+    assert scheduler.keep_durations("edited", world.clock.now()) is None
+    # Kept beside the old content's: 4 + the two edited items.
+    assert len(DurationStore(state_dir).expected()) == 6
+
+
+def test_a_damaged_durations_file_only_loses_the_history(world: World, state_dir: Path) -> None:
+    store = DurationStore(state_dir)
+    learn_durations(world, store, {"short1": 5, "short2": 5, "head": 20, "tail": 20})
+    store.file.path.write_text("{not json")
+    world.batch(CHAIN_AND_SHORT_ITEMS, "again", staging="again")
+    scheduler = world.scheduler(durations=store)
+    # Every item the same unknown length: the two-item chain is the longest.
+    assert dispatch_order(world, scheduler, "again")[0] == "head"
+    assert "durations.json" in (scheduler.keep_durations("again", world.clock.now()) or "")
