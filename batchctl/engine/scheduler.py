@@ -456,13 +456,15 @@ class Scheduler:
         if self.durations is not None:
             with contextlib.suppress(StateError):
                 kept = self.durations.expected()
-                for entry in batch.entries:
+                for entry in batch.entries if kept else ():
                     key = duration_key(entry.name, self._test_dir_hash(entry))
                     if key in kept:
                         known[entry.name] = kept[key]
+        needs = {entry.name: entry.needs for entry in batch.entries if entry.needs}
+        if not known and not needs:
+            return {}  # every item alike: plan order, and no memory per item
         names = [entry.name for entry in batch.entries]
         expected, _ = expected_durations(names, known)
-        needs = {entry.name: entry.needs for entry in batch.entries if entry.needs}
         return critical_path(names, needs, expected)
 
     def _learns(self, run: Run) -> bool:

@@ -95,27 +95,28 @@ def critical_path(
     counting), so the cost is O(items + needs). ``needs`` naming an item not
     in ``order`` is ignored; the plan refuses cycles, and an item left on one
     anyway counts only its own duration."""
-    dependents: dict[str, list[str]] = {name: [] for name in order}
-    waiting_on = dict.fromkeys(order, 0)  # dependents not yet measured
-    for name in order:
-        for needed in needs.get(name, ()):
-            if needed in dependents:
-                dependents[needed].append(name)
-                waiting_on[needed] += 1
-    chain: dict[str, float] = {}
-    leaves = [name for name in order if waiting_on[name] == 0]
+    chain = {name: expected.get(name, 0.0) for name in order}
+    dependents: dict[str, list[str]] = {}
+    for name, needed_names in needs.items():
+        if name in chain:
+            for needed in needed_names:
+                if needed in chain:
+                    dependents.setdefault(needed, []).append(name)
+    if not dependents:
+        return chain  # no chains: each item is its own
+    # Only items on an edge move: one is measured once all its dependents are.
+    waiting_on = {name: len(names) for name, names in dependents.items()}
+    leaves = [name for name in needs if name in chain and name not in waiting_on]
     while leaves:
         name = leaves.pop()
-        chain[name] = expected.get(name, 0.0) + max(
-            (chain[dependent] for dependent in dependents[name]), default=0.0
-        )
+        after = dependents.get(name)
+        if after:
+            chain[name] += max(chain[dependent] for dependent in after)
         for needed in needs.get(name, ()):
             if needed in waiting_on:
                 waiting_on[needed] -= 1
                 if waiting_on[needed] == 0:
                     leaves.append(needed)
-    for name in order:
-        chain.setdefault(name, expected.get(name, 0.0))
     return chain
 
 
