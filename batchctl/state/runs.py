@@ -60,8 +60,8 @@ class PrepareRequest:
 
 @dataclass(frozen=True)
 class SlotClaim:
-    """Slots to hold back for someone with precedence (an older batch's ready
-    item), without creating a run: it takes the first free candidate."""
+    """A slot to hold back for someone with precedence (another batch's
+    waiting item), without creating a run: it takes the first free candidate."""
 
     candidates: Sequence[str]
 
