@@ -632,6 +632,35 @@ def test_a_tag_limit_caps_runs_across_batches(world: World) -> None:
     assert set(world.outcomes("A").values()) == set(world.outcomes("B").values()) == {"passed"}
 
 
+def test_batches_sharing_a_capped_tag_alternate_and_never_both_wait(world: World) -> None:
+    world.fleet = Fleet(
+        machines=(
+            Machine(name="g1", tags=("gpu",), slots=2),
+            Machine(name="g2", tags=("gpu",), slots=2),
+        ),
+        source="t",
+        limits={"gpu": 1},
+    )
+    world.batch(entries(*(f"{{name: a{n}, dir: suites/ok, tag: gpu}}" for n in range(3))), "A")
+    world.batch(
+        entries(*(f"{{name: b{n}, dir: suites/other, tag: gpu}}" for n in range(3))),
+        "B",
+        staging="other",
+    )
+    lease_both(world, "A", "B")
+    first, second = world.scheduler("A", older=True), world.scheduler("B", older=True)
+    started: list[str] = []
+    for _ in range(6):
+        started += first.step("A", world.clock.advance(1)).dispatched
+        started += second.step("B", world.clock.advance(1)).dispatched
+        held = world.runs.held()
+        assert held.get("g1", 0) + held.get("g2", 0) <= 1
+        world.transport.finish_running()
+    # The one unit of the cap goes to each batch in turn: the slot held back
+    # for one batch is never also counted by the other.
+    assert started == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
 def test_max_parallel_runs_a_batch_one_at_a_time_on_a_large_machine(world: World) -> None:
     world.batch(entries(*(f"{{name: i{n}, dir: suites/ok}}" for n in range(3))), max_parallel=1)
     scheduler = world.scheduler()
