@@ -138,15 +138,16 @@ def run(
         ),
     ] = None,
     priority: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--priority",
             min=1,
             max=MAX_PRIORITY,
             help="Weight in the fleet's fair share: a batch of priority 3 gets 3 slots "
-            "for every 1 of a priority-1 batch while both wait (kept with the batch).",
+            "for every 1 of a priority-1 batch while both wait (default 1; kept with "
+            "the batch).",
         ),
-    ] = DEFAULT_PRIORITY,
+    ] = None,
     wait: WaitOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show what would run; write nothing.")
@@ -186,9 +187,15 @@ def run(
         force_new=new,
         queue_timeout_s=queue_timeout_s,
         max_parallel=max_parallel,
-        priority=priority,
+        priority=DEFAULT_PRIORITY if priority is None else priority,
     )
     batch_id, resumed, changed = submitted.batch_id, submitted.resumed, submitted.changed_since
+    kept = submitted.priority
+    if resumed and priority is not None and priority != kept:
+        output.note(
+            f"batch {batch_id} keeps the priority it was made with, {kept}: a resume does not "
+            f"change it (--priority {priority}; run --new makes a batch with it)"
+        )
     if changed is not None:
         # A few names say what changed; a 10,000-item matrix's would not.
         names = ", ".join(changed.entries[:20]) + (

@@ -13,6 +13,7 @@ from batchctl.engine.service import (
     RetryResult,
     SubmitResult,
 )
+from batchctl.model.ordering import DEFAULT_PRIORITY
 from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
 
 OUTCOME_STYLE = {
@@ -143,6 +144,10 @@ def render_batch(console: Console, view: BatchView) -> None:
     console.print(f"staging  {view.staging or '-'}", markup=False)
     console.print(f"plan     {view.source}  sha256:{view.plan_hash[:12]}", markup=False)
     console.print(f"created  {_when(view.created_at)} by {view.created_by}", markup=False)
+    if view.priority != DEFAULT_PRIORITY:
+        console.print(
+            f"priority {view.priority} (its weight in the fleet's fair share)", markup=False
+        )
     console.print()
     if console.is_terminal:
         console.print(batch_table(view))

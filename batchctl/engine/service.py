@@ -68,6 +68,8 @@ class Submitted:
     batch_id: str
     resumed: bool
     changed_since: ChangedSince | None
+    # The batch's own (fixed at creation, whatever a resume asked for).
+    priority: int = DEFAULT_PRIORITY
 
 
 def content_hash(entries: Iterable[Entry]) -> str:
@@ -348,7 +350,9 @@ class BatchService:
         )
         if not batch.cancelled:
             self.dispatcher.foreground_pass(batch.id)
-        return Submitted(batch.id, resumed, _changed_since(previous, batch, resumed))
+        return Submitted(
+            batch.id, resumed, _changed_since(previous, batch, resumed), batch.priority
+        )
 
     def dry_run(self, plan: Plan, *, staging: str) -> DryRunResult:
         entries = self.snapshot(plan, store=False)

@@ -77,10 +77,14 @@ def test_priority_is_kept_with_the_batch_and_a_bad_one_is_refused(
     assert not state_dir.exists()
 
     made = cli("run", "plan.yaml", "--priority", "5", "--json").json()["data"]["batch"]
-    # A resume keeps the priority the batch was made with.
-    resumed = cli("run", "plan.yaml", "--priority", "9", "--json").json()["data"]["batch"]
+    # A resume keeps the priority the batch was made with, and says so.
+    again = cli("run", "plan.yaml", "--priority", "9", "--json")
+    resumed = again.json()["data"]["batch"]
     assert (made["priority"], resumed["id"], resumed["priority"]) == (5, made["id"], 5)
+    assert "keeps the priority it was made with, 5" in again.stderr
+    assert "keeps the priority" not in cli("run", "plan.yaml", "--json").stderr
     assert cli("status", made["id"], "--json").json()["data"]["batch"]["priority"] == 5
+    assert "priority 5" in cli("status", made["id"]).stdout
 
 
 def test_edited_plan_makes_a_new_batch_and_new_flag_forces_one(plan: Path, cli: CliRunner) -> None:
