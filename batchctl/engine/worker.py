@@ -179,6 +179,7 @@ def run_worker(
     if keeper.lost.is_set() or not stop.requested:
         log("lease lost to another worker; exiting")
         return 0
+    keep_durations()  # what it learned since the last time is not lost with it
     log("stopped by SIGTERM; runs in flight continue and a later worker takes over")
     dispatcher.release_lease(batch_id, token)
     return 0
