@@ -87,6 +87,17 @@ def test_priority_is_kept_with_the_batch_and_a_bad_one_is_refused(
     assert "priority 5" in cli("status", made["id"]).stdout
 
 
+def test_an_unknown_ready_order_is_refused_naming_the_variable(
+    plan: Path, state_dir: Path, workdir: Path
+) -> None:
+    refused = run_batchctl(
+        "run", "plan.yaml", "--json", cwd=workdir, env={"BATCHCTL_READY_ORDER": "lifo"}
+    )
+    assert refused.code == 2
+    assert "BATCHCTL_READY_ORDER" in refused.error()["error"]["message"]
+    assert not state_dir.exists()
+
+
 def test_edited_plan_makes_a_new_batch_and_new_flag_forces_one(plan: Path, cli: CliRunner) -> None:
     original = cli("run", "plan.yaml", "--json").json()["data"]["batch"]["id"]
     plan.write_text(PLAN.replace("dir: suites/test", "dir: suites/test\n    retries: 2"))
