@@ -2,13 +2,15 @@
 
 The scheduler keeps each batch it steps in memory between ticks, with the
 indexes a tick needs: who depends on whom, how many needs of each item have
-not passed, which items are ready (per selector, in authored order), which
-wait out a retry backoff or a queue timeout, and which runs are in flight.
-A tick reads only the journal records appended since the last one (its
-subscriptions to both stores), re-classifies the items those records touch,
-and dispatches ready items onto free slots. Its cost is what changed plus
-what it dispatches, never the size of the batch; only the first tick (or a
-tick after another process compacted a file) loads the batch whole.
+not passed, which items are ready (per selector, longest critical path
+first: the chain of expected work that hangs on them, computed at load from
+the durations their earlier runs took), which wait out a retry backoff or a
+queue timeout, and which runs are in flight. A tick reads only the journal
+records appended since the last one (its subscriptions to both stores),
+re-classifies the items those records touch, and dispatches ready items onto
+free slots. Its cost is what changed plus what it dispatches, never the size
+of the batch; only the first tick (or a tick after another process compacted
+a file) loads the batch whole.
 
 Order within a step, and why:
 1. catch up — fold what other processes wrote (runs ended, cancel, retry);
