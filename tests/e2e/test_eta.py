@@ -61,6 +61,6 @@ def test_a_rerun_shows_an_eta_within_a_fifth_of_the_real_end(workdir: Path) -> N
     )
     # When status estimated, by its own clock, and how long was really left then.
     estimated_at = datetime.fromisoformat(shown["eta"]) - timedelta(seconds=shown["eta_s"])
-    assert (estimated_at - began).total_seconds() < 3, "the ETA came too late to mean much"
     left = (ended - estimated_at).total_seconds()
+    assert left > 2, f"estimated {estimated_at - began} after the start: too late to mean much"
     assert abs(shown["eta_s"] - left) <= 0.2 * left, f"ETA {shown['eta_s']}s, {left:.1f}s left"
