@@ -8,8 +8,10 @@ from batchctl.model.ordering import (
     UNKNOWN_DURATION_S,
     Contender,
     FairTurns,
+    Remaining,
     critical_path,
     expected_durations,
+    time_left,
 )
 
 
@@ -81,3 +83,21 @@ def test_a_diamond_counts_the_shared_tail_once_per_path(size: int) -> None:
     chain = critical_path(order, needs, dict.fromkeys(order, 1.0))
     assert chain["top"] == 3.0
     assert chain["bottom"] == 1.0
+
+
+def test_time_left_is_the_longer_of_the_chain_and_the_work_in_flight() -> None:
+    left = time_left(
+        [
+            Remaining("build", (), running_for=0.0),  # dispatched, not started yet
+            Remaining("test", ("build",)),
+            Remaining("lint", (), running_for=4.0),
+        ],
+        {"build": 10.0, "test": 20.0, "lint": 5.0},
+    )
+    # build then test (30 s) outlasts the work over 2 runs in flight ((10 + 20 + 1) / 2).
+    assert left == 30.0
+    many = [Remaining(f"t{n}", (), running_for=None) for n in range(10)]
+    # Ten queued 10 s items and nothing in flight: counted one at a time.
+    assert time_left(many, {"t0": 10.0}) == 100.0
+    assert time_left(many, {}) is None
+    assert time_left([], {"t0": 10.0}) == 0.0
