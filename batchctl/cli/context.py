@@ -14,6 +14,7 @@ from batchctl.model.clock import Clock, SystemClock
 from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
+from batchctl.state.health import HealthStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.detached import DetachedTransport
@@ -98,6 +99,7 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
         hash_dir=hash_test_dir,
         snapshots=snapshots,
         drains=DrainStore(settings.state_dir, lock_timeout=settings.lock_timeout),
+        health=HealthStore(settings.state_dir, lock_timeout=settings.lock_timeout),
         spawn_worker=lambda batch_id, fleet, token: spawn_worker(
             settings.state_dir, batch_id, fleet, token, log_path=batches.worker_log(batch_id)
         ),

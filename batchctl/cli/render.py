@@ -13,6 +13,7 @@ from batchctl.engine.service import (
     RetryResult,
     SubmitResult,
 )
+from batchctl.model.clock import utc_iso
 from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
 
 OUTCOME_STYLE = {
@@ -281,10 +282,30 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
             machine.os,
             ", ".join(machine.tags) or "-",
             f"{len(machine.runs)}/{machine.slots}",
-            f"drained: {machine.drain.reason}" if machine.drain else machine.state,
+            _machine_state(machine),
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+
+
+def _machine_state(machine: MachineView) -> str:
+    """The STATE column: drained or quarantined with why; a machine with
+    failures counted says how many."""
+    if machine.drain:
+        return f"drained: {machine.drain.reason}"
+    health = machine.health
+    if health is None:
+        return machine.state
+    quarantine = health.quarantine
+    if quarantine is not None:
+        last = f"; last check: {quarantine.last_check}" if quarantine.last_check else ""
+        return (
+            f"quarantined: {quarantine.reason}; next health check "
+            f"{utc_iso(quarantine.next_check_at)}{last}"
+        )
+    failures = f"{health.failures} infrastructure failure{'s' if health.failures != 1 else ''}"
+    held = f"; {health.held_back}" if health.held_back else ""
+    return f"{machine.state} ({failures} in a row{held})"
 
 
 def render_drain(console: Console, result: DrainResult) -> None:
@@ -298,9 +319,12 @@ def render_drain(console: Console, result: DrainResult) -> None:
             markup=False,
         )
     elif result.changed:
-        console.print(f"resumed {result.machine}: it takes work again", markup=False)
+        lifted = " (its quarantine ended)" if result.unquarantined else ""
+        console.print(f"resumed {result.machine}{lifted}: it takes work again", markup=False)
     else:
-        console.print(f"{result.machine} was not drained; nothing changed", markup=False)
+        console.print(
+            f"{result.machine} was not drained or quarantined; nothing changed", markup=False
+        )
 
 
 def render_retry(console: Console, result: RetryResult) -> None:

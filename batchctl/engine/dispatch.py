@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchctl.engine.health import HealthKeeper
 from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.model.clock import Clock
@@ -20,6 +21,7 @@ from batchctl.model.viewdoc import BatchReading
 from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
+from batchctl.state.health import HealthStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.base import Transport
@@ -61,6 +63,7 @@ class Dispatcher:
     spawn_worker: Callable[[str, str | None, str], int]
     snapshots: SnapshotStore | None = None
     drains: DrainStore | None = None
+    health: HealthStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -168,6 +171,14 @@ class Dispatcher:
             lease_judge=self.judge,
             snapshot_has_file=self.snapshots.has_file if self.snapshots else None,
             drained=self.drains.drained if self.drains else None,
+            health=HealthKeeper(
+                self.health,
+                self.fleet,
+                state_dir=self.health.path.parent,
+                by=f"{self.this_host}:{self.this_pid}",
+            )
+            if self.health
+            else None,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:

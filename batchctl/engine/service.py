@@ -140,6 +140,8 @@ class DrainResult(View):
     drain: DrainView | None
     # Runs the machine still holds: a drained machine finishes them.
     running: int
+    # ``resume`` also ends a quarantine, without waiting for a health check.
+    unquarantined: bool = False
 
 
 class KeptBatch(View):
@@ -210,6 +212,7 @@ class BatchService:
             held=self.runs.held(),
             now=self.clock.now(),
             drained=self.dispatcher.drains.drained() if self.dispatcher.drains else {},
+            quarantined=self.dispatcher.health.quarantined() if self.dispatcher.health else {},
         )
 
     def reading(self, batch_id: str, *, explain: bool = True) -> BatchReading:
@@ -658,6 +661,7 @@ class BatchService:
             self.dispatcher.fleet,
             self.runs.non_terminal(),
             self.dispatcher.drains.drained() if self.dispatcher.drains else {},
+            self.dispatcher.health.health() if self.dispatcher.health else {},
         )
 
     def _drain_store(self) -> DrainStore:
@@ -706,15 +710,18 @@ class BatchService:
         """Give a drained machine work again, from the workers' next step.
         A machine that left the fleet while drained can still be resumed."""
         store = self._drain_store()
-        if name not in store.drained():
+        health = self.dispatcher.health
+        if name not in store.drained() and (health is None or name not in health.health()):
             self._fleet_machine(name)
         had = store.resume(name)
+        lifted = health.lift(name) if health is not None else None
         return DrainResult(
             machine=name,
             drained=False,
-            changed=had is not None,
+            changed=had is not None or lifted is not None,
             drain=None,
             running=self.runs.held().get(name, 0),
+            unquarantined=lifted is not None,
         )
 
     def list_batches(

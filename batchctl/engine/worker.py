@@ -117,6 +117,7 @@ def run_worker(
         try:
             while not stop.requested and not keeper.lost.is_set():
                 began = clock.monotonic()
+                scheduler.tend_health(clock.now())
                 report = scheduler.step(batch_id, clock.now())
                 took = clock.monotonic() - began
                 stats.saw_step(took)
@@ -162,6 +163,8 @@ def run_worker(
                 wait(scheduler.wakeup_fds(), tick if due is None else min(tick, due))
         except LeaseLost:
             pass
+        finally:
+            scheduler.close()
     if keeper.lost.is_set() or not stop.requested:
         log("lease lost to another worker; exiting")
         return 0

@@ -30,6 +30,7 @@ from pydantic import (
 
 from batchctl.model.environment import check_env_pass, merged_names
 from batchctl.model.errors import InvalidFleet, InvalidPlan
+from batchctl.model.health import DEFAULT_CHECK, HealthSpec, MachineGroups
 from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
 
 OsName = Literal["linux", "darwin", "windows"]
@@ -129,6 +130,9 @@ class Machine(BaseModel):
     ssh_options: SshOptions = ()
     keep_remote: bool = False
     max_artifacts_mb: Annotated[int, Field(ge=1)] = 1024
+    # A shell command run on the machine (over ssh for an ssh machine) to
+    # tell whether a quarantined machine may take runs again: exit 0 = yes.
+    health_check: str | None = None
     # sim only: how long a run takes (``2s``, ``500ms``, ``1s..5s`` drawn
     # uniformly) and the share of each outcome (the rest succeed).
     duration: Annotated[tuple[float, float], BeforeValidator(parse_sim_duration)] = (0.0, 0.0)
@@ -243,6 +247,8 @@ class FleetFileSpec(BaseModel):
     env_pass: EnvPass = ()
     # Checked by ``_limits`` (each problem named by its tag), not here.
     limits: Any = None
+    # Checked by ``_health`` (each problem named by its field), not here.
+    health: Any = None
 
 
 # A cap is at most this: a larger number caps nothing a fleet could hold.
@@ -275,6 +281,40 @@ def _limits(raw: object, path: str, problems: list[str]) -> dict[str, int]:
     return limits
 
 
+def _health(raw: object, path: str, problems: list[str]) -> HealthSpec:
+    """``health:``: quarantine thresholds and health checks, every problem
+    named by its field."""
+    if raw is None:
+        return HealthSpec()
+    if not isinstance(raw, Mapping):
+        problems.append(
+            f"{path}: field 'health': must be a mapping (failures, max_quarantined, ...)"
+        )
+        return HealthSpec()
+    try:
+        spec = HealthSpec.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key (allowed: {', '.join(HealthSpec.model_fields)})"
+            else:
+                message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{path}: field 'health.{where}': {message}")
+        return HealthSpec()
+    for tag, command in spec.checks.items():
+        if not NAME_RE.fullmatch(tag):
+            problems.append(f"{path}: field 'health.checks': {tag!r} is not a valid tag name")
+        elif not command.strip():
+            problems.append(f"{path}: field 'health.checks.{tag}': the command is empty")
+    if spec.check_every_max < spec.check_every:
+        problems.append(
+            f"{path}: field 'health.check_every_max': shorter than check_every "
+            f"({spec.check_every_max}s < {spec.check_every}s)"
+        )
+    return spec
+
+
 @dataclass(frozen=True)
 class Drain:
     """A machine taken out of dispatch by ``machines drain``: it finishes the
@@ -294,6 +334,23 @@ class Fleet:
     env_pass: tuple[str, ...] = ()
     # tag -> at most this many runs at once on the machines with that tag.
     limits: Mapping[str, int] = field(default_factory=dict)
+    # Quarantine thresholds, check timing and health checks (``health:``).
+    health: HealthSpec = field(default_factory=HealthSpec)
+
+    def health_check_of(self, machine: Machine) -> str:
+        """The machine's own check, else its first tag's that has one, else
+        whether it answers at all."""
+        if machine.health_check:
+            return machine.health_check
+        for tag in machine.tags:
+            if tag in self.health.checks:
+                return self.health.checks[tag]
+        return DEFAULT_CHECK
+
+    @cached_property
+    def groups(self) -> MachineGroups:
+        """What the quarantine valve counts: the fleet and each tag's machines."""
+        return MachineGroups.of((m.name, m.tags) for m in self.machines)
 
     def env_pass_for(self, machine: Machine | None, entry_names: Sequence[str]) -> tuple[str, ...]:
         """What a run of an entry on a machine receives: the plan's names,
@@ -437,6 +494,7 @@ def parse_fleet(text: str, path: str) -> Fleet:
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
     limits = _limits(spec.limits, path, problems)
+    health = _health(spec.health, path, problems)
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
     return Fleet(
@@ -445,6 +503,7 @@ def parse_fleet(text: str, path: str) -> Fleet:
         inventories=tuple(inventories),
         env_pass=spec.env_pass,
         limits=limits,
+        health=health,
     )
 
 
