@@ -145,9 +145,12 @@ def quarantine_due(health: MachineHealth, spec: HealthSpec) -> bool:
 def quarantined(health: MachineHealth, spec: HealthSpec, now: datetime) -> MachineHealth:
     """The machine taken out, its first check due ``check_every`` from now."""
     codes = sorted({failure.code for failure in health.streak})
+    count = len(health.streak)
     reason = (
-        f"{len(health.streak)} runs of different items in a row ended with "
+        f"{count} runs of different items in a row ended with "
         f"infrastructure errors ({', '.join(codes)})"
+        if count > 1
+        else f"a run ended with an infrastructure error ({', '.join(codes)})"
     )
     return MachineHealth(
         streak=health.streak[-spec.failures :],

@@ -158,3 +158,8 @@ def test_the_valve_keeps_most_machines_in_service_when_every_machine_fails(
     assert all("max_quarantined 0.5 allows 2" in m["health"]["held_back"] for m in kept)
     used = {item["machine"] for item in items.values()}
     assert used - set(out), "the machines kept in service ran items"
+
+    # An operator ends a quarantine by hand.
+    resumed = run_batchctl("machines", "resume", out[0], "--json", cwd=workdir, env=env)
+    assert (resumed.code, resumed.json()["data"]["unquarantined"]) == (0, True), resumed.stderr
+    assert machines_of(workdir, env)[out[0]]["state"] == "idle"

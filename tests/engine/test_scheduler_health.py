@@ -121,3 +121,34 @@ def test_a_machine_failing_runs_of_different_items_is_quarantined_and_gets_no_mo
         world.transport.finish_running()
         scheduler.step("b1", world.clock.advance(1))
     assert {machines_of(world)[f"i{n}"] for n in range(4, 8)} == {"m1"}
+
+
+def test_an_item_whose_every_machine_is_quarantined_says_so(world: World, state_dir: Path) -> None:
+    world.fleet = two_machines(HealthSpec(failures=1, max_quarantined=1))
+    world.batch(
+        entries(
+            "{name: a, dir: suites/ok}", "{name: b, dir: suites/ok}", "{name: c, dir: suites/ok}"
+        )
+    )
+    store = HealthStore(state_dir)
+    scheduler = world.scheduler()
+    scheduler.health = HealthKeeper(store, world.fleet, state_dir=state_dir, by="test")
+    world.transport.outcomes.update({"a": (RunStatus.ERROR, None), "b": (RunStatus.ERROR, None)})
+    scheduler.step("b1", world.clock.now())
+    world.transport.finish_running()
+
+    assert scheduler.step("b1", world.clock.advance(1)).dispatched == []
+    assert sorted(store.quarantined()) == ["m1", "m2"]
+    context = FleetContext(
+        fleet=world.fleet,
+        held=world.runs.held(),
+        now=world.clock.now(),
+        quarantined=store.quarantined(),
+    )
+    code, reason = reasons_of(world, "b1", context)["c"]
+    assert code == "quarantined"
+    assert reason.startswith(
+        "every machine matching tag:local that is in service is quarantined "
+        "(m1: a run ended with an infrastructure error (error)"
+    )
+    assert "next health check at" in reason
