@@ -15,6 +15,7 @@ from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
 from batchctl.state.health import HealthStore
+from batchctl.state.pools import PoolStore, with_pool_machines
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.detached import DetachedTransport
@@ -34,6 +35,8 @@ def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
     """The fleet file (or the default fleet) with inventory machines merged in.
     The inventory clients (httpx) are imported only when a fleet has one."""
     fleet = load_fleet(settings.fleet_path)
+    if fleet.pools:
+        fleet = with_pool_machines(fleet, PoolStore(settings.state_dir).pools())
     if not fleet.inventories:
         return fleet
     from batchctl.inventory.resolve import InventoryResolver
@@ -100,6 +103,7 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
         snapshots=snapshots,
         drains=DrainStore(settings.state_dir, lock_timeout=settings.lock_timeout),
         health=HealthStore(settings.state_dir, lock_timeout=settings.lock_timeout),
+        pools=PoolStore(settings.state_dir, lock_timeout=settings.lock_timeout),
         spawn_worker=lambda batch_id, fleet, token: spawn_worker(
             settings.state_dir, batch_id, fleet, token, log_path=batches.worker_log(batch_id)
         ),

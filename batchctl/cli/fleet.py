@@ -58,9 +58,12 @@ def machines(
         return ExitCode.OK
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir, fleet))
-    listing = MachineList(source=service.dispatcher.fleet.source, machines=service.machines())
+    listing = MachineList(
+        source=service.dispatcher.fleet.source, machines=service.machines(), pools=service.pools()
+    )
     output.result(
-        listing, lambda console: render_machines(console, listing.machines, listing.source)
+        listing,
+        lambda console: render_machines(console, listing.machines, listing.source, listing.pools),
     )
     return ExitCode.OK
 

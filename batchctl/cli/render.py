@@ -14,7 +14,14 @@ from batchctl.engine.service import (
     SubmitResult,
 )
 from batchctl.model.clock import utc_iso
-from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
+from batchctl.model.views import (
+    BatchSummary,
+    BatchView,
+    ItemDetail,
+    ItemView,
+    MachineView,
+    PoolView,
+)
 
 OUTCOME_STYLE = {
     "passed": "green",
@@ -257,7 +264,9 @@ def render_prune(console: Console, result: PruneResult) -> None:
     console.print(table)
 
 
-def render_machines(console: Console, machines: list[MachineView], source: str) -> None:
+def render_machines(
+    console: Console, machines: list[MachineView], source: str, pools: list[PoolView] | None = None
+) -> None:
     console.print(f"fleet: {source}", markup=False)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in (
@@ -286,6 +295,15 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+    for pool in pools or []:
+        standing = ", ".join(f"{name} {state}" for name, state in pool.machines.items())
+        trouble = f"; {pool.failed} failed" if pool.failed else ""
+        last = f"; last error: {pool.last_error}" if pool.last_error else ""
+        console.print(
+            f"pool {pool.name} ({', '.join(pool.tags) or '-'}): {len(pool.machines)} of "
+            f"{pool.min}..{pool.max} machines{': ' + standing if standing else ''}{trouble}{last}",
+            markup=False,
+        )
 
 
 def _machine_state(machine: MachineView) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from batchctl.engine.health import HealthKeeper
 from batchctl.engine.lease import LeaseJudge
+from batchctl.engine.pools import PoolKeeper
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.model.clock import Clock
 from batchctl.model.errors import LeaseLost, StateError
@@ -22,6 +23,7 @@ from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
 from batchctl.state.health import HealthStore
+from batchctl.state.pools import PoolStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.base import Transport
@@ -64,6 +66,7 @@ class Dispatcher:
     snapshots: SnapshotStore | None = None
     drains: DrainStore | None = None
     health: HealthStore | None = None
+    pools: PoolStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -155,6 +158,21 @@ class Dispatcher:
         except StateError as error:
             return error.message
         return None
+
+    def pool_keeper(self) -> PoolKeeper | None:
+        """What provisions and deprovisions the fleet's pools, from a worker."""
+        if self.pools is None or not self.fleet.pools:
+            return None
+        return PoolKeeper(
+            self.pools,
+            lambda: self.fleet,
+            batches=self.batches,
+            runs=self.runs,
+            judge=self.judge,
+            state_dir=self.pools.path.parent,
+            by=f"{self.this_host}:{self.this_pid}",
+            now=self.clock.now(),
+        )
 
     def scheduler(self, token: str | None) -> Scheduler:
         return Scheduler(

@@ -464,6 +464,15 @@ class Scheduler:
         if self.health is not None:
             self.health.close()
 
+    def use_fleet(self, fleet: Fleet) -> None:
+        """Dispatch to this fleet from the next step on (a pool's machines
+        came or went). O(1); what is derived from the fleet is made again
+        as it is asked for."""
+        self.fleet = fleet
+        self._matching.clear()
+        if self.health is not None:
+            self.health.fleet = fleet
+
     def wakeup_fds(self) -> list[int]:
         """Readable as soon as a run this process supervises ends."""
         return [fd for transport in self._distinct_transports() for fd in transport.wakeup_fds()]
@@ -622,18 +631,22 @@ class Scheduler:
                 self._dirs[abs_dir] = Path(abs_dir).is_dir()
             return self._dirs[abs_dir]
 
+        # Before a pool has a machine, what its machines will be.
+        matching = self._matching_machines(entry.selector) or self.fleet.pool_templates(
+            entry.selector
+        )
         if entry.snapshot is not None and self.snapshot_has_file is not None:
             # The batch runs the snapshot: it exists, whatever became of the
             # directory; only its entrypoint is in question.
             return why_unrunnable(
                 entry.snapshot,
-                self._matching_machines(entry.selector),
+                matching,
                 dir_exists=lambda _: True,
                 has_entrypoint=self._snapshot_has_entrypoint,
             )
         return why_unrunnable(
             entry.abs_dir,
-            self._matching_machines(entry.selector),
+            matching,
             dir_exists=dir_exists,
             has_entrypoint=self._has_entrypoint,
         )

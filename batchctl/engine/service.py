@@ -28,6 +28,7 @@ from batchctl.model.views import (
     FleetContext,
     ItemDetail,
     MachineView,
+    PoolView,
     View,
     attempt_document,
     batch_summary,
@@ -37,6 +38,7 @@ from batchctl.state.batches import BatchStore, items_record
 from batchctl.state.drains import DrainStore
 from batchctl.state.journal import Record
 from batchctl.state.memory import without_gc
+from batchctl.state.pools import PoolState
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import Scan, SnapshotRefused, SnapshotStore
 
@@ -357,7 +359,7 @@ class BatchService:
         items = []
         for entry in plan.entries:
             matching = fleet.matching(entry.selector)
-            skip = why_unrunnable(entry.abs_dir, matching)
+            skip = why_unrunnable(entry.abs_dir, matching or fleet.pool_templates(entry.selector))
             items.append(
                 DryRunItem(
                     name=entry.name,
@@ -663,6 +665,30 @@ class BatchService:
             self.dispatcher.drains.drained() if self.dispatcher.drains else {},
             self.dispatcher.health.health() if self.dispatcher.health else {},
         )
+
+    def pools(self) -> list[PoolView]:
+        """The fleet's pools with their machines, as ``pools.json`` has them."""
+        fleet = self.dispatcher.fleet
+        if not fleet.pools or self.dispatcher.pools is None:
+            return []
+        states = self.dispatcher.pools.pools()
+        views = []
+        for spec in fleet.pools:
+            state = states.get(spec.name, PoolState())
+            views.append(
+                PoolView(
+                    name=spec.name,
+                    tags=list(spec.tags),
+                    min=spec.min,
+                    max=spec.max,
+                    idle_timeout_s=spec.idle_timeout,
+                    machines={name: m.state for name, m in sorted(state.machines.items())},
+                    failed=state.failed_total,
+                    last_error=state.last_error,
+                    retry_at=state.retry_at,
+                )
+            )
+        return views
 
     def _drain_store(self) -> DrainStore:
         if self.dispatcher.drains is None:

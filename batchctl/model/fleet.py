@@ -32,6 +32,7 @@ from batchctl.model.environment import check_env_pass, merged_names
 from batchctl.model.errors import InvalidFleet, InvalidPlan
 from batchctl.model.health import DEFAULT_CHECK, HealthSpec, MachineGroups
 from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
+from batchctl.model.pools import Address, PoolSpec
 
 OsName = Literal["linux", "darwin", "windows"]
 ENTRYPOINTS: dict[str, str] = {"linux": "run.sh", "darwin": "run.sh", "windows": "run.ps1"}
@@ -249,6 +250,8 @@ class FleetFileSpec(BaseModel):
     limits: Any = None
     # Checked by ``_health`` (each problem named by its field), not here.
     health: Any = None
+    # Elastic machines; each checked by ``_pools``.
+    pools: list[Any] = []
 
 
 # A cap is at most this: a larger number caps nothing a fleet could hold.
@@ -315,6 +318,68 @@ def _health(raw: object, path: str, problems: list[str]) -> HealthSpec:
     return spec
 
 
+def _pools(
+    raw: Sequence[Any], machines: Sequence[Machine], path: str, problems: list[str]
+) -> list[PoolSpec]:
+    """``pools:``: elastic machines, every problem named by its pool and field."""
+    pools: list[PoolSpec] = []
+    names = {machine.name for machine in machines}
+    for index, raw_pool in enumerate(raw):
+        name = raw_pool.get("name") if isinstance(raw_pool, Mapping) else None
+        label = f"pool {name!r} (#{index + 1})" if isinstance(name, str) else f"pool #{index + 1}"
+        if not isinstance(raw_pool, Mapping):
+            problems.append(f"{path}: {label}: must be a mapping with name, provision, deprovision")
+            continue
+        try:
+            pool = PoolSpec.model_validate(raw_pool)
+        except ValidationError as exc:
+            problems.extend(
+                _problem(path, label, error, list(PoolSpec.model_fields), whole="pool")
+                for error in exc.errors()
+            )
+            continue
+        for field_name, value in (("name", pool.name), *(("tags", tag) for tag in pool.tags)):
+            if not NAME_RE.fullmatch(value):
+                problems.append(
+                    f"{path}: {label}: field {field_name!r}: {value!r} is not a valid name "
+                    "(letters, digits, '.', '_', '-')"
+                )
+        if pool.name in names:
+            problems.append(f"{path}: {label}: field 'name': a machine has that name already")
+        if pool.min > pool.max:
+            problems.append(
+                f"{path}: {label}: field 'min': more than max ({pool.min} > {pool.max})"
+            )
+        for field_name in ("provision", "deprovision"):
+            if not getattr(pool, field_name).strip():
+                problems.append(f"{path}: {label}: field {field_name!r}: the command is empty")
+        names.add(pool.name)
+        pools.append(pool)
+    return pools
+
+
+def pool_machine(pool: PoolSpec, name: str, address: Address) -> Machine:
+    """A provisioned machine of ``pool``, reached over ssh at ``address``."""
+    return Machine(
+        name=name,
+        transport="ssh",
+        os=pool.os,
+        tags=pool.tags,
+        slots=pool.slots,
+        env_pass=pool.env_pass,
+        host=address.host,
+        port=address.port,
+        user=address.user or pool.user,
+        identity_file=pool.identity_file,
+        workdir=address.workdir or pool.workdir,
+        known_hosts=pool.known_hosts,
+        strict_host_key_checking=pool.strict_host_key_checking,
+        ssh_options=pool.ssh_options,
+        health_check=pool.health_check,
+        source=f"pool {pool.name}",
+    )
+
+
 @dataclass(frozen=True)
 class Drain:
     """A machine taken out of dispatch by ``machines drain``: it finishes the
@@ -336,6 +401,19 @@ class Fleet:
     limits: Mapping[str, int] = field(default_factory=dict)
     # Quarantine thresholds, check timing and health checks (``health:``).
     health: HealthSpec = field(default_factory=HealthSpec)
+    # Elastic machines: provisioned while items wait for their tags.
+    pools: tuple[PoolSpec, ...] = ()
+
+    def pools_serving(self, selector: str) -> list[PoolSpec]:
+        return [pool for pool in self.pools if pool.serves(selector)]
+
+    def pool_templates(self, selector: str) -> list[Machine]:
+        """What a pool's machines will be, for deciding whether an item can
+        run here at all (its OS's entrypoint) before any is provisioned."""
+        return [
+            pool_machine(pool, pool.name, Address(host="pool")).model_copy(update={"online": False})
+            for pool in self.pools_serving(selector)
+        ]
 
     def health_check_of(self, machine: Machine) -> str:
         """The machine's own check, else its first tag's that has one, else
@@ -395,6 +473,11 @@ class FleetSource:
         if self._fleet is None:
             self._fleet = self._load()
         return self._fleet
+
+    def reload(self) -> Fleet:
+        """Resolve the fleet again (a pool's machines came or went)."""
+        self._fleet = None
+        return self.get()
 
 
 def default_fleet() -> Fleet:
@@ -489,7 +572,8 @@ def parse_fleet(text: str, path: str) -> Fleet:
                 _problem(path, label, error, list(InventorySpec.model_fields), whole="kind")
                 for error in exc.errors()
             )
-    if not machines and not inventories and not problems:
+    pools = _pools(spec.pools, machines, path, problems)
+    if not machines and not inventories and not pools and not problems:
         problems.append(f"{path}: field 'machines': lists no machine")
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
@@ -504,6 +588,7 @@ def parse_fleet(text: str, path: str) -> Fleet:
         env_pass=spec.env_pass,
         limits=limits,
         health=health,
+        pools=tuple(pools),
     )
 
 

@@ -48,7 +48,8 @@ class ItemView(View):
     error_code: str | None
     reason: str | None
     # What the reason is about, for scripts: needs, backoff, cap, drained,
-    # quarantined, busy, offline, no_machine, dispatching, ready, run_missing.
+    # quarantined, busy, offline, no_machine, provisioning, dispatching,
+    # ready, run_missing.
     reason_code: str | None = None
     blame: str | None
     history: list[str]
@@ -137,6 +138,10 @@ class FleetContext:
         kind, _, value = selector.partition(":")
         matching = self.fleet.matching(selector)
         if not matching:
+            pools = self.fleet.pools_serving(selector)
+            if pools:
+                names = ", ".join(pool.name for pool in pools)
+                return "provisioning", f"waiting for a machine of pool {names} to be provisioned"
             return "no_machine", f"no machine matches {selector}"
         online = [m for m in matching if m.dispatchable]
         if not online:
@@ -261,9 +266,27 @@ class MachineView(View):
     health: HealthView | None = None
 
 
+class PoolView(View):
+    """An elastic pool: its bounds and how its machines stand."""
+
+    name: str
+    tags: list[str]
+    min: int
+    max: int
+    idle_timeout_s: int
+    # Machine name -> provisioning, starting, ready or deprovisioning.
+    machines: dict[str, str]
+    # Machines that never became healthy and provisions that failed.
+    failed: int
+    last_error: str | None
+    # After a capacity error or a failed provision: no request before then.
+    retry_at: datetime | None
+
+
 class MachineList(View):
     source: str
     machines: list[MachineView]
+    pools: list[PoolView] = []
 
 
 def machine_state(machine: Machine, held: int) -> str:

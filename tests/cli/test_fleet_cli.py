@@ -241,3 +241,38 @@ def test_bad_health_settings_are_exit_2_naming_file_and_field(
             assert fragment in result.stderr, (fragment, result.stderr)
         assert "Traceback" not in result.stderr
     assert snapshot_dir(state_dir) == {}
+
+
+POOL = "    provision: ./up.sh\n    deprovision: ./down.sh\n"
+
+
+@pytest.mark.parametrize(
+    ("pools", "expected"),
+    [
+        (
+            "pools:\n  - {name: cloud, tags: [x]}\n",
+            ["pool 'cloud' (#1)", "'provision'", "required"],
+        ),
+        ("pools:\n  - name: cloud\n    max: 0\n" + POOL, ["field 'max'", "greater than"]),
+        ("pools:\n  - name: cloud\n    min: 3\n    max: 2\n" + POOL, ["field 'min'", "3 > 2"]),
+        ("pools:\n  - name: cloud\n    idle_timeout: soon\n" + POOL, ["field 'idle_timeout'"]),
+        ("pools:\n  - name: gpu-01\n" + POOL, ["field 'name'", "a machine has that name"]),
+        ("pools:\n  - name: cloud\n    size: 3\n" + POOL, ["field 'size'", "unknown key"]),
+        ("pools:\n  - name: cloud\n    tags: ['a b']\n" + POOL, ["'a b' is not a valid name"]),
+        (
+            "pools:\n  - name: cloud\n    provision: ' '\n    deprovision: x\n",
+            ["the command is empty"],
+        ),
+    ],
+)
+def test_bad_pools_are_exit_2_naming_file_pool_and_field(
+    workdir: Path, cli: CliRunner, state_dir: Path, pools: str, expected: list[str]
+) -> None:
+    (workdir / "fleet.yaml").write_text(TWO_MACHINES + pools)
+
+    result = cli("machines", "--fleet", "fleet.yaml")
+
+    assert result.code == 2, result.stderr
+    for fragment in ["fleet.yaml", *expected]:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert snapshot_dir(state_dir) == {}
