@@ -11,6 +11,7 @@ from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.service import BatchService
 from batchctl.engine.worker import spawn_worker
 from batchctl.model.clock import Clock, SystemClock
+from batchctl.model.errors import StateError
 from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
@@ -36,7 +37,12 @@ def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
     The inventory clients (httpx) are imported only when a fleet has one."""
     fleet = load_fleet(settings.fleet_path)
     if fleet.pools:
-        fleet = with_pool_machines(fleet, PoolStore(settings.state_dir).pools())
+        try:
+            fleet = with_pool_machines(fleet, PoolStore(settings.state_dir).pools())
+        except StateError as error:
+            # A damaged pools.json must not stop every batch: the file's
+            # machines are left out (and no pool is tended) until it is fixed.
+            print(f"batchctl: warning: pool machines left out: {error.message}", file=sys.stderr)
     if not fleet.inventories:
         return fleet
     from batchctl.inventory.resolve import InventoryResolver

@@ -35,8 +35,8 @@ def machines(
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """List the fleet: each machine's tags, slots, state (drained, with its
-    reason) and the runs it holds."""
+    """List the fleet: each machine's tags, slots, state (drained or
+    quarantined, with its reason) and the runs it holds, and the pools."""
     if ctx.invoked_subcommand is not None:
         given = [
             name
@@ -95,7 +95,8 @@ def resume(
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """Give a drained machine work again, from the workers' next step."""
+    """Give a drained or quarantined machine work again, from the workers'
+    next step (a quarantine ends without waiting for its health check)."""
     output = Output(json_mode=json_output)
     result = open_service(load_settings(state_dir, fleet)).resume(name)
     output.result(result, lambda console: render_drain(console, result))
