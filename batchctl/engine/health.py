@@ -20,7 +20,7 @@ from pathlib import Path
 
 from batchctl.model.errors import StateError
 from batchctl.model.fleet import Fleet
-from batchctl.model.health import EndedRun, Quarantine
+from batchctl.model.health import DEFAULT_CHECK, EndedRun, Quarantine, needs_probe
 from batchctl.model.models import Run
 from batchctl.state.health import HealthStore
 from batchctl.transports.health import health_check_argv
@@ -57,6 +57,8 @@ class HealthKeeper:
         self.state_dir = state_dir
         self.by = by
         self._checks: dict[str, _Check] = {}
+        # Connectivity probes of machines a run could not reach, by machine.
+        self._probes: dict[str, _Check] = {}
         self._last_quarantined: Mapping[str, Quarantine] = {}
 
     def quarantined(self) -> Mapping[str, Quarantine]:
@@ -66,6 +68,11 @@ class HealthKeeper:
             self._last_quarantined = self.store.quarantined()
         return self._last_quarantined
 
+    def probing(self) -> set[str]:
+        """Machines this worker is probing: it gives them no run until the
+        probe has answered (at most ``check_timeout``)."""
+        return set(self._probes)
+
     def observe(self, runs: Sequence[Run], now: datetime) -> list[str]:
         """Count runs that just ended against their machines; the machines
         quarantined now. O(runs), no write unless something changed."""
@@ -73,17 +80,34 @@ class HealthKeeper:
         if not ends:
             return []
         try:
-            return self.store.record_ends(ends, self.fleet, now)
+            taken = self.store.record_ends(ends, self.fleet, now)
         except StateError:
             return []  # counted by the next end; a busy lock must not stop dispatch
+        for end in ends:
+            if (
+                needs_probe(end.status, end.error_code)
+                and end.machine not in taken
+                and end.machine not in self._probes
+                and end.machine not in self.quarantined()
+            ):
+                self._start(end.machine, now, DEFAULT_CHECK, self._probes, "probe")
+        return taken
 
     def tend(self, now: datetime) -> list[str]:
         """Look at the checks this worker runs, record those that ended, and
         start those that are due. Never waits for a check. Returns the
         machines that came back. O(quarantined machines)."""
+        for name in list(self._probes):
+            probed = self._outcome(self._probes[name], now)
+            if probed is None:
+                continue
+            del self._probes[name]
+            if not probed[0]:
+                with contextlib.suppress(StateError):
+                    self.store.probe_failed(name, detail=probed[1], fleet=self.fleet, now=now)
         back: list[str] = []
         for name in list(self._checks):
-            outcome = self._outcome(name, now)
+            outcome = self._outcome(self._checks[name], now)
             if outcome is None:
                 continue
             passed, detail = outcome
@@ -107,31 +131,33 @@ class HealthKeeper:
             except StateError:
                 continue
             if claimed is not None:
-                self._start(name, now)
+                machine_check = self.fleet.health_check_of(machine)
+                self._start(name, now, machine_check, self._checks, "check")
         return back
 
     def close(self) -> None:
         """Stop the checks this worker runs (it is leaving); their claims run out."""
-        for check in self._checks.values():
+        for check in [*self._checks.values(), *self._probes.values()]:
             if check.process is not None and check.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(check.process.pid, signal.SIGKILL)
                 check.process.wait()
         self._checks.clear()
+        self._probes.clear()
 
-    def _start(self, name: str, now: datetime) -> None:
+    def _start(
+        self, name: str, now: datetime, command: str, into: dict[str, _Check], kind: str
+    ) -> None:
         machine = self.fleet.get(name)
         assert machine is not None
         known_hosts = self.state_dir / "ssh" / "known_hosts"
-        argv = health_check_argv(
-            machine, self.fleet.health_check_of(machine), known_hosts=known_hosts
-        )
+        argv = health_check_argv(machine, command, known_hosts=known_hosts)
         log_dir = self.state_dir / "health"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{name}.log"
+        log_path = log_dir / f"{name}.{kind}.log" if kind != "check" else log_dir / f"{name}.log"
         deadline = now + timedelta(seconds=self.fleet.health.check_timeout)
         if argv is None:
-            self._checks[name] = _Check(None, deadline, log_path, (True, "simulated machine"))
+            into[name] = _Check(None, deadline, log_path, (True, "simulated machine"))
             return
         known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(log_path, "wb") as log:
@@ -145,13 +171,12 @@ class HealthKeeper:
                 )
             except OSError as exc:
                 failed = (False, f"the health check could not start: {exc.strerror or exc}")
-                self._checks[name] = _Check(None, deadline, log_path, failed)
+                into[name] = _Check(None, deadline, log_path, failed)
                 return
-        self._checks[name] = _Check(process, deadline, log_path)
+        into[name] = _Check(process, deadline, log_path)
 
-    def _outcome(self, name: str, now: datetime) -> tuple[bool, str] | None:
+    def _outcome(self, check: _Check, now: datetime) -> tuple[bool, str] | None:
         """(passed, what it said) once the check ended, else None."""
-        check = self._checks[name]
         if check.process is None:
             return check.result
         code = check.process.poll()

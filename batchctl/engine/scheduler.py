@@ -779,10 +779,12 @@ class Scheduler:
         return memory.entries[name].selector
 
     def _out_of_dispatch(self) -> set[str]:
-        """Machines that take no new run: drained or quarantined. O(those)."""
+        """Machines that take no new run: drained, quarantined, or being
+        probed by this worker after a run could not reach them. O(those)."""
         out = set(self._drained_now())
         if self.health is not None:
             out.update(self.health.quarantined())
+            out.update(self.health.probing())
         return out
 
     def _free_slots(self, claims: Iterable[SlotClaim]) -> dict[str, int]:

@@ -60,6 +60,15 @@ class HealthSpec(BaseModel):
 DEFAULT_CHECK = "true"
 
 
+# A run that ended so never reached its machine: the machine is probed at
+# once (can it be reached now?) rather than given more runs to fail.
+UNREACHABLE = ("ssh_connect", "ssh_auth")
+
+
+def needs_probe(status: str, error_code: str | None) -> bool:
+    return status == "error" and error_code in UNREACHABLE
+
+
 def is_infrastructure_failure(status: str, error_code: str | None) -> bool:
     """Whether a run's end counts against its machine."""
     return status == "error" or (status == "interrupted" and error_code == CONNECTION_LOST)
@@ -142,16 +151,19 @@ def quarantine_due(health: MachineHealth, spec: HealthSpec) -> bool:
     return health.quarantine is None and len(health.streak) >= spec.failures
 
 
-def quarantined(health: MachineHealth, spec: HealthSpec, now: datetime) -> MachineHealth:
+def quarantined(
+    health: MachineHealth, spec: HealthSpec, now: datetime, *, reason: str | None = None
+) -> MachineHealth:
     """The machine taken out, its first check due ``check_every`` from now."""
     codes = sorted({failure.code for failure in health.streak})
     count = len(health.streak)
-    reason = (
-        f"{count} runs of different items in a row ended with "
-        f"infrastructure errors ({', '.join(codes)})"
-        if count > 1
-        else f"a run ended with an infrastructure error ({', '.join(codes)})"
-    )
+    if reason is None:
+        reason = (
+            f"{count} runs of different items in a row ended with "
+            f"infrastructure errors ({', '.join(codes)})"
+            if count > 1
+            else f"a run ended with an infrastructure error ({', '.join(codes)})"
+        )
     return MachineHealth(
         streak=health.streak[-spec.failures :],
         quarantine=Quarantine(

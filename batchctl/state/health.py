@@ -129,6 +129,36 @@ class HealthStore:
 
         return self.file.update(change)
 
+    def probe_failed(self, name: str, *, detail: str, fleet: Fleet, now: datetime) -> bool:
+        """Quarantine a machine whose connectivity probe failed, as far as the
+        valve allows. True if it is quarantined now."""
+        machine = fleet.get(name)
+        if machine is None:
+            return False
+
+        def change(document: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+            current = self._parse(document)
+            health = current.get(name, MachineHealth())
+            if health.quarantine is not None:
+                return None, False
+            out = {
+                other: True
+                for other, state in current.items()
+                if state.quarantine is not None and fleet.get(other) is not None
+            }
+            held = valve_holds(name, machine.tags, out, fleet.groups, fleet.health)
+            if held is not None:
+                after = MachineHealth(streak=health.streak, held_back=held)
+                if after == health:
+                    return None, False
+                self._store(document, name, after)
+                return document, False
+            reason = f"its connectivity probe failed ({detail})"
+            self._store(document, name, quarantined(health, fleet.health, now, reason=reason))
+            return document, True
+
+        return self.file.update(change)
+
     def claim_check(self, name: str, *, by: str, now: datetime, hold_s: float) -> Quarantine | None:
         """Take the due health check of a quarantined machine, for ``hold_s``
         (a worker that dies meanwhile leaves it to another after that).

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.test_governance import items_of, ledger_script, lines, started
 from tests.helpers import make_suite, run_batchctl, wait_until, write_plan
-from tests.sshd import Sshd
+from tests.sshd import Sshd, free_port
 
 
 def machines_of(workdir: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -163,3 +163,41 @@ def test_the_valve_keeps_most_machines_in_service_when_every_machine_fails(
     resumed = run_batchctl("machines", "resume", out[0], "--json", cwd=workdir, env=env)
     assert (resumed.code, resumed.json()["data"]["unquarantined"]) == (0, True), resumed.stderr
     assert machines_of(workdir, env)[out[0]]["state"] == "idle"
+
+
+def test_a_machine_a_run_could_not_reach_is_probed_and_quarantined_without_more_runs(
+    workdir: Path, state_dir: Path, sshd: Sshd
+) -> None:
+    """A run that ends ssh_connect makes its worker probe the machine at
+    once, giving it nothing meanwhile: a host that is down is taken out after
+    one run, not after `failures` of them."""
+    dead = sshd.machine("remote-1", tags="[linux]", slots=1).replace(
+        f"port: {sshd.port}", f"port: {free_port()}"
+    )
+    (workdir / "fleet.yaml").write_text(
+        "health: {failures: 8, check_every: 1m}\n"
+        "machines:\n"
+        "  - {name: here, transport: local, tags: [linux], slots: 1}\n" + dead
+    )
+    make_suite(workdir / "suites", "t")
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        + "".join(
+            f"  - {{name: i{n}, dir: suites/t, tag: linux, retries: 1, retry_on: [error]}}\n"
+            for n in range(10)
+        ),
+    )
+    env = {"BATCHCTL_FLEET": str(workdir / "fleet.yaml"), "BATCHCTL_RETRY_BASE": "0.2"}
+
+    final = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir, env=env, timeout=120)
+
+    assert final.code == 0, final.stderr
+    batch_id = final.json()["data"]["batch"]["id"]
+    there = attempts_on(workdir, env, batch_id, [f"i{n}" for n in range(10)], "remote-1")
+    assert 1 <= len(there) <= 2, there
+    assert {attempt["error_code"] for attempt in there} == {"ssh_connect"}
+    remote = machines_of(workdir, env)["remote-1"]
+    assert remote["state"] == "quarantined"
+    reason = remote["health"]["quarantine"]["reason"]
+    assert reason.startswith("its connectivity probe failed (health check exited 255: ")

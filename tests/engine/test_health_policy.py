@@ -14,6 +14,7 @@ from batchctl.model.health import (
     after_end,
     allowed_out,
     check_delay,
+    needs_probe,
     quarantine_due,
     quarantined,
     valve_holds,
@@ -79,6 +80,14 @@ def test_a_quarantined_machine_is_judged_by_its_health_check_alone() -> None:
     assert (failed.quarantine.checks, failed.quarantine.last_check) == (1, "exit 255")
     assert failed.quarantine.next_check_at == NOW + timedelta(seconds=5)
     assert after_check(failed, spec, passed=True, detail="ok", now=NOW).empty
+
+
+def test_only_a_run_that_never_reached_its_machine_has_the_machine_probed() -> None:
+    assert needs_probe("error", "ssh_connect")
+    assert needs_probe("error", "ssh_auth")
+    assert not needs_probe("error", "upload_failed")  # it was reached
+    assert not needs_probe("interrupted", "ssh_connection_lost")
+    assert not needs_probe("failed", None)
 
 
 def test_checks_back_off_doubling_up_to_the_cap() -> None:
