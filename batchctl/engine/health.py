@@ -60,6 +60,8 @@ class HealthKeeper:
         # Connectivity probes of machines a run could not reach, by machine.
         self._probes: dict[str, _Check] = {}
         self._last_quarantined: Mapping[str, Quarantine] = {}
+        # What happened to machines' health here, for the worker's log.
+        self.events: list[str] = []
 
     def quarantined(self) -> Mapping[str, Quarantine]:
         """The quarantined machines; a damaged or newer health file must not
@@ -83,6 +85,7 @@ class HealthKeeper:
             taken = self.store.record_ends(ends, self.fleet, now)
         except StateError:
             return []  # counted by the next end; a busy lock must not stop dispatch
+        self.events.extend(f"quarantined {name}" for name in taken)
         for end in ends:
             if (
                 needs_probe(end.status, end.error_code)
@@ -104,7 +107,8 @@ class HealthKeeper:
             del self._probes[name]
             if not probed[0]:
                 with contextlib.suppress(StateError):
-                    self.store.probe_failed(name, detail=probed[1], fleet=self.fleet, now=now)
+                    if self.store.probe_failed(name, detail=probed[1], fleet=self.fleet, now=now):
+                        self.events.append(f"quarantined {name}: probe failed ({probed[1]})")
         back: list[str] = []
         for name in list(self._checks):
             outcome = self._outcome(self._checks[name], now)
@@ -118,6 +122,7 @@ class HealthKeeper:
                 )
                 if recorded and passed:
                     back.append(name)
+                    self.events.append(f"{name} passed its health check; back in service")
         for name, quarantine in self.quarantined().items():
             if name in self._checks or quarantine.next_check_at > now:
                 continue

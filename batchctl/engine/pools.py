@@ -82,6 +82,8 @@ class PoolKeeper:
         self._busy_at: dict[str, datetime] = {}
         self._began = now
         self._ready: frozenset[str] | None = None
+        # What happened to pool machines here, for the worker's log.
+        self.events: list[str] = []
 
     @property
     def pools(self) -> tuple[PoolSpec, ...]:
@@ -169,6 +171,7 @@ class PoolKeeper:
             spec, demand=demand, by=self.by, now=now, hold_s=self._hold_s(spec)
         )
         for name in names:
+            self.events.append(f"provisioning {name} ({demand} items waiting for pool {spec.name})")
             self._provision(spec, name, now)
 
     @staticmethod
@@ -359,10 +362,12 @@ class PoolKeeper:
             elif job.kind == "check":
                 if code == 0 and not timed_out:
                     self.store.ready(spec.name, name, now=now)
+                    self.events.append(f"{name} is ready")
                 else:
                     self._not_before[name] = now + timedelta(seconds=READY_CHECK_EVERY_S)
             elif code == 0 and not timed_out:
                 self.store.deprovisioned(spec.name, name)
+                self.events.append(f"{name} deprovisioned")
             else:
                 self._not_before[name] = now + timedelta(seconds=DEPROVISION_RETRY_S)
 
@@ -376,6 +381,7 @@ class PoolKeeper:
         said: str,
         now: datetime,
     ) -> None:
+        self.events.append(f"provision of {name} exited {code}")
         if timed_out:
             note = f"provision did not end within {spec.ready_timeout}s"
         elif code == CAPACITY_EXIT:

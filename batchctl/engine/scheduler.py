@@ -464,6 +464,13 @@ class Scheduler:
         if self.health is not None:
             self.health.close()
 
+    def health_events(self) -> list[str]:
+        """What happened to machines' health since the last call (for the log)."""
+        if self.health is None:
+            return []
+        events, self.health.events = self.health.events, []
+        return events
+
     def use_fleet(self, fleet: Fleet) -> None:
         """Dispatch to this fleet from the next step on (a pool's machines
         came or went). O(1); what is derived from the fleet is made again

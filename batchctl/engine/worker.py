@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -123,6 +124,7 @@ def run_worker(
                 if pools is not None and pools.tend(clock.now()):
                     scheduler.use_fleet(dispatcher.fleet_source.reload())
                 report = scheduler.step(batch_id, clock.now())
+                _log_events(log, clock.now(), scheduler.health_events(), pools)
                 took = clock.monotonic() - began
                 stats.saw_step(took)
                 if took > SLOW_STEP_S:
@@ -179,6 +181,17 @@ def run_worker(
     return 0
 
 
+def _log_events(
+    log: Callable[[str], None], now: datetime, health: list[str], pools: PoolKeeper | None
+) -> None:
+    """Quarantines, returns and pool machines' comings and goings, a line each."""
+    events = [*health]
+    if pools is not None:
+        events, pools.events = [*events, *pools.events], []
+    for event in events:
+        log(f"{utc_iso(now)} {event}")
+
+
 def _see_pools_idle(
     batch_id: str,
     dispatcher: Dispatcher,
@@ -203,6 +216,7 @@ def _see_pools_idle(
         if others and not pools.busy():
             return
         pools.tend(clock.now())
+        _log_events(log, clock.now(), [], pools)
         wait([], dispatcher.tuning.tick_s)
     log(f"{utc_iso(clock.now())} pool machines deprovisioned; exiting")
 

@@ -124,6 +124,9 @@ def test_a_machine_whose_sshd_dies_is_quarantined_and_a_health_check_brings_it_b
     # instant between the second's end and its count, never more.
     assert 2 <= len(failed) <= 3, failed
     assert any(a["status"] == "succeeded" for a in there)
+    log = (state_dir / "workers" / f"{batch_id}.log").read_text()
+    assert "quarantined remote-1" in log
+    assert "remote-1 passed its health check; back in service" in log
 
 
 def test_the_valve_keeps_most_machines_in_service_when_every_machine_fails(

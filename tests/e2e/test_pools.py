@@ -180,6 +180,11 @@ def test_a_pool_grows_to_its_max_for_two_batches_with_one_request_per_machine_an
     assert sorted(call[1] for call in made) == ["cloud-1", "cloud-2"]  # never a third request
     gone = sorted(call[1] for call in calls(pool_dir) if call[0] == "deprovision")
     assert gone == ["cloud-1", "cloud-2"]
+    logs = "".join(path.read_text() for path in (state_dir / "workers").glob("*.log"))
+    for name in ("cloud-1", "cloud-2"):
+        assert f"provisioning {name}" in logs
+        assert f"{name} is ready" in logs
+        assert f"{name} deprovisioned" in logs
 
 
 def test_a_capacity_error_is_retried_and_a_machine_that_never_answers_is_deprovisioned(
