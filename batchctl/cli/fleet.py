@@ -34,8 +34,8 @@ def machines(
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """List the fleet: each machine's tags, slots, state (drained, with its
-    reason) and the runs it holds."""
+    """List the fleet: each machine's tags, slots, state (drained or
+    quarantined, with its reason) and the runs it holds, and the pools."""
     if ctx.invoked_subcommand is not None:
         given = [
             name
@@ -61,9 +61,12 @@ def machines(
 
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir, fleet))
-    listing = MachineList(source=service.dispatcher.fleet.source, machines=service.machines())
+    listing = MachineList(
+        source=service.dispatcher.fleet.source, machines=service.machines(), pools=service.pools()
+    )
     output.result(
-        listing, lambda console: render_machines(console, listing.machines, listing.source)
+        listing,
+        lambda console: render_machines(console, listing.machines, listing.source, listing.pools),
     )
     return ExitCode.OK
 
@@ -97,7 +100,8 @@ def resume(
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """Give a drained machine work again, from the workers' next step."""
+    """Give a drained or quarantined machine work again, from the workers'
+    next step (a quarantine ends without waiting for its health check)."""
     from batchctl.cli.render import render_drain
 
     output = Output(json_mode=json_output)
