@@ -46,6 +46,20 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def start_sshd(binary: str, config: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start sshd with ``config`` and wait until it accepts connections on ``port``."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"sshd did not start: {log_path.read_text()}")
+        time.sleep(0.05)
+
+
 @dataclass
 class Sshd:
     port: int
@@ -53,6 +67,9 @@ class Sshd:
     user: str
     identity_file: Path
     workdir: Path
+    binary: str
+    config: Path
+    log_path: Path
 
     def machine(
         self, name: str = "remote-1", *, tags: str = "[local]", slots: int = 2, extra: str = ""
@@ -70,6 +87,10 @@ class Sshd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start the server again on its port, with its keys (after ``kill``)."""
+        self.process = start_sshd(self.binary, self.config, self.port, self.log_path)
 
 
 @pytest.fixture
@@ -98,22 +119,15 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
         "MaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n"
     )
-    log = open(base / "sshd.log", "wb")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 15
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"sshd did not start: {(base / 'sshd.log').read_text()}")
-        time.sleep(0.05)
+    log_path = base / "sshd.log"
+    process = start_sshd(binary, config, port, log_path)
     workdir = tmp_path / "remote"
     workdir.mkdir()
-    server = Sshd(port, process, getpass.getuser(), base / "user_key", workdir)
+    server = Sshd(
+        port, process, getpass.getuser(), base / "user_key", workdir, binary, config, log_path
+    )
     try:
         yield server
     finally:
-        if process.poll() is None:
+        if server.process.poll() is None:
             server.kill()
-        log.close()

@@ -6,10 +6,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from batchctl.cli.context import load_settings, open_service
 from batchctl.cli.events import failure_report, github_annotations, github_summary
@@ -21,24 +20,16 @@ from batchctl.cli.options import (
     StateDirOption,
 )
 from batchctl.cli.output import Output
-from batchctl.cli.progress import Progress
-from batchctl.cli.render import (
-    render_batch,
-    render_dry_run,
-    render_item,
-    render_list,
-    render_prune,
-    render_retry,
-    render_submit,
-)
 from batchctl.engine.service import BatchService, LogTarget, SubmitResult
 from batchctl.model.age import parse_age
 from batchctl.model.errors import ExitCode, Interrupted, InvalidInput, NotFound
 from batchctl.model.ordering import DEFAULT_PRIORITY, MAX_PRIORITY
 from batchctl.model.plan import load_plan, parse_duration
 from batchctl.model.viewdoc import Document
-from batchctl.model.views import BatchList, BatchView
 from batchctl.transports.logs import follow_log, tail_offset
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # How often a waiting command looks at the batch at most: often enough to
 # report the end promptly. Large batches are looked at less often (a look
@@ -54,6 +45,9 @@ WaitOption = Annotated[
 def _wait(
     service: BatchService, output: Output, batch_id: str, item: str | None = None
 ) -> Document:
+    # The live table (and rich) loads once the batch runs, not before.
+    from batchctl.cli.progress import Progress
+
     console = output.stderr if output.json_mode else output.stdout
     try:
         with Progress(
@@ -75,7 +69,7 @@ def _wait(
     return document
 
 
-def _report_the_end(console: Console, document: Document, *, quiet: bool) -> None:
+def _report_the_end(console: "Console", document: Document, *, quiet: bool) -> None:
     """For a CI log: each failed item's log tail, where its log and
     artifacts are; under GitHub Actions, error annotations and the step
     summary. A terminal has the table for that."""
@@ -158,12 +152,16 @@ def run(
     fleet: FleetOption = None,
 ) -> int:
     """Create the batch for PLAN and STAGING, or resume it if it exists."""
+    # The tables (and rich) are imported where they are drawn: after the
+    # batch's first items have started, not before.
     output = Output(json_mode=json_output, quiet=quiet)
     settings = load_settings(state_dir, fleet)
     queue_timeout_s = _duration_option("--queue-timeout", queue_timeout)
     loaded = load_plan(plan, env_tag=settings.env_tag)
     service = open_service(settings)
     if dry_run:
+        from batchctl.cli.render import render_dry_run
+
         preview = service.dry_run(loaded, staging=staging)
         skipped = {item.name: item.would_skip for item in preview.items if item.would_skip}
         if not skipped:
@@ -207,6 +205,8 @@ def run(
             f"{changed.batch}: {names}"
         )
     if not wait:
+        from batchctl.cli.render import render_submit
+
         result = SubmitResult(resumed=resumed, batch=service.view(batch_id), changed_since=changed)
         output.result(result, lambda console: render_submit(console, result))
         if not result.batch.done:
@@ -214,6 +214,9 @@ def run(
         return ExitCode.OK
     output.note(f"{'resumed' if resumed else 'created'} batch {batch_id}")
     final = _wait(service, output, batch_id)
+    from batchctl.cli.render import render_batch
+    from batchctl.model.views import BatchView
+
     waited: dict[str, Any] = {
         "resumed": resumed,
         "batch": final,
@@ -238,6 +241,9 @@ def status(
     fleet: FleetOption = None,
 ) -> int:
     """Show a batch: every item's decision joined with its latest run."""
+    from batchctl.cli.render import render_batch, render_item
+    from batchctl.model.views import BatchView
+
     output = Output(json_mode=json_output, quiet=quiet)
     service = open_service(load_settings(state_dir, fleet))
     if item is not None:
@@ -274,6 +280,9 @@ def list_batches(
     state_dir: StateDirOption = None,
 ) -> int:
     """List batches, newest first, with counts per outcome."""
+    from batchctl.cli.render import render_list
+    from batchctl.model.views import BatchList
+
     if state is not None and state not in LIST_STATES:
         raise InvalidInput(
             f"--state: {state!r} is not one of {', '.join(LIST_STATES)}",
@@ -295,6 +304,8 @@ def cancel(
     fleet: FleetOption = None,
 ) -> int:
     """Stop dispatching, terminate running runs, skip queued items."""
+    from batchctl.cli.render import render_batch
+
     output = Output(json_mode=json_output)
     settings = load_settings(state_dir, fleet)
     service = open_service(settings)
@@ -314,6 +325,9 @@ def retry(
     fleet: FleetOption = None,
 ) -> int:
     """Re-run every item that did not pass (and the dependents skipped because of it)."""
+    from batchctl.cli.render import render_batch, render_retry
+    from batchctl.model.views import BatchView
+
     output = Output(json_mode=json_output, quiet=quiet)
     service = open_service(load_settings(state_dir, fleet))
     result = service.retry(batch_id)
@@ -426,6 +440,8 @@ def prune(
     state_dir: StateDirOption = None,
 ) -> int:
     """Remove old finished batches with their runs, run directories and worker logs."""
+    from batchctl.cli.render import render_prune
+
     output = Output(json_mode=json_output)
     try:
         age = parse_age(older_than)

@@ -11,10 +11,13 @@ from batchctl.engine.lease import LeaseJudge
 from batchctl.engine.service import BatchService
 from batchctl.engine.worker import spawn_worker
 from batchctl.model.clock import Clock, SystemClock
+from batchctl.model.errors import StateError
 from batchctl.model.fleet import Fleet, FleetSource, load_fleet
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
 from batchctl.state.durations import DurationStore
+from batchctl.state.health import HealthStore
+from batchctl.state.pools import PoolStore, with_pool_machines
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.detached import DetachedTransport
@@ -34,6 +37,13 @@ def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
     """The fleet file (or the default fleet) with inventory machines merged in.
     The inventory clients (httpx) are imported only when a fleet has one."""
     fleet = load_fleet(settings.fleet_path)
+    if fleet.pools:
+        try:
+            fleet = with_pool_machines(fleet, PoolStore(settings.state_dir).pools())
+        except StateError as error:
+            # A damaged pools.json must not stop every batch: the file's
+            # machines are left out (and no pool is tended) until it is fixed.
+            print(f"batchctl: warning: pool machines left out: {error.message}", file=sys.stderr)
     if not fleet.inventories:
         return fleet
     from batchctl.inventory.resolve import InventoryResolver
@@ -100,6 +110,8 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
         snapshots=snapshots,
         drains=DrainStore(settings.state_dir, lock_timeout=settings.lock_timeout),
         durations=DurationStore(settings.state_dir, lock_timeout=settings.lock_timeout),
+        health=HealthStore(settings.state_dir, lock_timeout=settings.lock_timeout),
+        pools=PoolStore(settings.state_dir, lock_timeout=settings.lock_timeout),
         spawn_worker=lambda batch_id, fleet, token: spawn_worker(
             settings.state_dir, batch_id, fleet, token, log_path=batches.worker_log(batch_id)
         ),

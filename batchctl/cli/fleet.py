@@ -12,7 +12,6 @@ import typer
 from batchctl.cli.context import load_settings, open_dispatcher, open_service
 from batchctl.cli.options import FleetOption, JsonOption, StateDirOption
 from batchctl.cli.output import Output
-from batchctl.cli.render import render_drain, render_machines
 from batchctl.engine.worker import LEASE_TOKEN_VARIABLE, run_worker
 from batchctl.model.clock import SystemClock
 from batchctl.model.errors import ExitCode, InvalidInput
@@ -35,8 +34,8 @@ def machines(
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """List the fleet: each machine's tags, slots, state (drained, with its
-    reason) and the runs it holds."""
+    """List the fleet: each machine's tags, slots, state (drained or
+    quarantined, with its reason) and the runs it holds, and the pools."""
     if ctx.invoked_subcommand is not None:
         given = [
             name
@@ -56,11 +55,18 @@ def machines(
                 details={"usage": True},
             )
         return ExitCode.OK
+    # Imported here, as in every command: the tables (and rich) load only in
+    # a process that draws one (a worker or an executor never does).
+    from batchctl.cli.render import render_machines
+
     output = Output(json_mode=json_output)
     service = open_service(load_settings(state_dir, fleet))
-    listing = MachineList(source=service.dispatcher.fleet.source, machines=service.machines())
+    listing = MachineList(
+        source=service.dispatcher.fleet.source, machines=service.machines(), pools=service.pools()
+    )
     output.result(
-        listing, lambda console: render_machines(console, listing.machines, listing.source)
+        listing,
+        lambda console: render_machines(console, listing.machines, listing.source, listing.pools),
     )
     return ExitCode.OK
 
@@ -79,6 +85,8 @@ def drain(
     fleet: FleetOption = None,
 ) -> int:
     """Finish what NAME runs, and give it nothing new, for every batch."""
+    from batchctl.cli.render import render_drain
+
     output = Output(json_mode=json_output)
     result = open_service(load_settings(state_dir, fleet)).drain(name, reason=reason)
     output.result(result, lambda console: render_drain(console, result))
@@ -92,7 +100,10 @@ def resume(
     state_dir: StateDirOption = None,
     fleet: FleetOption = None,
 ) -> int:
-    """Give a drained machine work again, from the workers' next step."""
+    """Give a drained or quarantined machine work again, from the workers'
+    next step (a quarantine ends without waiting for its health check)."""
+    from batchctl.cli.render import render_drain
+
     output = Output(json_mode=json_output)
     result = open_service(load_settings(state_dir, fleet)).resume(name)
     output.result(result, lambda console: render_drain(console, result))

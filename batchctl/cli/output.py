@@ -4,15 +4,20 @@ In JSON mode stdout carries exactly one document; every progress line and
 message goes to stderr so scripts can parse stdout blindly.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from rich.console import Console
 
 from batchctl.cli.envelope import print_ok
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PIPE_WIDTH = 160
 
@@ -21,10 +26,22 @@ class Output:
     def __init__(self, *, json_mode: bool, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
+
+    # The consoles (and rich) are made when something is first printed: a
+    # command that prints at the end, as ``run`` does, starts its work first.
+    @cached_property
+    def stdout(self) -> Console:
+        from rich.console import Console
+
         # Piped output (CI logs) has no terminal width; 80 columns would cut ids.
         width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
-        self.stdout = Console(highlight=False, soft_wrap=False, width=width)
-        self.stderr = Console(stderr=True, highlight=False)
+        return Console(highlight=False, soft_wrap=False, width=width)
+
+    @cached_property
+    def stderr(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False)
 
     def result(
         self, data: BaseModel | Mapping[str, Any], render: Callable[[Console], None]

@@ -13,8 +13,16 @@ from batchctl.engine.service import (
     RetryResult,
     SubmitResult,
 )
+from batchctl.model.clock import utc_iso
 from batchctl.model.ordering import DEFAULT_PRIORITY
-from batchctl.model.views import BatchSummary, BatchView, ItemDetail, ItemView, MachineView
+from batchctl.model.views import (
+    BatchSummary,
+    BatchView,
+    ItemDetail,
+    ItemView,
+    MachineView,
+    PoolView,
+)
 
 OUTCOME_STYLE = {
     "passed": "green",
@@ -276,7 +284,9 @@ def render_prune(console: Console, result: PruneResult) -> None:
     console.print(table)
 
 
-def render_machines(console: Console, machines: list[MachineView], source: str) -> None:
+def render_machines(
+    console: Console, machines: list[MachineView], source: str, pools: list[PoolView] | None = None
+) -> None:
     console.print(f"fleet: {source}", markup=False)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in (
@@ -301,10 +311,39 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
             machine.os,
             ", ".join(machine.tags) or "-",
             f"{len(machine.runs)}/{machine.slots}",
-            f"drained: {machine.drain.reason}" if machine.drain else machine.state,
+            _machine_state(machine),
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+    for pool in pools or []:
+        standing = ", ".join(f"{name} {state}" for name, state in pool.machines.items())
+        trouble = f"; {pool.failed} failed" if pool.failed else ""
+        last = f"; last error: {pool.last_error}" if pool.last_error else ""
+        console.print(
+            f"pool {pool.name} ({', '.join(pool.tags) or '-'}): {len(pool.machines)} of "
+            f"{pool.min}..{pool.max} machines{': ' + standing if standing else ''}{trouble}{last}",
+            markup=False,
+        )
+
+
+def _machine_state(machine: MachineView) -> str:
+    """The STATE column: drained or quarantined with why; a machine with
+    failures counted says how many."""
+    if machine.drain:
+        return f"drained: {machine.drain.reason}"
+    health = machine.health
+    if health is None:
+        return machine.state
+    quarantine = health.quarantine
+    if quarantine is not None:
+        last = f"; last check: {quarantine.last_check}" if quarantine.last_check else ""
+        return (
+            f"quarantined: {quarantine.reason}; next health check "
+            f"{utc_iso(quarantine.next_check_at)}{last}"
+        )
+    failures = f"{health.failures} infrastructure failure{'s' if health.failures != 1 else ''}"
+    held = f"; {health.held_back}" if health.held_back else ""
+    return f"{machine.state} ({failures} in a row{held})"
 
 
 def render_drain(console: Console, result: DrainResult) -> None:
@@ -318,9 +357,12 @@ def render_drain(console: Console, result: DrainResult) -> None:
             markup=False,
         )
     elif result.changed:
-        console.print(f"resumed {result.machine}: it takes work again", markup=False)
+        lifted = " (its quarantine ended)" if result.unquarantined else ""
+        console.print(f"resumed {result.machine}{lifted}: it takes work again", markup=False)
     else:
-        console.print(f"{result.machine} was not drained; nothing changed", markup=False)
+        console.print(
+            f"{result.machine} was not drained or quarantined; nothing changed", markup=False
+        )
 
 
 def render_retry(console: Console, result: RetryResult) -> None:

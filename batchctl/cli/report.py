@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from batchctl.cli.context import load_settings, open_service
 from batchctl.cli.options import BatchIdArgument, JsonOption, QuietOption, StateDirOption
@@ -21,6 +20,8 @@ from batchctl.state.journal import fsync_dir
 from batchctl.transports.umask import users_file_mode
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from batchctl.model.report import Report
 
 JunitOption = Annotated[

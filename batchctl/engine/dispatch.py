@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchctl.engine.health import HealthKeeper
 from batchctl.engine.lease import LeaseJudge
+from batchctl.engine.pools import PoolKeeper
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings, StepReport
 from batchctl.model.clock import Clock
 from batchctl.model.errors import LeaseLost, StateError
@@ -21,6 +23,8 @@ from batchctl.state import final_views
 from batchctl.state.batches import BatchStore
 from batchctl.state.drains import DrainStore
 from batchctl.state.durations import DurationStore
+from batchctl.state.health import HealthStore
+from batchctl.state.pools import PoolStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.base import Transport
@@ -66,6 +70,8 @@ class Dispatcher:
     snapshots: SnapshotStore | None = None
     drains: DrainStore | None = None
     durations: DurationStore | None = None
+    health: HealthStore | None = None
+    pools: PoolStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -158,6 +164,21 @@ class Dispatcher:
             return error.message
         return None
 
+    def pool_keeper(self) -> PoolKeeper | None:
+        """What provisions and deprovisions the fleet's pools, from a worker."""
+        if self.pools is None or not self.fleet.pools:
+            return None
+        return PoolKeeper(
+            self.pools,
+            lambda: self.fleet,
+            batches=self.batches,
+            runs=self.runs,
+            judge=self.judge,
+            state_dir=self.pools.path.parent,
+            by=f"{self.this_host}:{self.this_pid}",
+            now=self.clock.now(),
+        )
+
     def scheduler(self, token: str | None) -> Scheduler:
         return Scheduler(
             batches=self.batches,
@@ -175,6 +196,14 @@ class Dispatcher:
             snapshot_has_file=self.snapshots.has_file if self.snapshots else None,
             drained=self.drains.drained if self.drains else None,
             durations=self.durations,
+            health=HealthKeeper(
+                self.health,
+                self.fleet,
+                state_dir=self.health.path.parent,
+                by=f"{self.this_host}:{self.this_pid}",
+            )
+            if self.health
+            else None,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:

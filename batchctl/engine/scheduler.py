@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from batchctl.engine.health import HealthKeeper
 from batchctl.engine.lease import LeaseJudge
 from batchctl.model.errors import StateError
 from batchctl.model.fleet import Drain, Fleet, Machine
@@ -352,6 +353,7 @@ class Scheduler:
         snapshot_has_file: Callable[[str, str], bool] | None = None,
         drained: Callable[[], Mapping[str, Drain]] | None = None,
         durations: DurationStore | None = None,
+        health: HealthKeeper | None = None,
     ) -> None:
         self.batches = batches
         self.runs = runs
@@ -374,8 +376,14 @@ class Scheduler:
         # dispatch (a stat while nothing changed): they finish what they hold.
         self.drained: Callable[[], Mapping[str, Drain]] = drained or dict
         self._last_drained: Mapping[str, Drain] = {}
+        # Counts run ends against their machines and knows which machines
+        # are quarantined (they take no runs, like drained ones).
+        self.health = health
+        self._ended: list[Run] = []
         # Runs each capped tag (fleet ``limits``) may still start this dispatch.
         self._cap_room: dict[str, int] = {}
+        # Machines out of dispatch (drained, quarantined) this dispatch.
+        self._unusable: set[str] = set()
         self._memory: dict[str, BatchMemory] = {}
         self._batch_feed = batches.subscribe()
         self._run_feed = runs.subscribe()
@@ -520,6 +528,9 @@ class Scheduler:
             elif record["op"] == "create":
                 changed.update(raw["id"] for raw in record["runs"] if raw["id"] in memory.owner)
         for run_id, run in self.runs.get_many(changed & memory.owner.keys()).items():
+            before = memory.runs.get(run_id)
+            if run.status.terminal and (before is None or not before.status.terminal):
+                self._ended.append(run)
             memory.runs[run_id] = run
             memory.dirty.add(memory.owner[run_id])
         return memory
@@ -545,6 +556,7 @@ class Scheduler:
         memory.settle(now)
         if self._check(memory, now, report):
             memory = self._catch_up(batch_id)  # fold what the transports recorded
+        self._count_ends(now)
         relaunch = self._reap(memory, now, report)
         proposals: dict[str, Item] = {}
         self._decide(memory, now, proposals, report)
@@ -553,6 +565,39 @@ class Scheduler:
         report.dispatched.extend(run.item for run in started)
         report.done = memory.done
         return report
+
+    def _count_ends(self, now: datetime) -> None:
+        """Runs of this batch seen ending since the last step count for or
+        against their machines' health. O(runs that ended)."""
+        ended, self._ended = self._ended, []
+        if self.health is not None and ended:
+            self.health.observe(ended, now)
+
+    def tend_health(self, now: datetime) -> None:
+        """Run the health checks of quarantined machines that are due (a
+        worker does this between steps; it never waits for a check)."""
+        if self.health is not None:
+            self.health.tend(now)
+
+    def close(self) -> None:
+        if self.health is not None:
+            self.health.close()
+
+    def health_events(self) -> list[str]:
+        """What happened to machines' health since the last call (for the log)."""
+        if self.health is None:
+            return []
+        events, self.health.events = self.health.events, []
+        return events
+
+    def use_fleet(self, fleet: Fleet) -> None:
+        """Dispatch to this fleet from the next step on (a pool's machines
+        came or went). O(1); what is derived from the fleet is made again
+        as it is asked for."""
+        self.fleet = fleet
+        self._matching.clear()
+        if self.health is not None:
+            self.health.fleet = fleet
 
     def wakeup_fds(self) -> list[int]:
         """Readable as soon as a run this process supervises ends."""
@@ -712,18 +757,22 @@ class Scheduler:
                 self._dirs[abs_dir] = Path(abs_dir).is_dir()
             return self._dirs[abs_dir]
 
+        # Before a pool has a machine, what its machines will be.
+        matching = self._matching_machines(entry.selector) or self.fleet.pool_templates(
+            entry.selector
+        )
         if entry.snapshot is not None and self.snapshot_has_file is not None:
             # The batch runs the snapshot: it exists, whatever became of the
             # directory; only its entrypoint is in question.
             return why_unrunnable(
                 entry.snapshot,
-                self._matching_machines(entry.selector),
+                matching,
                 dir_exists=lambda _: True,
                 has_entrypoint=self._snapshot_has_entrypoint,
             )
         return why_unrunnable(
             entry.abs_dir,
-            self._matching_machines(entry.selector),
+            matching,
             dir_exists=dir_exists,
             has_entrypoint=self._has_entrypoint,
         )
@@ -923,15 +972,25 @@ class Scheduler:
     def _selector(memory: BatchMemory, name: str) -> str:
         return memory.entries[name].selector
 
+    def _out_of_dispatch(self) -> set[str]:
+        """Machines that take no new run: drained, quarantined, or being
+        probed by this worker after a run could not reach them. O(those)."""
+        out = set(self._drained_now())
+        if self.health is not None:
+            out.update(self.health.quarantined())
+            out.update(self.health.probing())
+        return out
+
     def _free_slots(self, claims: Iterable[SlotClaim]) -> dict[str, int]:
-        """Free slots per machine: none on a drained machine, none on the
-        machines of a capped tag whose runs reached its limit. Read under the
-        batches lock, which every dispatch of every batch holds, so the runs
-        held are the runs there are. O(machines + claims)."""
+        """Free slots per machine: none on a drained or quarantined machine,
+        none on the machines of a capped tag whose runs reached its limit.
+        Read under the batches lock, which every dispatch of every batch
+        holds, so the runs held are the runs there are. O(machines + claims)."""
         held = self.runs.held()
-        drained = self._drained_now()
+        out = self._out_of_dispatch()
+        self._unusable = out
         free = {
-            m.name: 0 if m.name in drained else m.slots - held.get(m.name, 0)
+            m.name: 0 if m.name in out else m.slots - held.get(m.name, 0)
             for m in self.fleet.machines
         }
         self._cap_room = {
@@ -982,6 +1041,9 @@ class Scheduler:
         free slot, at most ``room`` of them (the batch's own cap); each
         request reserves its slot in ``free``."""
         requests: list[PrepareRequest] = []
+        # Retries waiting a little for a machine they have not failed on;
+        # put back once this selector's turn is over.
+        deferred: list[ReadyEntry] = []
         # Reversed, so machines that fill up are popped off the end.
         pool = [
             m
@@ -1005,6 +1067,9 @@ class Scheduler:
             machine = self._free_machine(memory, entry, memory.items[name], free, pool)
             if machine is None:
                 break  # every machine this selector may use is taken
+            if self._waits_for_fresh(memory, entry, memory.items[name], machine, now):
+                deferred.append(heapq.heappop(heap))
+                continue
             self._take_slot(machine, free)
             heapq.heappop(heap)
             requests.append(
@@ -1017,6 +1082,8 @@ class Scheduler:
                     test_dir_hash=self._test_dir_hash(entry),
                 )
             )
+        for waiting in deferred:
+            heapq.heappush(heap, waiting)
         return requests
 
     def _free_machine(
@@ -1048,6 +1115,30 @@ class Scheduler:
         ]
         names = prefer_fresh_machines(names, self._failed_on(memory, item))
         return names[0] if names else None
+
+    def _waits_for_fresh(
+        self, memory: BatchMemory, entry: Entry, item: Item, machine: str, now: datetime
+    ) -> bool:
+        """Whether a retry offered only a machine it failed on waits instead:
+        while another machine that may run it exists (busy now, not drained
+        or quarantined), for at most the fleet's ``health.retry_elsewhere``
+        from when it became ready. O(its earlier attempts + the selector's
+        machines), only for retries offered such a machine."""
+        if not item.history:
+            return False
+        failed_on = self._failed_on(memory, item)
+        if machine not in failed_on:
+            return False
+        wait = timedelta(seconds=self.fleet.health.retry_elsewhere)
+        if now >= memory.ready_since(entry.name, item) + wait:
+            return False
+        return any(
+            m.dispatchable
+            and m.name not in failed_on
+            and m.name not in self._unusable
+            and self._entry_has_entrypoint(entry, m.entrypoint)
+            for m in self._matching_machines(entry.selector)
+        )
 
     def _failed_on(self, memory: BatchMemory, item: Item) -> set[str]:
         """Machines where earlier attempts of this item did not pass."""

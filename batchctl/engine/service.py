@@ -29,6 +29,7 @@ from batchctl.model.views import (
     FleetContext,
     ItemDetail,
     MachineView,
+    PoolView,
     View,
     attempt_document,
     batch_summary,
@@ -38,6 +39,7 @@ from batchctl.state.batches import BatchStore, items_record
 from batchctl.state.drains import DrainStore
 from batchctl.state.journal import Record
 from batchctl.state.memory import without_gc
+from batchctl.state.pools import PoolState
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import Scan, SnapshotRefused, SnapshotStore
 
@@ -143,6 +145,8 @@ class DrainResult(View):
     drain: DrainView | None
     # Runs the machine still holds: a drained machine finishes them.
     running: int
+    # ``resume`` also ends a quarantine, without waiting for a health check.
+    unquarantined: bool = False
 
 
 class KeptBatch(View):
@@ -213,6 +217,7 @@ class BatchService:
             held=self.runs.held(),
             now=self.clock.now(),
             drained=self.dispatcher.drains.drained() if self.dispatcher.drains else {},
+            quarantined=self.dispatcher.health.quarantined() if self.dispatcher.health else {},
         )
 
     def reading(self, batch_id: str, *, explain: bool = True) -> BatchReading:
@@ -361,7 +366,7 @@ class BatchService:
         items = []
         for entry in plan.entries:
             matching = fleet.matching(entry.selector)
-            skip = why_unrunnable(entry.abs_dir, matching)
+            skip = why_unrunnable(entry.abs_dir, matching or fleet.pool_templates(entry.selector))
             items.append(
                 DryRunItem(
                     name=entry.name,
@@ -679,7 +684,32 @@ class BatchService:
             self.dispatcher.fleet,
             self.runs.non_terminal(),
             self.dispatcher.drains.drained() if self.dispatcher.drains else {},
+            self.dispatcher.health.health() if self.dispatcher.health else {},
         )
+
+    def pools(self) -> list[PoolView]:
+        """The fleet's pools with their machines, as ``pools.json`` has them."""
+        fleet = self.dispatcher.fleet
+        if not fleet.pools or self.dispatcher.pools is None:
+            return []
+        states = self.dispatcher.pools.pools()
+        views = []
+        for spec in fleet.pools:
+            state = states.get(spec.name, PoolState())
+            views.append(
+                PoolView(
+                    name=spec.name,
+                    tags=list(spec.tags),
+                    min=spec.min,
+                    max=spec.max,
+                    idle_timeout_s=spec.idle_timeout,
+                    machines={name: m.state for name, m in sorted(state.machines.items())},
+                    failed=state.failed_total,
+                    last_error=state.last_error,
+                    retry_at=state.retry_at,
+                )
+            )
+        return views
 
     def _drain_store(self) -> DrainStore:
         if self.dispatcher.drains is None:
@@ -727,15 +757,18 @@ class BatchService:
         """Give a drained machine work again, from the workers' next step.
         A machine that left the fleet while drained can still be resumed."""
         store = self._drain_store()
-        if name not in store.drained():
+        health = self.dispatcher.health
+        if name not in store.drained() and (health is None or name not in health.health()):
             self._fleet_machine(name)
         had = store.resume(name)
+        lifted = health.lift(name) if health is not None else None
         return DrainResult(
             machine=name,
             drained=False,
-            changed=had is not None,
+            changed=had is not None or lifted is not None,
             drain=None,
             running=self.runs.held().get(name, 0),
+            unquarantined=lifted is not None,
         )
 
     def list_batches(

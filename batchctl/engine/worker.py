@@ -8,10 +8,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
 from batchctl.engine.dispatch import Dispatcher
+from batchctl.engine.pools import PoolKeeper
 from batchctl.model.clock import utc_iso
 from batchctl.model.errors import LeaseLost, StateError
 from batchctl.transports.processes import spawn_detached
@@ -112,6 +114,7 @@ def run_worker(
         return 0
     log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
     scheduler = dispatcher.scheduler(token)
+    pools = dispatcher.pool_keeper()
     stats = WorkerStats()
     began = clock.monotonic()
     scheduler.load(batch_id, clock.now())
@@ -129,7 +132,11 @@ def run_worker(
         try:
             while not stop.requested and not keeper.lost.is_set():
                 began = clock.monotonic()
+                scheduler.tend_health(clock.now())
+                if pools is not None and pools.tend(clock.now()):
+                    scheduler.use_fleet(dispatcher.fleet_source.reload())
                 report = scheduler.step(batch_id, clock.now())
+                _log_events(log, clock.now(), scheduler.health_events(), pools)
                 took = clock.monotonic() - began
                 stats.saw_step(took)
                 if took > SLOW_STEP_S:
@@ -167,6 +174,8 @@ def run_worker(
                         log(stats.line(dispatcher))
 
                     if dispatcher.finish_batch(batch_id, token, last_words):
+                        if pools is not None:
+                            _see_pools_idle(batch_id, dispatcher, pools, stop, wait, log)
                         return 0
                     log(f"{utc_iso(clock.now())} items of batch {batch_id} queued again; going on")
                 # Sleep to the next tick, or less if a run is due to end sooner.
@@ -176,6 +185,8 @@ def run_worker(
                 wait(scheduler.wakeup_fds(), tick if due is None else min(tick, due))
         except LeaseLost:
             pass
+        finally:
+            scheduler.close()
     if keeper.lost.is_set() or not stop.requested:
         log("lease lost to another worker; exiting")
         return 0
@@ -183,6 +194,46 @@ def run_worker(
     log("stopped by SIGTERM; runs in flight continue and a later worker takes over")
     dispatcher.release_lease(batch_id, token)
     return 0
+
+
+def _log_events(
+    log: Callable[[str], None], now: datetime, health: list[str], pools: PoolKeeper | None
+) -> None:
+    """Quarantines, returns and pool machines' comings and goings, a line each."""
+    events = [*health]
+    if pools is not None:
+        events, pools.events = [*events, *pools.events], []
+    for event in events:
+        log(f"{utc_iso(now)} {event}")
+
+
+def _see_pools_idle(
+    batch_id: str,
+    dispatcher: Dispatcher,
+    pools: PoolKeeper,
+    stop: _Stop,
+    wait: Callable[[list[int], float], None],
+    log: Callable[[str], None],
+) -> None:
+    """After its batch is done, a worker stays to deprovision the pools'
+    machines once idle, unless a live batch's worker is there to do it: a
+    machine must not be left running because the batch that wanted it ended.
+    Bounded by the pools' idle_timeout and their deprovision commands."""
+    clock = dispatcher.clock
+    while not stop.requested and (pools.busy() or pools.alive() > 0):
+        others = [
+            other
+            for other, lease, _, _, _ in dispatcher.batches.demands()
+            if other != batch_id and dispatcher.lease_live(other, lease)
+        ]
+        # Its own commands are seen to their end: their outcome is known
+        # only to it.
+        if others and not pools.busy():
+            return
+        pools.tend(clock.now())
+        _log_events(log, clock.now(), [], pools)
+        wait([], dispatcher.tuning.tick_s)
+    log(f"{utc_iso(clock.now())} pool machines deprovisioned; exiting")
 
 
 class WorkerStats:

@@ -30,7 +30,9 @@ from pydantic import (
 
 from batchctl.model.environment import check_env_pass, merged_names
 from batchctl.model.errors import InvalidFleet, InvalidPlan
+from batchctl.model.health import DEFAULT_CHECK, HealthSpec, MachineGroups
 from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
+from batchctl.model.pools import Address, PoolSpec
 
 OsName = Literal["linux", "darwin", "windows"]
 ENTRYPOINTS: dict[str, str] = {"linux": "run.sh", "darwin": "run.sh", "windows": "run.ps1"}
@@ -129,6 +131,9 @@ class Machine(BaseModel):
     ssh_options: SshOptions = ()
     keep_remote: bool = False
     max_artifacts_mb: Annotated[int, Field(ge=1)] = 1024
+    # A shell command run on the machine (over ssh for an ssh machine) to
+    # tell whether a quarantined machine may take runs again: exit 0 = yes.
+    health_check: str | None = None
     # sim only: how long a run takes (``2s``, ``500ms``, ``1s..5s`` drawn
     # uniformly) and the share of each outcome (the rest succeed).
     duration: Annotated[tuple[float, float], BeforeValidator(parse_sim_duration)] = (0.0, 0.0)
@@ -243,6 +248,10 @@ class FleetFileSpec(BaseModel):
     env_pass: EnvPass = ()
     # Checked by ``_limits`` (each problem named by its tag), not here.
     limits: Any = None
+    # Checked by ``_health`` (each problem named by its field), not here.
+    health: Any = None
+    # Elastic machines; each checked by ``_pools``.
+    pools: list[Any] = []
 
 
 # A cap is at most this: a larger number caps nothing a fleet could hold.
@@ -275,6 +284,102 @@ def _limits(raw: object, path: str, problems: list[str]) -> dict[str, int]:
     return limits
 
 
+def _health(raw: object, path: str, problems: list[str]) -> HealthSpec:
+    """``health:``: quarantine thresholds and health checks, every problem
+    named by its field."""
+    if raw is None:
+        return HealthSpec()
+    if not isinstance(raw, Mapping):
+        problems.append(
+            f"{path}: field 'health': must be a mapping (failures, max_quarantined, ...)"
+        )
+        return HealthSpec()
+    try:
+        spec = HealthSpec.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key (allowed: {', '.join(HealthSpec.model_fields)})"
+            else:
+                message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{path}: field 'health.{where}': {message}")
+        return HealthSpec()
+    for tag, command in spec.checks.items():
+        if not NAME_RE.fullmatch(tag):
+            problems.append(f"{path}: field 'health.checks': {tag!r} is not a valid tag name")
+        elif not command.strip():
+            problems.append(f"{path}: field 'health.checks.{tag}': the command is empty")
+    if spec.check_every_max < spec.check_every:
+        problems.append(
+            f"{path}: field 'health.check_every_max': shorter than check_every "
+            f"({spec.check_every_max}s < {spec.check_every}s)"
+        )
+    return spec
+
+
+def _pools(
+    raw: Sequence[Any], machines: Sequence[Machine], path: str, problems: list[str]
+) -> list[PoolSpec]:
+    """``pools:``: elastic machines, every problem named by its pool and field."""
+    pools: list[PoolSpec] = []
+    names = {machine.name for machine in machines}
+    for index, raw_pool in enumerate(raw):
+        name = raw_pool.get("name") if isinstance(raw_pool, Mapping) else None
+        label = f"pool {name!r} (#{index + 1})" if isinstance(name, str) else f"pool #{index + 1}"
+        if not isinstance(raw_pool, Mapping):
+            problems.append(f"{path}: {label}: must be a mapping with name, provision, deprovision")
+            continue
+        try:
+            pool = PoolSpec.model_validate(raw_pool)
+        except ValidationError as exc:
+            problems.extend(
+                _problem(path, label, error, list(PoolSpec.model_fields), whole="pool")
+                for error in exc.errors()
+            )
+            continue
+        for field_name, value in (("name", pool.name), *(("tags", tag) for tag in pool.tags)):
+            if not NAME_RE.fullmatch(value):
+                problems.append(
+                    f"{path}: {label}: field {field_name!r}: {value!r} is not a valid name "
+                    "(letters, digits, '.', '_', '-')"
+                )
+        if pool.name in names:
+            problems.append(f"{path}: {label}: field 'name': a machine has that name already")
+        if pool.min > pool.max:
+            problems.append(
+                f"{path}: {label}: field 'min': more than max ({pool.min} > {pool.max})"
+            )
+        for field_name in ("provision", "deprovision"):
+            if not getattr(pool, field_name).strip():
+                problems.append(f"{path}: {label}: field {field_name!r}: the command is empty")
+        names.add(pool.name)
+        pools.append(pool)
+    return pools
+
+
+def pool_machine(pool: PoolSpec, name: str, address: Address) -> Machine:
+    """A provisioned machine of ``pool``, reached over ssh at ``address``."""
+    return Machine(
+        name=name,
+        transport="ssh",
+        os=pool.os,
+        tags=pool.tags,
+        slots=pool.slots,
+        env_pass=pool.env_pass,
+        host=address.host,
+        port=address.port,
+        user=address.user or pool.user,
+        identity_file=pool.identity_file,
+        workdir=address.workdir or pool.workdir,
+        known_hosts=pool.known_hosts,
+        strict_host_key_checking=pool.strict_host_key_checking,
+        ssh_options=pool.ssh_options,
+        health_check=pool.health_check,
+        source=f"pool {pool.name}",
+    )
+
+
 @dataclass(frozen=True)
 class Drain:
     """A machine taken out of dispatch by ``machines drain``: it finishes the
@@ -294,6 +399,36 @@ class Fleet:
     env_pass: tuple[str, ...] = ()
     # tag -> at most this many runs at once on the machines with that tag.
     limits: Mapping[str, int] = field(default_factory=dict)
+    # Quarantine thresholds, check timing and health checks (``health:``).
+    health: HealthSpec = field(default_factory=HealthSpec)
+    # Elastic machines: provisioned while items wait for their tags.
+    pools: tuple[PoolSpec, ...] = ()
+
+    def pools_serving(self, selector: str) -> list[PoolSpec]:
+        return [pool for pool in self.pools if pool.serves(selector)]
+
+    def pool_templates(self, selector: str) -> list[Machine]:
+        """What a pool's machines will be, for deciding whether an item can
+        run here at all (its OS's entrypoint) before any is provisioned."""
+        return [
+            pool_machine(pool, pool.name, Address(host="pool")).model_copy(update={"online": False})
+            for pool in self.pools_serving(selector)
+        ]
+
+    def health_check_of(self, machine: Machine) -> str:
+        """The machine's own check, else its first tag's that has one, else
+        whether it answers at all."""
+        if machine.health_check:
+            return machine.health_check
+        for tag in machine.tags:
+            if tag in self.health.checks:
+                return self.health.checks[tag]
+        return DEFAULT_CHECK
+
+    @cached_property
+    def groups(self) -> MachineGroups:
+        """What the quarantine valve counts: the fleet and each tag's machines."""
+        return MachineGroups.of((m.name, m.tags) for m in self.machines)
 
     def env_pass_for(self, machine: Machine | None, entry_names: Sequence[str]) -> tuple[str, ...]:
         """What a run of an entry on a machine receives: the plan's names,
@@ -338,6 +473,11 @@ class FleetSource:
         if self._fleet is None:
             self._fleet = self._load()
         return self._fleet
+
+    def reload(self) -> Fleet:
+        """Resolve the fleet again (a pool's machines came or went)."""
+        self._fleet = None
+        return self.get()
 
 
 def default_fleet() -> Fleet:
@@ -432,11 +572,13 @@ def parse_fleet(text: str, path: str) -> Fleet:
                 _problem(path, label, error, list(InventorySpec.model_fields), whole="kind")
                 for error in exc.errors()
             )
-    if not machines and not inventories and not problems:
+    pools = _pools(spec.pools, machines, path, problems)
+    if not machines and not inventories and not pools and not problems:
         problems.append(f"{path}: field 'machines': lists no machine")
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
     limits = _limits(spec.limits, path, problems)
+    health = _health(spec.health, path, problems)
     if problems:
         raise InvalidFleet("\n".join(problems), details={"file": path, "problems": problems})
     return Fleet(
@@ -445,6 +587,8 @@ def parse_fleet(text: str, path: str) -> Fleet:
         inventories=tuple(inventories),
         env_pass=spec.env_pass,
         limits=limits,
+        health=health,
+        pools=tuple(pools),
     )
 
 

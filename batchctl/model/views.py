@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from batchctl.model.clock import utc_iso
 from batchctl.model.fleet import Drain, Fleet, Machine
+from batchctl.model.health import MachineHealth, Quarantine
 from batchctl.model.models import Run
 from batchctl.model.ordering import DEFAULT_PRIORITY
 from batchctl.model.viewdoc import run_document
@@ -48,7 +49,8 @@ class ItemView(View):
     error_code: str | None
     reason: str | None
     # What the reason is about, for scripts: needs, backoff, cap, drained,
-    # busy, offline, no_machine, dispatching, ready, run_missing.
+    # quarantined, busy, offline, no_machine, provisioning, dispatching,
+    # ready, run_missing.
     reason_code: str | None = None
     blame: str | None
     history: list[str]
@@ -123,6 +125,7 @@ class FleetContext:
     held: Mapping[str, int]
     now: datetime
     drained: Mapping[str, Drain] = field(default_factory=dict)
+    quarantined: Mapping[str, Quarantine] = field(default_factory=dict)
     # Filled as items are explained: every item with one selector shares its
     # answer, so a view costs O(items + selectors x machines).
     by_selector: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -140,21 +143,47 @@ class FleetContext:
         kind, _, value = selector.partition(":")
         matching = self.fleet.matching(selector)
         if not matching:
+            pools = self.fleet.pools_serving(selector)
+            if pools:
+                names = ", ".join(pool.name for pool in pools)
+                return "provisioning", f"waiting for a machine of pool {names} to be provisioned"
             return "no_machine", f"no machine matches {selector}"
         online = [m for m in matching if m.dispatchable]
         if not online:
             return "offline", f"every machine matching {selector} is offline"
-        usable = [m for m in online if m.name not in self.drained]
-        if not usable:
+        in_service = [m for m in online if m.name not in self.drained]
+        usable = [m for m in in_service if m.name not in self.quarantined]
+        if not in_service:
             drains = "; ".join(
                 f"{m.name}: {self.drained[m.name].reason}" for m in online[:DRAINS_SHOWN]
             )
             more = f" and {len(online) - DRAINS_SHOWN} more" if len(online) > DRAINS_SHOWN else ""
             return "drained", f"every machine matching {selector} is drained ({drains}{more})"
+        if not usable:
+            out = "; ".join(
+                f"{m.name}: {self.quarantined[m.name].reason}, next health check at "
+                f"{utc_iso(self.quarantined[m.name].next_check_at)}"
+                for m in in_service[:DRAINS_SHOWN]
+            )
+            more = (
+                f" and {len(in_service) - DRAINS_SHOWN} more"
+                if len(in_service) > DRAINS_SHOWN
+                else ""
+            )
+            return (
+                "quarantined",
+                f"every machine matching {selector} that is in service is quarantined "
+                f"({out}{more})",
+            )
         with_room = [m for m in usable if self.held.get(m.name, 0) < m.slots]
         if not with_room:
-            drained = len(online) - len(usable)
-            aside = f" ({drained} drained)" if drained else ""
+            drained = len(online) - len(in_service)
+            out_sick = len(in_service) - len(usable)
+            asides = [
+                *([f"{drained} drained"] if drained else []),
+                *([f"{out_sick} quarantined"] if out_sick else []),
+            ]
+            aside = f" ({', '.join(asides)})" if asides else ""
             if kind == "machine":
                 return "busy", f"machine {value} busy"
             count = len(usable)
@@ -208,6 +237,24 @@ class DrainView(View):
     by: str
 
 
+class QuarantineView(View):
+    since: datetime
+    reason: str
+    checks: int
+    next_check_at: datetime
+    last_check: str | None
+
+
+class HealthView(View):
+    """A machine's health, when there is something to say: the
+    infrastructure failures in a row counted against it, its quarantine,
+    or why a quarantine due was held back."""
+
+    failures: int
+    quarantine: QuarantineView | None = None
+    held_back: str | None = None
+
+
 class MachineView(View):
     name: str
     source: str
@@ -220,11 +267,31 @@ class MachineView(View):
     runs: list[MachineRunView]
     # Set while ``machines drain`` keeps the machine out of dispatch.
     drain: DrainView | None = None
+    # Set while it has failures counted, or is quarantined.
+    health: HealthView | None = None
+
+
+class PoolView(View):
+    """An elastic pool: its bounds and how its machines stand."""
+
+    name: str
+    tags: list[str]
+    min: int
+    max: int
+    idle_timeout_s: int
+    # Machine name -> provisioning, starting, ready or deprovisioning.
+    machines: dict[str, str]
+    # Machines that never became healthy and provisions that failed.
+    failed: int
+    last_error: str | None
+    # After a capacity error or a failed provision: no request before then.
+    retry_at: datetime | None
 
 
 class MachineList(View):
     source: str
     machines: list[MachineView]
+    pools: list[PoolView] = []
 
 
 def machine_state(machine: Machine, held: int) -> str:
@@ -240,10 +307,33 @@ def machine_state(machine: Machine, held: int) -> str:
     return "idle"
 
 
+def health_view(health: MachineHealth | None) -> HealthView | None:
+    if health is None or health.empty:
+        return None
+    quarantine = health.quarantine
+    return HealthView(
+        failures=len(health.streak),
+        quarantine=QuarantineView(
+            since=quarantine.since,
+            reason=quarantine.reason,
+            checks=quarantine.checks,
+            next_check_at=quarantine.next_check_at,
+            last_check=quarantine.last_check,
+        )
+        if quarantine
+        else None,
+        held_back=health.held_back,
+    )
+
+
 def machine_views(
-    fleet: Fleet, live_runs: list[Run], drained: Mapping[str, Drain] | None = None
+    fleet: Fleet,
+    live_runs: list[Run],
+    drained: Mapping[str, Drain] | None = None,
+    health: Mapping[str, MachineHealth] | None = None,
 ) -> list[MachineView]:
     drained = drained or {}
+    health = health or {}
     by_machine: dict[str, list[Run]] = {}
     for run in live_runs:
         by_machine.setdefault(run.machine, []).append(run)
@@ -251,6 +341,13 @@ def machine_views(
     for machine in fleet.machines:
         held = by_machine.get(machine.name, [])
         drain = drained.get(machine.name)
+        sick = health.get(machine.name)
+        if drain:
+            state = "drained"
+        elif sick is not None and sick.quarantine is not None:
+            state = "quarantined"
+        else:
+            state = machine_state(machine, len(held))
         views.append(
             MachineView(
                 name=machine.name,
@@ -260,7 +357,7 @@ def machine_views(
                 os=machine.os,
                 tags=list(machine.tags),
                 slots=machine.slots,
-                state="drained" if drain else machine_state(machine, len(held)),
+                state=state,
                 runs=[
                     MachineRunView(
                         run_id=r.id, batch_id=r.batch_id, item=r.item, status=r.status.value
@@ -270,6 +367,7 @@ def machine_views(
                 drain=DrainView(reason=drain.reason, since=drain.since, by=drain.by)
                 if drain
                 else None,
+                health=health_view(sick),
             )
         )
     return views

@@ -213,3 +213,66 @@ def test_drain_is_idempotent_private_and_resume_undoes_it(
     assert cli("machines", "resume", "gpu-01", *fleet, "--json").json()["data"]["changed"] is False
     listing = {m["name"]: m for m in cli("machines", *fleet, "--json").json()["data"]["machines"]}
     assert (listing["gpu-01"]["state"], listing["gpu-01"]["drain"]) == ("idle", None)
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        ("health: {failures: 0}\n", ["fleet.yaml", "field 'health.failures'", "greater than"]),
+        ("health: {max_quarantined: 1.5}\n", ["field 'health.max_quarantined'", "less than"]),
+        ("health: {max_quarantined: half}\n", ["field 'health.max_quarantined'"]),
+        ("health: {check_every: soon}\n", ["field 'health.check_every'", "'soon'"]),
+        ("health: {check_every: 1m, check_every_max: 10s}\n", ["'health.check_every_max'"]),
+        ("health: {retries: 3}\n", ["field 'health.retries'", "unknown key", "failures"]),
+        ("health: {checks: {'bad tag': 'true'}}\n", ["'bad tag' is not a valid tag name"]),
+        ("health: {checks: {gpu: ' '}}\n", ["field 'health.checks.gpu'", "empty"]),
+        ("health: [3]\n", ["field 'health'", "must be a mapping"]),
+    ],
+)
+def test_bad_health_settings_are_exit_2_naming_file_and_field(
+    workdir: Path, cli: CliRunner, state_dir: Path, health: str, expected: list[str]
+) -> None:
+    (workdir / "fleet.yaml").write_text(health + TWO_MACHINES)
+
+    for args in (("machines",), ("machines", "resume", "gpu-01")):
+        result = cli(*args, "--fleet", "fleet.yaml")
+        assert result.code == 2, result.stderr
+        for fragment in expected:
+            assert fragment in result.stderr, (fragment, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert snapshot_dir(state_dir) == {}
+
+
+POOL = "    provision: ./up.sh\n    deprovision: ./down.sh\n"
+
+
+@pytest.mark.parametrize(
+    ("pools", "expected"),
+    [
+        (
+            "pools:\n  - {name: cloud, tags: [x]}\n",
+            ["pool 'cloud' (#1)", "'provision'", "required"],
+        ),
+        ("pools:\n  - name: cloud\n    max: 0\n" + POOL, ["field 'max'", "greater than"]),
+        ("pools:\n  - name: cloud\n    min: 3\n    max: 2\n" + POOL, ["field 'min'", "3 > 2"]),
+        ("pools:\n  - name: cloud\n    idle_timeout: soon\n" + POOL, ["field 'idle_timeout'"]),
+        ("pools:\n  - name: gpu-01\n" + POOL, ["field 'name'", "a machine has that name"]),
+        ("pools:\n  - name: cloud\n    size: 3\n" + POOL, ["field 'size'", "unknown key"]),
+        ("pools:\n  - name: cloud\n    tags: ['a b']\n" + POOL, ["'a b' is not a valid name"]),
+        (
+            "pools:\n  - name: cloud\n    provision: ' '\n    deprovision: x\n",
+            ["the command is empty"],
+        ),
+    ],
+)
+def test_bad_pools_are_exit_2_naming_file_pool_and_field(
+    workdir: Path, cli: CliRunner, state_dir: Path, pools: str, expected: list[str]
+) -> None:
+    (workdir / "fleet.yaml").write_text(TWO_MACHINES + pools)
+
+    result = cli("machines", "--fleet", "fleet.yaml")
+
+    assert result.code == 2, result.stderr
+    for fragment in ["fleet.yaml", *expected]:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert snapshot_dir(state_dir) == {}
