@@ -48,9 +48,11 @@ demo: $(STAMP) ## run the example plan on this machine (state in .demo-state/)
 	$(BYTECODE)
 	BATCHCTL_STATE_DIR=$(DEMO_STATE) ./demo.sh $(BATCHCTL)
 
-bench: $(STAMP) ## measure the engine at scale and local throughput (results: bench/RESULTS.md)
+bench: $(STAMP) ## measure the engine at scale, local throughput, fair sharing and critical path order (results: bench/RESULTS.md)
 	$(PY) bench/engine_scale.py --items 100000 --machines 1000
 	$(PY) bench/local_throughput.py --repeat 3
+	$(PY) bench/fair_share.py
+	$(PY) bench/critical_path.py
 
 screenshot: $(STAMP) ## redraw docs/report.png, the README's picture of an HTML report (needs chromium)
 	$(BYTECODE)
