@@ -285,6 +285,17 @@ def render_machines(console: Console, machines: list[MachineView], source: str) 
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+    for machine in machines:
+        if machine.nodes_error:
+            console.print(f"{machine.name}: nodes unknown: {machine.nodes_error}", markup=False)
+        elif machine.nodes is not None:
+            console.print(f"{machine.name}: {len(machine.nodes)} nodes", markup=False)
+            for node in machine.nodes:
+                features = ",".join(node.features) or "-"
+                console.print(
+                    f"  {node.name}  {node.state}  features {features}  cpus a/i/o/t {node.cpus}",
+                    markup=False,
+                )
 
 
 def render_drain(console: Console, result: DrainResult) -> None:

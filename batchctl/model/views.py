@@ -203,6 +203,15 @@ class DrainView(View):
     by: str
 
 
+class NodeView(View):
+    """A node of a Slurm machine's cluster, as ``sinfo`` reports it."""
+
+    name: str
+    state: str
+    features: list[str]
+    cpus: str
+
+
 class MachineView(View):
     name: str
     source: str
@@ -215,6 +224,9 @@ class MachineView(View):
     runs: list[MachineRunView]
     # Set while ``machines drain`` keeps the machine out of dispatch.
     drain: DrainView | None = None
+    # A slurm machine's nodes, and why they could not be read if not.
+    nodes: list[NodeView] | None = None
+    nodes_error: str | None = None
 
 
 class MachineList(View):

@@ -42,6 +42,7 @@ from batchctl.model.clock import Clock
 from batchctl.model.environment import BASE_VARIABLES, run_variables
 from batchctl.model.fleet import FleetSource, Machine
 from batchctl.model.models import Run, RunStatus
+from batchctl.model.views import NodeView
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.archive import UnsafeArchive, safe_extract
@@ -237,6 +238,25 @@ def node_features(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(
         feature for line in done.stdout.split() for feature in line.split(",") if feature
     )
+
+
+def cluster_nodes(machine: Machine, environ: Mapping[str, str]) -> list[NodeView]:
+    """The nodes of the machine's partition (or of the cluster), one ``sinfo``."""
+    argv = ["sinfo", "-h", "-N", "-o", "%N|%T|%f|%C"]
+    if machine.partition:
+        argv += ["-p", machine.partition]
+    done = _command(argv, slurm_env(machine, environ))
+    if done.returncode != 0:
+        raise SlurmUnavailable(f"sinfo: {done.stderr.strip() or done.returncode}")
+    nodes: dict[str, NodeView] = {}
+    for line in done.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4 and parts[0] not in nodes:
+            name, state, features, cpus = parts
+            listed = [] if features in ("", "(null)") else features.split(",")
+            # %C is allocated/idle/other/total
+            nodes[name] = NodeView(name=name, state=state, features=listed, cpus=cpus)
+    return list(nodes.values())
 
 
 def sbatch_argv(

@@ -219,3 +219,41 @@ def test_a_lost_node_ends_the_run_error_and_the_retry_runs_it_again(
     assert (item["outcome"], item["attempt"]) == ("passed", 2)
     first = next(run for run in stored_runs(state_dir).values() if run["attempt"] == 1)
     assert (first["status"], first["error_code"]) == ("error", "node_fail")
+
+
+def test_machines_shows_the_nodes_and_a_waiting_item_shows_slurms_reason(
+    workdir: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    # The cluster has one gpu_lic license: the second job waits for it.
+    env = fleet_env(workdir, slurm_cluster, extra="sbatch_args: ['--licenses=gpu_lic:1']")
+    gate = workdir / "gate"
+    make_suite(workdir / "suites", "block", blocking_script(gate, before="started"))
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        "  - {name: first, dir: suites/block, tag: cpu}\n"
+        "  - {name: second, dir: suites/block, tag: cpu}\n",
+    )
+    batch_id = run_batchctl("run", "plan.yaml", "--json", cwd=workdir, env=env).json()["data"][
+        "batch"
+    ]["id"]
+    wait_until(
+        lambda: (
+            sorted((run["status"], run["message"]) for run in stored_runs(state_dir).values())
+            == [("pending", "waiting in Slurm: Licenses"), ("running", None)]
+        ),
+        what="one job to run and the other to wait for the license",
+    )
+
+    listing = run_batchctl("machines", "--json", cwd=workdir, env=env)
+    status = run_batchctl("status", batch_id, cwd=workdir, env=env)
+    gate.touch()
+    final = run_batchctl("status", batch_id, "--wait", "--json", cwd=workdir, env=env, timeout=120)
+
+    [machine] = listing.json()["data"]["machines"]
+    nodes = {node["name"]: node for node in machine["nodes"]}
+    assert set(nodes) == {"n1", "n2", "n3"}
+    assert nodes["n1"]["features"] == ["gpu", "odd"]
+    assert nodes["n2"]["state"] in ("mixed", "allocated")  # the running job is there
+    assert "waiting in Slurm: Licenses" in status.stdout
+    assert final.code == 0, final.stderr
