@@ -684,6 +684,10 @@ class SlurmTransport:
         self._poll_soon()
 
     def terminate(self, run: Run) -> Run:
+        """Void an unsubmitted run, or ``scancel`` its job once: the run ends
+        when a later ``check`` reads the job over (a cancelled batch's
+        worker calls this every step, so it costs no Slurm call after the
+        first)."""
         now = self.clock.now()
         run_dir = self.runs.run_dir(run.id)
         machine = self._machine(run)
@@ -702,7 +706,6 @@ class SlurmTransport:
             return self.runs.get(run.id)
         if _read(run_dir / STOP_FILE) is None:
             self._stop(run, machine, job, "cancelled")
-        self._poll([self.runs.get(run.id)], now)
         return self.runs.get(run.id)
 
     def _finish(self, run: Run, ended: Ended) -> None:
