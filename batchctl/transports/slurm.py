@@ -62,9 +62,10 @@ CLAIM = "claim"
 JOB_FILE = "slurm_job"
 STOP_FILE = "slurm_stop"
 VOID = "void"
-# A claim without a job id for this long: its submitter died around sbatch.
-SUBMIT_GRACE_S = 15.0
 COMMAND_TIMEOUT_S = 60.0
+# A claim without a job id for this long: its submitter died around sbatch
+# (a live one gives up on sbatch after COMMAND_TIMEOUT_S).
+SUBMIT_GRACE_S = COMMAND_TIMEOUT_S + 15.0
 POLL_MIN_S = 0.2
 POLL_MAX_S = 2.0
 # One squeue argument holds at most this many ids (a single argument is
@@ -339,8 +340,9 @@ class SlurmTransport:
     # -- starting ------------------------------------------------------------
 
     def start(self, runs: Sequence[Run]) -> None:
-        """One ``sbatch`` per run (measured faster per job than an array once
-        each item has its own directory, options and token: bench/)."""
+        """One ``sbatch`` per run: each has its own directory, variables,
+        options and token, and an array of 1,000 trivial tasks was measured
+        no faster than 1,000 ``sbatch`` (bench/RESULTS.md). O(runs)."""
         for run in runs:
             self._submit(run)
         self._poll_soon()
@@ -374,6 +376,7 @@ class SlurmTransport:
             self._finish(run, problem.ended)
             return
         env = submit_env(machine, self.environ)
+        job_id = ""
         try:
             if machine.name not in self._features:
                 self._features[machine.name] = node_features(env)
@@ -387,19 +390,23 @@ class SlurmTransport:
                 features=self._features[machine.name],
             )
             done = _command(argv, env)
+            job_id = done.stdout.strip().split(";", 1)[0]
+            if done.returncode != 0 or not job_id.isdigit():
+                why = done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}"
+                raise SlurmUnavailable(f"sbatch: {why}")
         except SlurmUnavailable as exc:
-            shutil.rmtree(root, ignore_errors=True)
-            self._finish(run, Ended(RunStatus.ERROR, error_code="submit_failed", message=str(exc)))
-            return
-        job_id = done.stdout.strip().split(";", 1)[0]
-        if done.returncode != 0 or not job_id.isdigit():
-            shutil.rmtree(root, ignore_errors=True)
-            why = done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}"
-            self._finish(
-                run,
-                Ended(RunStatus.ERROR, error_code="submit_failed", message=f"sbatch: {why}"),
-            )
-            return
+            # An answer lost on the way back may still have made the job.
+            job_id = ""
+            with contextlib.suppress(SlurmUnavailable):
+                made = jobs_named([job_name(run.id)], env).get(job_name(run.id))
+                if made is not None:
+                    job_id = made.job_id
+            if not job_id.isdigit():
+                shutil.rmtree(root, ignore_errors=True)
+                self._finish(
+                    run, Ended(RunStatus.ERROR, error_code="submit_failed", message=str(exc))
+                )
+                return
         write_atomically(run_dir / JOB_FILE, job_id.encode())
         self._jobs[run.id] = job_id
 

@@ -257,3 +257,19 @@ def test_machines_shows_the_nodes_and_a_waiting_item_shows_slurms_reason(
     assert nodes["n2"]["state"] in ("mixed", "allocated")  # the running job is there
     assert "waiting in Slurm: Licenses" in status.stdout
     assert final.code == 0, final.stderr
+
+
+def test_a_job_slurm_refuses_ends_the_run_error_saying_why(
+    workdir: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    env = fleet_env(workdir, slurm_cluster, extra="sbatch_args: ['--partition=nosuch']")
+    make_suite(workdir / "suites", "t")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: t, dir: suites/t, tag: cpu}\n")
+
+    result = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir, env=env)
+
+    assert result.code == 1, result.stderr
+    run = items_of(result.json()["data"]["batch"])["t"]["run"]
+    assert (run["status"], run["error_code"]) == ("error", "submit_failed")
+    assert "invalid partition" in run["message"].lower()
+    assert list((workdir / "shared").iterdir()) == []
