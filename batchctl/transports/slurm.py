@@ -606,7 +606,8 @@ class SlurmTransport:
             )
         if state.state in RUNNING_STATES:
             self._copy_log(run, root)
-            started_at = _mtime(root / "started") or run.started_at or now
+            # The node's clock (or the file server's) wrote it: never later than ours.
+            started_at = min(_mtime(root / "started") or run.started_at or now, now)
             timeout_s = self.entries(run)[1].get("timeout_s")
             if (
                 timeout_s is not None
