@@ -15,8 +15,9 @@ from tests.helpers import CliRunner, stop_processes_of
 # lock wait would never end.
 freezegun.configure(extend_ignore_list=["filelock"])
 
-# The `sshd` fixture: a real OpenSSH server on loopback.
-pytest_plugins = ["tests.sshd"]
+# The `sshd` fixture: a real OpenSSH server on loopback; `slurm_cluster`: a
+# real Slurm cluster on this host, for the session.
+pytest_plugins = ["tests.sshd", "tests.slurm"]
 
 
 @pytest.fixture(autouse=True)

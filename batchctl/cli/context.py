@@ -30,6 +30,7 @@ from batchctl.transports.processes import (
     this_process,
 )
 from batchctl.transports.sim import SimTransport
+from batchctl.transports.slurm import SlurmTransport
 from batchctl.transports.testdir import hash_test_dir
 
 
@@ -92,6 +93,9 @@ def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatch
             ),
             "ssh": transport,
             "sim": SimTransport(runs, clock, fleet),
+            "slurm": SlurmTransport(
+                runs, clock, entries=EntryLookup(batches.raw), fleet=fleet, snapshots=snapshots
+            ),
         },
         clock=clock,
         tuning=settings.tuning,

@@ -315,6 +315,17 @@ def render_machines(
             ", ".join(f"{r.batch_id}/{r.item} ({r.status})" for r in machine.runs) or "-",
         )
     console.print(table)
+    for machine in machines:
+        if machine.nodes_error:
+            console.print(f"{machine.name}: nodes unknown: {machine.nodes_error}", markup=False)
+        elif machine.nodes is not None:
+            console.print(f"{machine.name}: {len(machine.nodes)} nodes", markup=False)
+            for node in machine.nodes:
+                features = ",".join(node.features) or "-"
+                console.print(
+                    f"  {node.name}  {node.state}  features {features}  cpus a/i/o/t {node.cpus}",
+                    markup=False,
+                )
     for pool in pools or []:
         standing = ", ".join(f"{name} {state}" for name, state in pool.machines.items())
         trouble = f"; {pool.failed} failed" if pool.failed else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,7 @@ from batchctl.state.memory import without_gc
 from batchctl.state.pools import PoolState
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import Scan, SnapshotRefused, SnapshotStore
+from batchctl.transports.slurm import SlurmUnavailable, cluster_nodes
 
 # A drain's reason is a line for a table, not a document.
 MAX_DRAIN_REASON = 500
@@ -680,12 +682,25 @@ class BatchService:
         return targets
 
     def machines(self) -> list[MachineView]:
-        return machine_views(
+        """The fleet with what each machine holds; a slurm machine with its
+        cluster's nodes (one ``sinfo`` each)."""
+        views = machine_views(
             self.dispatcher.fleet,
             self.runs.non_terminal(),
             self.dispatcher.drains.drained() if self.dispatcher.drains else {},
             self.dispatcher.health.health() if self.dispatcher.health else {},
         )
+        for index, view in enumerate(views):
+            machine = self.dispatcher.fleet.get(view.name)
+            if machine is None or machine.transport != "slurm":
+                continue
+            try:
+                nodes = cluster_nodes(machine, os.environ)
+            except SlurmUnavailable as exc:
+                views[index] = view.model_copy(update={"nodes_error": str(exc)})
+            else:
+                views[index] = view.model_copy(update={"nodes": nodes})
+        return views
 
     def pools(self) -> list[PoolView]:
         """The fleet's pools with their machines, as ``pools.json`` has them."""

@@ -10,6 +10,7 @@ import difflib
 import os
 import platform
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,9 +63,11 @@ def _list_as_tuple(value: object) -> object:
 FleetName = Annotated[str, BeforeValidator(_check_name)]
 Tags = Annotated[tuple[FleetName, ...], BeforeValidator(_list_as_tuple)]
 SshOptions = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
+Arguments = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
 EnvPass = Annotated[tuple[str, ...], BeforeValidator(check_env_pass)]
 
 
+MAX_SLOTS = 4096
 SIM_OUTCOMES = ("succeeded", "failed", "error", "timeout", "interrupted")
 _SIM_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
 _SIM_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
@@ -114,10 +117,10 @@ class Machine(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: FleetName
-    transport: Literal["local", "ssh", "sim"] = "local"
+    transport: Literal["local", "ssh", "sim", "slurm"] = "local"
     os: OsName = Field(default_factory=this_os)
     tags: Tags = ()
-    slots: Annotated[int, Field(ge=1, le=4096)] = 1
+    slots: Annotated[int, Field(ge=1, le=MAX_SLOTS)] = 1
     # Controller variables every run on this machine receives, by name.
     env_pass: EnvPass = ()
     # ssh only
@@ -140,17 +143,51 @@ class Machine(BaseModel):
     outcomes: Annotated[dict[str, float], BeforeValidator(check_sim_outcomes)] = Field(
         default_factory=dict
     )
+    # slurm only: the partition jobs go to, the directory both this host and
+    # the cluster's nodes see (runs live under it), the nodes ``machine:`` may
+    # pin, extra sbatch options, and the cluster's slurm.conf (else Slurm's own).
+    partition: str | None = None
+    shared_dir: str | None = None
+    nodes: Tags = ()
+    account: str | None = None
+    qos: str | None = None
+    sbatch_args: Arguments = ()
+    slurm_conf: str | None = None
     # Set for machines discovered through an inventory; never in a fleet file.
     source: str = "file"
     online: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _slurm_slots(cls, raw: object) -> object:
+        # Slurm decides how many jobs run; batchctl only caps what it hands over.
+        if isinstance(raw, Mapping) and raw.get("transport") == "slurm" and "slots" not in raw:
+            return {**raw, "slots": MAX_SLOTS}
+        return raw
+
     @model_validator(mode="after")
     def _transport_fields(self) -> Machine:
+        slurm_only = [
+            name
+            for name in ("partition", "shared_dir", "account", "qos", "slurm_conf")
+            if getattr(self, name) is not None
+        ] + [name for name in ("nodes", "sbatch_args") if getattr(self, name)]
+        if self.transport == "slurm":
+            if not self.shared_dir:
+                raise ValueError(
+                    "a slurm machine needs 'shared_dir' (a directory this host and the nodes see)"
+                )
+            if not Path(self.shared_dir).is_absolute():
+                raise ValueError(f"shared_dir {self.shared_dir!r} must be an absolute path")
+            if self.os != "linux":
+                raise ValueError("a slurm machine runs linux")
+        elif slurm_only:
+            raise ValueError(f"{', '.join(slurm_only)}: only for slurm machines (transport: slurm)")
         if self.transport == "ssh" and not self.host:
             raise ValueError("an ssh machine needs 'host'")
         if self.transport != "sim" and ("duration" in self.model_fields_set or self.outcomes):
             raise ValueError("duration, outcomes: only for simulated machines (transport: sim)")
-        if self.transport in ("local", "sim"):
+        if self.transport in ("local", "sim", "slurm"):
             given = [
                 name
                 for name in ("host", "user", "port", "identity_file", "workdir", "known_hosts")
@@ -179,7 +216,8 @@ class Machine(BaseModel):
     def matches(self, selector: str) -> bool:
         kind, _, value = selector.partition(":")
         if kind == "machine":
-            return self.name == value
+            # A slurm machine also answers for its listed nodes (pinned with -w).
+            return self.name == value or value in self.nodes
         return kind == "tag" and value in self.tags
 
 
@@ -423,6 +461,10 @@ class Fleet:
         for tag in machine.tags:
             if tag in self.health.checks:
                 return self.health.checks[tag]
+        if machine.transport == "slurm" and machine.partition:
+            # A cluster answers when its controller lists the partition's
+            # nodes: `true` here would prove nothing about it.
+            return f"sinfo -h -p {shlex.quote(machine.partition)} -o %D | grep -q ."
         return DEFAULT_CHECK
 
     @cached_property
@@ -507,7 +549,7 @@ def _problem(
     elif error["type"] == "missing":
         message = "is required"
     elif error["type"] == "literal_error" and field == "transport":
-        message = f"unsupported transport {error['input']!r} (supported: local, ssh, sim)"
+        message = f"unsupported transport {error['input']!r} (supported: local, ssh, sim, slurm)"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     return f"{path}: {label}: field {field!r}: {message}"

@@ -255,6 +255,15 @@ class HealthView(View):
     held_back: str | None = None
 
 
+class NodeView(View):
+    """A node of a Slurm machine's cluster, as ``sinfo`` reports it."""
+
+    name: str
+    state: str
+    features: list[str]
+    cpus: str
+
+
 class MachineView(View):
     name: str
     source: str
@@ -269,6 +278,9 @@ class MachineView(View):
     drain: DrainView | None = None
     # Set while it has failures counted, or is quarantined.
     health: HealthView | None = None
+    # A slurm machine's nodes, and why they could not be read if not.
+    nodes: list[NodeView] | None = None
+    nodes_error: str | None = None
 
 
 class PoolView(View):

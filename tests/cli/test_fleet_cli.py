@@ -42,6 +42,22 @@ def test_default_fleet_is_this_host(cli: CliRunner) -> None:
             ["machine 'a' (#2)", "duplicate of machine #1"],
         ),
         ("machines:\n  - {name: a, os: beos}\n", ["machine 'a' (#1)", "field 'os'"]),
+        (
+            "machines:\n  - {name: hpc, transport: slurm}\n",
+            ["machine 'hpc' (#1)", "field 'transport'", "needs 'shared_dir'"],
+        ),
+        (
+            "machines:\n  - {name: hpc, transport: slurm, shared_dir: scratch}\n",
+            ["machine 'hpc' (#1)", "'scratch' must be an absolute path"],
+        ),
+        (
+            "machines:\n  - {name: box, transport: local, partition: debug}\n",
+            ["machine 'box' (#1)", "partition: only for slurm machines"],
+        ),
+        (
+            "machines:\n  - {name: hpc, transport: slurm, shared_dir: /s, host: h}\n",
+            ["machine 'hpc' (#1)", "host: only for ssh machines"],
+        ),
         ("machines: [\n", ["fleet.yaml:", "malformed YAML"]),
         ("machines: []\n", ["fleet.yaml", "lists no machine"]),
         ("hosts: []\n", ["fleet.yaml", "'hosts'"]),

@@ -1,11 +1,13 @@
 """The transport contract, run against the fake the scheduler tests use and
-against the real local transport (real executor processes)."""
+against the real transports: local, ssh (a real sshd) and slurm (a real
+Slurm cluster on this host)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +25,10 @@ from batchctl.transports.detached import DetachedTransport
 from batchctl.transports.local import EntryLookup, LocalTransport
 from batchctl.transports.processes import group_alive
 from batchctl.transports.rundir import read_pgid
+from batchctl.transports.slurm import SlurmTransport
 from tests.fakes import FakeClock, FakeTransport
 from tests.helpers import blocking_script, make_suite, processes_of, wait_until
+from tests.slurm import SlurmCluster
 from tests.sshd import Sshd
 
 SCRIPTS = {
@@ -39,28 +43,41 @@ SCRIPTS = {
 class Harness:
     """Prepares runs of real test directories and waits for their end."""
 
-    def __init__(self, kind: str, tmp: Path, state_dir: Path, sshd: Sshd | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        tmp: Path,
+        state_dir: Path,
+        sshd: Sshd | None = None,
+        cluster: SlurmCluster | None = None,
+    ) -> None:
         self.kind = kind
         self.tmp = tmp
         self.release = tmp / "release"
         self.runs = RunStore(state_dir)
         self.batches = BatchStore(state_dir)
         self.transport: Transport
+        self.cluster_env = cluster.env if cluster is not None else {}
         if kind == "fake":
             self.fake = FakeTransport(self.runs, FakeClock())
             self.fake.outcomes["fail"] = (RunStatus.FAILED, 3)
             self.fake.hold.add("hold")
             self.transport = self.fake
         else:
-            machine = (
-                sshd.machine("m1", slots=8)
-                if sshd is not None
-                else "  - {name: m1, transport: local, tags: [local], slots: 8}\n"
-            )
+            if sshd is not None:
+                machine = sshd.machine("m1", slots=8)
+            elif cluster is not None:
+                machine = cluster.machine(tmp / "shared", "m1", tags="[local]")
+            else:
+                machine = "  - {name: m1, transport: local, tags: [local], slots: 8}\n"
             fleet_file = tmp / "fleet.yaml"
             fleet_file.write_text("machines:\n" + machine)
             fleet = FleetSource(lambda: load_fleet(fleet_file))
-            if kind == "local":
+            if kind == "slurm":
+                self.transport = SlurmTransport(
+                    self.runs, SystemClock(), entries=EntryLookup(self.batches.raw), fleet=fleet
+                )
+            elif kind == "local":
                 self.transport = LocalTransport(
                     self.runs,
                     SystemClock(),
@@ -125,11 +142,14 @@ class Harness:
         return self.wait_for(run_id, lambda run: run.status.terminal, "the run to end")
 
 
-@pytest.fixture(params=["fake", "local", "ssh"])
+@pytest.fixture(params=["fake", "local", "ssh", "slurm"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path, state_dir: Path) -> Harness:
     kind = str(request.param)
     server = request.getfixturevalue("sshd") if kind == "ssh" else None
-    return Harness(kind, tmp_path, state_dir, server)
+    cluster = request.getfixturevalue("slurm_cluster") if kind == "slurm" else None
+    if cluster is not None:
+        (tmp_path / "shared").mkdir()
+    return Harness(kind, tmp_path, state_dir, server, cluster)
 
 
 def assert_no_test_process_left(harness: Harness) -> None:
@@ -229,6 +249,11 @@ def test_a_lost_executor_is_noticed(harness: Harness) -> None:
     running_run = running(harness, run.id)
     if harness.kind == "fake":
         harness.fake.dead_executors.add(run.id)
+    elif harness.kind == "slurm":
+        # Slurm supervises the job: what a run loses there is its job,
+        # ended behind batchctl's back.
+        job = (harness.runs.run_dir(run.id) / "slurm_job").read_text()
+        subprocess.run(["scancel", job], env=harness.cluster_env, check=True)
     else:
         assert running_run.supervisor is not None
         os.kill(running_run.supervisor.pid, signal.SIGKILL)

@@ -1,0 +1,80 @@
+"""A worker that dies around ``sbatch`` leaves a claim with no job id beside
+it: its successor finds the job by the run's token, or, if no job carries
+it, ends the run instead of submitting it a second time. Against the real
+cluster of tests/slurm.py."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from batchctl.model.clock import SystemClock
+from batchctl.model.models import RunStatus
+from batchctl.transports.local import EntryLookup
+from batchctl.transports.slurm import CLAIM, JOB_FILE, SUBMIT_GRACE_S, SlurmTransport, job_name
+from tests.slurm import SlurmCluster
+from tests.transports.test_contract import Harness
+
+
+def successor(harness: Harness) -> SlurmTransport:
+    """A fresh transport, as a worker that took the batch over has."""
+    assert isinstance(harness.transport, SlurmTransport)
+    return SlurmTransport(
+        harness.runs,
+        SystemClock(),
+        entries=EntryLookup(harness.batches.raw),
+        fleet=harness.transport.fleet,
+    )
+
+
+def age_claim(harness: Harness, run_id: str) -> None:
+    """As if the submitter had died longer ago than the grace it is given."""
+    claim = harness.runs.run_dir(run_id) / CLAIM
+    past = time.time() - SUBMIT_GRACE_S - 5
+    os.utime(claim, (past, past))
+
+
+def test_a_job_submitted_by_a_worker_that_died_before_noting_its_id_is_adopted(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    harness.transport.start([run])
+    job_file = harness.runs.run_dir(run.id) / JOB_FILE
+    submitted = job_file.read_text()
+    job_file.unlink()  # the worker died between sbatch and writing the id
+    age_claim(harness, run.id)
+    harness.transport = successor(harness)
+    harness.transport.start([run])  # the scheduler starts unclaimed runs again
+
+    ended = harness.settle(run.id)
+
+    assert (ended.status, ended.exit_code) == (RunStatus.SUCCEEDED, 0)
+    assert job_file.read_text() == submitted
+    names = [name for _, _, _, name in slurm_cluster.jobs()]
+    assert names.count(job_name(run.id)) == 1
+    assert Path(ended.log_path).read_text().count("hello from pass") == 1
+
+
+def test_a_claim_no_job_carries_ends_the_run_interrupted_and_nothing_is_submitted(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    run_dir = harness.runs.run_dir(run.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CLAIM).write_text("12345")  # claimed by a worker that died before sbatch
+    age_claim(harness, run.id)
+    harness.transport.start([run])
+
+    lost = harness.look(run.id)
+
+    assert lost == [run.id]
+    ended = harness.runs.get(run.id)
+    assert ended.status is RunStatus.INTERRUPTED
+    assert "died before Slurm took the job" in (ended.message or "")
+    names = [name for _, _, _, name in slurm_cluster.jobs()]
+    assert job_name(run.id) not in names
