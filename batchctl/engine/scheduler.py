@@ -183,6 +183,11 @@ class BatchMemory:
         self.learns = learns
         # Durations of passing runs seen since the last time they were kept.
         self.learned: dict[str, float] = {}
+        # Off until the first settle: the items final when the batch is read
+        # were learned by the worker that saw them end. Learned again at each
+        # load (a takeover, a resume, a reload after compaction), old runs
+        # would outweigh newer ones and look freshly seen.
+        self.learning = False
         # selector -> heap of (minus the critical path, authored order, name, attempt)
         self.ready: dict[str, list[ReadyEntry]] = defaultdict(list)
         self.in_ready: set[tuple[str, int]] = set()
@@ -204,7 +209,7 @@ class BatchMemory:
         if name in self.final:
             return
         self.final.add(name)
-        if passed:
+        if passed and self.learning:
             self._learn(name)
         if name not in self.dependents:
             # Nobody will ask about this run again: a 100,000-item batch
@@ -331,6 +336,7 @@ class BatchMemory:
             batch_of_names, self.dirty = self.dirty, set()
             for name in sorted(batch_of_names, key=self.order.__getitem__):
                 self.classify(name, now)
+        self.learning = True
 
     @property
     def done(self) -> bool:

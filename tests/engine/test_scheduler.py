@@ -747,6 +747,32 @@ def test_an_edited_item_has_no_history(world: World, state_dir: Path) -> None:
     assert len(DurationStore(state_dir).expected()) == 6
 
 
+def test_a_batch_read_again_teaches_nothing_new(world: World, state_dir: Path) -> None:
+    """A takeover or a resume reads a batch whose items passed long ago: what
+    they took was kept when they ended, and is not counted a second time
+    (it would outweigh the newer figures of other batches)."""
+    store = DurationStore(state_dir)
+    learn_durations(world, store, {"short1": 5, "short2": 5, "head": 20, "tail": 20})
+    world.batch(CHAIN_AND_SHORT_ITEMS, "newer", staging="newer")
+    world.fleet = Fleet(machines=(Machine(name="m1", tags=("local",), slots=1),), source="t")
+    scheduler = world.scheduler(durations=store)
+    now = world.clock.now()
+    while not (report := scheduler.step("newer", now)).done:
+        for name in report.dispatched:
+            world.clock.advance(9)
+            world.transport.finish(world.run_of(name, "newer"))
+        now = world.clock.advance(0.001)
+    assert scheduler.keep_durations("newer", world.clock.now()) is None
+    after_newer = store.expected()
+
+    # A new worker loads the first batch, finished long ago, and steps it.
+    successor = world.scheduler(durations=store)
+    successor.load("first", world.clock.now())
+    assert successor.step("first", world.clock.advance(1)).done
+    assert successor.keep_durations("first", world.clock.now()) is None
+    assert store.expected() == after_newer
+
+
 def test_a_damaged_durations_file_only_loses_the_history(world: World, state_dir: Path) -> None:
     store = DurationStore(state_dir)
     learn_durations(world, store, {"short1": 5, "short2": 5, "head": 20, "tail": 20})
