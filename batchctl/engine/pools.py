@@ -361,8 +361,8 @@ class PoolKeeper:
                 self._provision_ended(spec, name, code, timed_out, job, said, now)
             elif job.kind == "check":
                 if code == 0 and not timed_out:
-                    self.store.ready(spec.name, name, now=now)
-                    self.events.append(f"{name} is ready")
+                    if self.store.ready(spec.name, name, now=now):
+                        self.events.append(f"{name} is ready")
                 else:
                     self._not_before[name] = now + timedelta(seconds=READY_CHECK_EVERY_S)
             elif code == 0 and not timed_out:
@@ -397,7 +397,8 @@ class PoolKeeper:
             except (BadProvisionOutput, OSError) as exc:
                 note = f"provision output: {exc}"
             else:
-                self.store.provisioned(spec.name, name, address, now=now)
+                if not self.store.provisioned(spec.name, name, address, now=now):
+                    self.events.append(f"{name} was given up while it was provisioned")
                 return
         self.store.provision_failed(spec, name, capacity=False, note=note, now=now)
 
