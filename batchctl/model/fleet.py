@@ -488,6 +488,11 @@ class Fleet:
         return {machine.name: machine for machine in self.machines}
 
     @cached_property
+    def pool_machine_names(self) -> frozenset[str]:
+        """The machines a pool provisioned (``with_pool_machines``)."""
+        return frozenset(m.name for m in self.machines if m.source.startswith("pool "))
+
+    @cached_property
     def limited(self) -> dict[str, tuple[str, ...]]:
         """Each capped tag's machines, by name: what a cap counts."""
         return {tag: tuple(m.name for m in self.machines if tag in m.tags) for tag in self.limits}

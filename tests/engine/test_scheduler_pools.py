@@ -1,0 +1,51 @@
+"""The scheduler with pool machines: a machine another worker took out for
+deprovisioning takes no run, though this scheduler's fleet still lists it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchctl.model.fleet import Fleet, Machine
+from batchctl.model.pools import Address, PoolSpec
+from batchctl.state.pools import PoolStore
+from tests.engine.test_scheduler import World, entries, machines_of, world
+
+__all__ = ["world"]  # the fixture, used by name
+
+POOL = PoolSpec(name="cloud", tags=("cloud",), max=2, provision="up", deprovision="down")
+
+
+def test_a_pool_machine_taken_out_by_another_worker_gets_no_run_from_a_stale_fleet(
+    world: World, state_dir: Path
+) -> None:
+    # Another worker's store: both machines come up, then it takes cloud-1 out.
+    theirs = PoolStore(state_dir)
+    now = world.clock.now()
+    for name in theirs.request(POOL, demand=2, by="w1", now=now, hold_s=60):
+        assert theirs.provisioned("cloud", name, Address(host="h"), now=now)
+        assert theirs.ready("cloud", name, now=now)
+    # This scheduler's fleet was resolved while both were ready (a local
+    # stand-in for each: the fake transport runs local machines).
+    world.fleet = Fleet(
+        machines=tuple(
+            Machine(name=name, tags=("cloud",), slots=1, source="pool cloud")
+            for name in ("cloud-1", "cloud-2")
+        ),
+        source="t",
+        pools=(POOL,),
+    )
+    world.batch(entries(*(f"{{name: i{n}, dir: suites/ok, tag: cloud}}" for n in range(4))))
+    scheduler = world.scheduler()
+    scheduler.pools = PoolStore(state_dir)
+    assert scheduler.step("b1", world.clock.now()).dispatched == ["i0", "i1"]
+    world.transport.finish_running()
+
+    # Taken out under the batches lock by the other worker; this scheduler's
+    # fleet is not reloaded.
+    later = world.clock.advance(1)
+    assert theirs.deprovisioning(
+        "cloud", "cloud-1", by="w1", now=later, hold_s=60, note="idle for 2s"
+    )
+    assert scheduler.step("b1", later).dispatched == ["i2"]
+    assert machines_of(world)["i2"] == "cloud-2"
+    assert world.runs.held().get("cloud-1", 0) == 0  # i3 waits for a ready machine
