@@ -29,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from batchctl.model.environment import check_env_pass, merged_names
+from batchctl.model.environment import merged_names
 from batchctl.model.errors import InvalidFleet, InvalidPlan
+from batchctl.model.fleet_fields import Arguments, EnvPass, FleetName, SshOptions, Tags
 from batchctl.model.health import DEFAULT_CHECK, HealthSpec, MachineGroups
 from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
 from batchctl.model.pools import Address, PoolSpec
@@ -46,25 +47,6 @@ def this_os() -> OsName:
     if system == "windows":
         return "windows"
     return "linux"
-
-
-def _check_name(value: object) -> object:
-    if isinstance(value, str) and not NAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid name (letters, digits, '.', '_', '-')")
-    return value
-
-
-def _list_as_tuple(value: object) -> object:
-    # YAML gives lists; the models are frozen and keep tuples (strict mode
-    # would refuse the list).
-    return tuple(value) if isinstance(value, list) else value
-
-
-FleetName = Annotated[str, BeforeValidator(_check_name)]
-Tags = Annotated[tuple[FleetName, ...], BeforeValidator(_list_as_tuple)]
-SshOptions = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
-Arguments = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
-EnvPass = Annotated[tuple[str, ...], BeforeValidator(check_env_pass)]
 
 
 MAX_SLOTS = 4096
@@ -376,14 +358,16 @@ def _pools(
                 for error in exc.errors()
             )
             continue
-        for field_name, value in (("name", pool.name), *(("tags", tag) for tag in pool.tags)):
-            if not NAME_RE.fullmatch(value):
-                problems.append(
-                    f"{path}: {label}: field {field_name!r}: {value!r} is not a valid name "
-                    "(letters, digits, '.', '_', '-')"
-                )
         if pool.name in names:
             problems.append(f"{path}: {label}: field 'name': a machine has that name already")
+        # Its machines are named P-1, P-2, ...: a machine of the file named
+        # so would be two machines under one name.
+        taken = sorted(m.name for m in machines if _is_pool_machine_name(pool.name, m.name))
+        if taken:
+            problems.append(
+                f"{path}: {label}: field 'name': its machines would be named like machine "
+                f"{taken[0]!r} ({pool.name}-1, {pool.name}-2, ...); rename the pool or the machine"
+            )
         if pool.min > pool.max:
             problems.append(
                 f"{path}: {label}: field 'min': more than max ({pool.min} > {pool.max})"
@@ -394,6 +378,12 @@ def _pools(
         names.add(pool.name)
         pools.append(pool)
     return pools
+
+
+def _is_pool_machine_name(pool: str, name: str) -> bool:
+    """Whether ``name`` is one a pool named ``pool`` gives its machines."""
+    prefix = f"{pool}-"
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 
 def pool_machine(pool: PoolSpec, name: str, address: Address) -> Machine:

@@ -355,20 +355,32 @@ class PoolStore:
         )
 
 
-def with_pool_machines(fleet: Fleet, pools: Mapping[str, PoolState]) -> Fleet:
-    """The fleet with its pools' ready machines added (O(pool machines)):
-    every process resolving the fleet, the executor of a run on such a
-    machine included, knows where it is."""
+def with_pool_machines(
+    fleet: Fleet,
+    pools: Mapping[str, PoolState],
+    warn: Callable[[str], None] = lambda message: None,
+) -> Fleet:
+    """The fleet with its pools' ready machines added (O(machines)): every
+    process resolving the fleet, the executor of a run on such a machine
+    included, knows where it is. A pool machine whose name the fleet already
+    has (an inventory's machine: the file's are refused when it is read) is
+    left out, and ``warn`` says so: one name must mean one machine."""
+    names = {machine.name for machine in fleet.machines}
     added: list[Machine] = []
     for spec in fleet.pools:
         state = pools.get(spec.name)
         if state is None:
             continue
-        added.extend(
-            pool_machine(spec, name, machine.address)
-            for name, machine in sorted(state.machines.items())
-            if machine.state == "ready" and machine.address is not None
-        )
+        for name, machine in sorted(state.machines.items()):
+            if machine.state != "ready" or machine.address is None:
+                continue
+            if name in names:
+                warn(
+                    f"pool {spec.name}'s machine {name} left out of the fleet: "
+                    "another machine has that name"
+                )
+                continue
+            added.append(pool_machine(spec, name, machine.address))
     if not added:
         return fleet
     return replace(fleet, machines=(*fleet.machines, *added))
