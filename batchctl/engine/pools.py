@@ -81,7 +81,9 @@ class PoolKeeper:
         self._not_before: dict[str, datetime] = {}
         self._busy_at: dict[str, datetime] = {}
         self._began = now
-        self._ready: frozenset[str] | None = None
+        # The pool machines of the fleet as loaded: the first tick that finds
+        # another ready set has the caller reload its fleet.
+        self._ready = fleet().pool_machine_names
         # What happened to pool machines here, for the worker's log.
         self.events: list[str] = []
 
@@ -106,15 +108,16 @@ class PoolKeeper:
                 state = pools.get(spec.name, PoolState())
                 self._grow(spec, state, demand.get(spec.name, 0), now)
                 self._tend_machines(spec, held, demand.get(spec.name, 0), now)
+            pools = self.store.pools()
             ready = frozenset(
                 name
-                for state in self.store.pools().values()
-                for name, machine in state.machines.items()
+                for spec in self.pools
+                for name, machine in pools.get(spec.name, PoolState()).machines.items()
                 if machine.state == "ready"
             )
         except StateError:
             return False  # a busy lock: next tick
-        changed = self._ready is not None and ready != self._ready
+        changed = ready != self._ready
         self._ready = ready
         return changed
 

@@ -14,8 +14,9 @@ from types import FrameType
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.pools import PoolKeeper
+from batchctl.engine.scheduler import Scheduler
 from batchctl.model.clock import utc_iso
-from batchctl.model.errors import LeaseLost, StateError
+from batchctl.model.errors import InvalidInput, LeaseLost, StateError
 from batchctl.transports.processes import spawn_detached
 
 SLOW_STEP_S = 0.5
@@ -115,6 +116,7 @@ def run_worker(
     log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
     scheduler = dispatcher.scheduler(token)
     pools = dispatcher.pool_keeper()
+    fleet_reload = _FleetReload(dispatcher, scheduler, log)
     stats = WorkerStats()
     began = clock.monotonic()
     scheduler.load(batch_id, clock.now())
@@ -134,7 +136,8 @@ def run_worker(
                 began = clock.monotonic()
                 scheduler.tend_health(clock.now())
                 if pools is not None and pools.tend(clock.now()):
-                    scheduler.use_fleet(dispatcher.fleet_source.reload())
+                    fleet_reload.wanted = True
+                fleet_reload.try_now(clock.now())
                 report = scheduler.step(batch_id, clock.now())
                 _log_events(log, clock.now(), scheduler.health_events(), pools)
                 took = clock.monotonic() - began
@@ -194,6 +197,40 @@ def run_worker(
     log("stopped by SIGTERM; runs in flight continue and a later worker takes over")
     dispatcher.release_lease(batch_id, token)
     return 0
+
+
+class _FleetReload:
+    """Reloads the worker's fleet once its pools' ready machines changed. A
+    fleet that no longer resolves (its file edited into something invalid,
+    an inventory down) must not end the worker, nor every worker after it:
+    the fleet as it was is kept, the reason logged once per new reason, and
+    the reload tried again each tick until it works."""
+
+    def __init__(self, dispatcher: Dispatcher, scheduler: Scheduler, log: Callable[[str], None]):
+        self.dispatcher = dispatcher
+        self.scheduler = scheduler
+        self.log = log
+        self.wanted = False
+        self._said: str | None = None
+
+    def try_now(self, now: datetime) -> None:
+        if not self.wanted:
+            return
+        try:
+            fleet = self.dispatcher.fleet_source.reload()
+        except (InvalidInput, StateError) as error:  # a busy inventory cache too
+            if error.message != self._said:
+                self._said = error.message
+                self.log(
+                    f"{utc_iso(now)} fleet not reloaded, dispatching to the fleet as it was: "
+                    f"{error.message}"
+                )
+            return
+        self.wanted = False
+        if self._said is not None:
+            self._said = None
+            self.log(f"{utc_iso(now)} fleet reloaded")
+        self.scheduler.use_fleet(fleet)
 
 
 def _log_events(

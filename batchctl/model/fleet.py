@@ -512,9 +512,12 @@ class FleetSource:
         return self._fleet
 
     def reload(self) -> Fleet:
-        """Resolve the fleet again (a pool's machines came or went)."""
-        self._fleet = None
-        return self.get()
+        """Resolve the fleet again (a pool's machines came or went). If that
+        fails (the file was edited into something invalid, an inventory is
+        down), the error is raised and the fleet as it was is kept: whoever
+        asks next gets it, not the error."""
+        self._fleet = self._load()
+        return self._fleet
 
 
 def default_fleet() -> Fleet:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from batchctl.engine.lease import LeaseJudge
+from batchctl.engine.pools import PoolKeeper
 from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.pools import Address, PoolSpec
 from batchctl.state.pools import PoolStore
@@ -49,3 +51,30 @@ def test_a_pool_machine_taken_out_by_another_worker_gets_no_run_from_a_stale_fle
     assert scheduler.step("b1", later).dispatched == ["i2"]
     assert machines_of(world)["i2"] == "cloud-2"
     assert world.runs.held().get("cloud-1", 0) == 0  # i3 waits for a ready machine
+
+
+def test_the_first_tend_asks_for_a_reload_when_the_ready_machines_differ_from_the_fleet(
+    world: World, state_dir: Path
+) -> None:
+    store = PoolStore(state_dir)
+    now = world.clock.now()
+    [name] = store.request(POOL, demand=1, by="w1", now=now, hold_s=60)
+    store.provisioned("cloud", name, Address(host="h"), now=now)
+    # The fleet was resolved before the machine became ready.
+    fleet = Fleet(machines=(Machine(name="m1"),), source="t", pools=(POOL,))
+    store.ready("cloud", name, now=now)
+    keeper = PoolKeeper(
+        store,
+        lambda: fleet,
+        batches=world.batches,
+        runs=world.runs,
+        judge=LeaseJudge(
+            stale_s=30, monotonic=world.clock.monotonic, identity_alive=lambda identity: True
+        ),
+        state_dir=state_dir,
+        by="w2",
+        now=now,
+    )
+
+    assert keeper.tend(now) is True
+    assert keeper.tend(now) is False
