@@ -201,15 +201,7 @@ class PoolKeeper:
                     continue
                 machine = taken
                 if machine.state == "provisioning":
-                    # Its worker died with the command: whether a machine was
-                    # made is unknown. Forgotten, and said so.
-                    self.store.provision_failed(
-                        spec,
-                        name,
-                        capacity=False,
-                        note="the worker provisioning it stopped; if it was made, it is not known",
-                        now=now,
-                    )
+                    self._provision_orphaned(spec, machine, now)
                     continue
             if machine.state == "starting":
                 self._start_or_give_up(spec, machine, now)
@@ -232,6 +224,39 @@ class PoolKeeper:
                     taken_out = self.store.pools()[spec.name].machines.get(name)
                     if taken_out is not None:
                         self._deprovision(spec, taken_out, now)
+
+    def _provision_orphaned(self, spec: PoolSpec, machine: PoolMachine, now: datetime) -> None:
+        """Its worker died with the provision command (its claim ran out,
+        past the command's own deadline). If the command got as far as
+        printing where the machine is, the machine is deprovisioned, not
+        leaked; else it is forgotten, and said so."""
+        out = self.state_dir / "pools" / f"{machine.name}.provision.out"
+        try:
+            address = parse_address(out.read_text(errors="replace"))
+        except (BadProvisionOutput, OSError):
+            self.store.provision_failed(
+                spec,
+                machine.name,
+                capacity=False,
+                note="the worker provisioning it stopped; if it was made, it is not known",
+                now=now,
+            )
+            return
+        note = "the worker provisioning it stopped"
+        if self.store.deprovisioning(
+            spec.name,
+            machine.name,
+            by=self.by,
+            now=now,
+            hold_s=self._hold_s(spec),
+            note=note,
+            failed=True,
+            address=address,
+        ):
+            self.events.append(f"{machine.name}: {note} after it was made; deprovisioning it")
+            gone = self.store.pools()[spec.name].machines.get(machine.name)
+            if gone is not None:
+                self._deprovision(spec, gone, now)
 
     def _take_out(self, spec: PoolSpec, name: str, now: datetime, note: str) -> bool:
         """Out of the fleet for every batch, only if it holds no run: decided

@@ -221,9 +221,12 @@ class PoolStore:
         hold_s: float,
         note: str,
         failed: bool = False,
+        address: Address | None = None,
     ) -> bool:
         """Take the machine out (no run goes to it from now on) for ``by`` to
-        deprovision. False if it is gone or another worker handles it."""
+        deprovision. False if it is gone or another worker handles it.
+        ``address``: where it is, when only now known (a provision whose
+        worker died printed it)."""
 
         def change(state: PoolState) -> tuple[PoolState | None, bool]:
             machine = state.machines.get(name)
@@ -240,6 +243,7 @@ class PoolStore:
                 until=now + timedelta(seconds=hold_s),
                 note=note,
                 failed=failed or machine.failed,
+                address=address or machine.address,
             )
             return replace(state, machines={**state.machines, name: changed}), True
 

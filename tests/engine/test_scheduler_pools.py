@@ -11,6 +11,7 @@ from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.pools import Address, PoolSpec
 from batchctl.state.pools import PoolStore
 from tests.engine.test_scheduler import World, entries, machines_of, world
+from tests.helpers import wait_until
 
 __all__ = ["world"]  # the fixture, used by name
 
@@ -78,3 +79,53 @@ def test_the_first_tend_asks_for_a_reload_when_the_ready_machines_differ_from_th
 
     assert keeper.tend(now) is True
     assert keeper.tend(now) is False
+
+
+def keeper_of(world: World, state_dir: Path, spec: PoolSpec, by: str) -> PoolKeeper:
+    fleet = Fleet(machines=(Machine(name="m1"),), source="t", pools=(spec,))
+    return PoolKeeper(
+        PoolStore(state_dir),
+        lambda: fleet,
+        batches=world.batches,
+        runs=world.runs,
+        judge=LeaseJudge(
+            stale_s=30, monotonic=world.clock.monotonic, identity_alive=lambda identity: True
+        ),
+        state_dir=state_dir,
+        by=by,
+        now=world.clock.now(),
+    )
+
+
+def test_a_machine_whose_worker_died_after_its_provision_printed_it_is_deprovisioned(
+    world: World, state_dir: Path
+) -> None:
+    spec = PoolSpec(name="cloud", tags=("cloud",), max=2, provision="up", deprovision="true")
+    store = PoolStore(state_dir)
+    now = world.clock.now()
+    made, unknown = store.request(spec, demand=2, by="dead", now=now, hold_s=60)
+    # The dead worker's provision of the first got as far as printing its address.
+    (state_dir / "pools").mkdir()
+    (state_dir / "pools" / f"{made}.provision.out").write_text(
+        '{"host": "10.0.0.7", "id": "i-1"}\n'
+    )
+    keeper = keeper_of(world, state_dir, spec, by="w2")
+
+    keeper.tend(world.clock.advance(61))  # the dead worker's claim ran out
+
+    machines = store.pools()["cloud"].machines
+    assert unknown not in machines  # nothing says it was made: forgotten
+    assert (machines[made].state, machines[made].address) == (
+        "deprovisioning",
+        Address(host="10.0.0.7", id="i-1"),
+    )
+    assert (state_dir / "pools" / f"{made}.deprovision.in").read_text() == (
+        '{"host": "10.0.0.7", "id": "i-1"}\n'
+    )
+
+    def gone() -> bool:
+        keeper.tend(world.clock.now())
+        return made not in store.pools()["cloud"].machines
+
+    wait_until(gone, what="the deprovision to end")
+    assert store.pools()["cloud"].failed_total == 2
