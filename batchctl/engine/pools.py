@@ -84,6 +84,8 @@ class PoolKeeper:
         # The pool machines of the fleet as loaded: the first tick that finds
         # another ready set has the caller reload its fleet.
         self._ready = fleet().pool_machine_names
+        # Its worker is stopping: a machine it makes now goes again at once.
+        self._leaving = False
         # What happened to pool machines here, for the worker's log.
         self.events: list[str] = []
 
@@ -134,6 +136,55 @@ class PoolKeeper:
     def busy(self) -> bool:
         """Whether a command this worker started is still under way."""
         return bool(self._jobs)
+
+    def leave(self, now: datetime) -> None:
+        """The worker stops (SIGTERM) with no other live worker to tend the
+        pools: take out and deprovision the machines it would leave running
+        for nobody, down to each pool's ``min``: those starting under its
+        claim, then the ready ones holding no run (idle or not for long: no
+        one will be there to see them idle). Its health checks are stopped;
+        a provision it runs is deprovisioned once it ends with an address.
+        Then ``wind_down`` each tick. O(pool machines)."""
+        self._leaving = True
+        for name, job in list(self._jobs.items()):
+            if job.kind == "check":
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.process.pid, signal.SIGKILL)
+                job.process.wait()
+                del self._jobs[name]
+        try:
+            pools = self.store.pools()
+            held = self.runs.held()
+            for spec in self.pools:
+                state = pools.get(spec.name, PoolState())
+                up = state.count("starting", "ready")
+                order = sorted(
+                    state.machines.values(), key=lambda m: (m.state != "starting", m.name)
+                )
+                for machine in order:
+                    if up <= spec.min:
+                        break
+                    mine = machine.state == "starting" and machine.by == self.by
+                    idle = machine.state == "ready" and held.get(machine.name, 0) == 0
+                    if machine.name in self._jobs or not (mine or idle):
+                        continue
+                    if self._take_out(spec, machine.name, now, "its worker stopped"):
+                        up -= 1
+                        self._deprovision_taken(spec, machine.name, now)
+        except StateError:
+            pass  # a busy lock: what is left waits for the next worker
+
+    def wind_down(self, now: datetime) -> bool:
+        """After ``leave``: record the commands that ended; True while one
+        is still under way."""
+        with contextlib.suppress(StateError):
+            self._reap_jobs(now)
+        return self.busy()
+
+    def _deprovision_taken(self, spec: PoolSpec, name: str, now: datetime) -> None:
+        taken_out = self.store.pools()[spec.name].machines.get(name)
+        if taken_out is not None:
+            self._deprovision(spec, taken_out, now)
 
     def close(self) -> None:
         """The worker leaves: its commands are let run (a provision or a
@@ -427,6 +478,8 @@ class PoolKeeper:
             else:
                 if not self.store.provisioned(spec.name, name, address, now=now):
                     self.events.append(f"{name} was given up while it was provisioned")
+                elif self._leaving and self._take_out(spec, name, now, "its worker stopped"):
+                    self._deprovision_taken(spec, name, now)
                 return
         self.store.provision_failed(spec, name, capacity=False, note=note, now=now)
 

@@ -23,6 +23,10 @@ SLOW_STEP_S = 0.5
 # How often a worker adds the durations it learned to the durations file
 # (and once more when its batch is done): one write now and then, not per run.
 KEEP_DURATIONS_S = 30.0
+# How long a worker stopped by SIGTERM may spend deprovisioning the pool
+# machines it would leave running for nobody: well within the usual grace
+# before a SIGKILL (systemd gives 90 s, Kubernetes 30 s).
+LEAVE_POOLS_S = 20.0
 LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
@@ -186,6 +190,8 @@ def run_worker(
                 tick = dispatcher.tuning.tick_s
                 # or at once when a supervised run ends (its pidfd turns readable).
                 wait(scheduler.wakeup_fds(), tick if due is None else min(tick, due))
+            if stop.requested and not keeper.lost.is_set() and pools is not None:
+                _leave_pools(batch_id, dispatcher, pools, wait, log)
         except LeaseLost:
             pass
         finally:
@@ -242,6 +248,32 @@ def _log_events(
         events, pools.events = [*events, *pools.events], []
     for event in events:
         log(f"{utc_iso(now)} {event}")
+
+
+def _leave_pools(
+    batch_id: str,
+    dispatcher: Dispatcher,
+    pools: PoolKeeper,
+    wait: Callable[[list[int], float], None],
+    log: Callable[[str], None],
+) -> None:
+    """A worker stopped by SIGTERM deprovisions the pool machines it would
+    leave running for nobody (down to each pool's min), unless another live
+    batch's worker is there to tend them. Bounded by ``LEAVE_POOLS_S``, in
+    which the lease is still renewed: what is not done by then (a slow
+    deprovision, a machine busy with a run) is left to the next worker."""
+    clock = dispatcher.clock
+    if any(
+        other != batch_id and dispatcher.lease_live(other, lease)
+        for other, lease, _, _, _ in dispatcher.batches.demands()
+    ):
+        return
+    began = clock.monotonic()
+    pools.leave(clock.now())
+    while pools.wind_down(clock.now()) and clock.monotonic() - began < LEAVE_POOLS_S:
+        _log_events(log, clock.now(), [], pools)
+        wait([], dispatcher.tuning.tick_s)
+    _log_events(log, clock.now(), [], pools)
 
 
 def _see_pools_idle(

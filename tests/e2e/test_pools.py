@@ -267,3 +267,43 @@ def test_a_worker_whose_fleet_file_turns_invalid_keeps_its_fleet_and_finishes_th
         "start",
         "end",
     ]
+
+
+def test_a_worker_stopped_by_sigterm_deprovisions_the_idle_machines_nobody_else_would(
+    workdir: Path, state_dir: Path, pool_dir: Path
+) -> None:
+    ledger, gates = workdir / "ledger", workdir / "gates"
+    gates.mkdir()
+    (pool_dir / "deprovision.sh").write_text(DEPROVISION.format(here=pool_dir))
+    fleet = workdir / "fleet.yaml"
+    fleet.write_text(
+        "machines:\n  - {name: here, transport: local, tags: [linux], slots: 1}\n"
+        "pools:\n  - {name: cloud, tags: [cloud], min: 1, max: 2, idle_timeout: 1h, "
+        f"provision: 'exit 1', deprovision: 'sh {pool_dir / 'deprovision.sh'}'}}\n"
+    )
+    env = {"BATCHCTL_FLEET": str(fleet)}
+    store = PoolStore(state_dir)
+    spec = PoolSpec(name="cloud", tags=("cloud",), min=1, max=2, provision="x", deprovision="y")
+    now = datetime.now(UTC)
+    for name in store.request(spec, demand=2, by="test", now=now, hold_s=60):
+        assert store.provisioned("cloud", name, Address(host="127.0.0.1", id="none"), now=now)
+        assert store.ready("cloud", name, now=now)
+    make_suite(workdir / "suites", "t", ledger_script(ledger, gates))
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/t, tag: linux}\n")
+    result = run_batchctl("run", "plan.yaml", "--json", cwd=workdir, env=env)
+    batch_id = result.json()["data"]["batch"]["id"]
+    log = state_dir / "workers" / f"{batch_id}.log"
+    wait_until(lambda: "a" in started(ledger), what="the run")
+    wait_until(lambda: log.exists() and "holds batch" in log.read_text(), what="the worker")
+    [pid] = [int(line.split()[1]) for line in log.read_text().splitlines() if "holds batch" in line]
+
+    os.kill(pid, signal.SIGTERM)
+
+    wait_until(lambda: "stopped by SIGTERM" in log.read_text(), what="the worker to stop")
+    # Nobody else would tend the pool: the idle machine beyond min is gone.
+    assert calls(pool_dir) == [["deprovision", "cloud-1", "none"]]
+    assert {name: m.state for name, m in store.pools()["cloud"].machines.items()} == {
+        "cloud-2": "ready"
+    }
+    assert "cloud-1 deprovisioned" in log.read_text()
+    (gates / "a").touch()
