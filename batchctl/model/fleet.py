@@ -338,6 +338,9 @@ def _health(raw: object, path: str, problems: list[str]) -> HealthSpec:
     return spec
 
 
+MAX_POOL_NAME = 120
+
+
 def _pools(
     raw: Sequence[Any], machines: Sequence[Machine], path: str, problems: list[str]
 ) -> list[PoolSpec]:
@@ -360,6 +363,11 @@ def _pools(
             continue
         if pool.name in names:
             problems.append(f"{path}: {label}: field 'name': a machine has that name already")
+        if len(pool.name) > MAX_POOL_NAME:
+            # Room for "-<number>" in its machines' names (at most 128 characters).
+            problems.append(
+                f"{path}: {label}: field 'name': longer than {MAX_POOL_NAME} characters"
+            )
         # Its machines are named P-1, P-2, ...: a machine of the file named
         # so would be two machines under one name.
         taken = sorted(m.name for m in machines if _is_pool_machine_name(pool.name, m.name))

@@ -317,6 +317,10 @@ def test_bad_pools_are_exit_2_naming_file_pool_and_field(
             "pools:\n  - name: gpu\n    tags: [gpu]\n" + POOL,
             ["pool 'gpu' (#1)", "field 'name'", "'gpu-01'", "gpu-1, gpu-2"],
         ),
+        (
+            f"pools:\n  - name: {'p' * 121}\n    tags: [gpu]\n" + POOL,
+            ["field 'name'", "longer than 120 characters"],
+        ),
     ],
 )
 def test_pool_fields_are_checked_as_a_machines_when_the_fleet_is_read(
