@@ -263,11 +263,14 @@ def _leave_pools(
     which the lease is still renewed: what is not done by then (a slow
     deprovision, a machine busy with a run) is left to the next worker."""
     clock = dispatcher.clock
-    if any(
-        other != batch_id and dispatcher.lease_live(other, lease)
-        for other, lease, _, _, _ in dispatcher.batches.demands()
-    ):
-        return
+    try:
+        if any(
+            other != batch_id and dispatcher.lease_live(other, lease)
+            for other, lease, _, _, _ in dispatcher.batches.demands()
+        ):
+            return
+    except StateError:
+        return  # a busy lock: better leave them to the next worker than wait
     began = clock.monotonic()
     pools.leave(clock.now())
     while pools.wind_down(clock.now()) and clock.monotonic() - began < LEAVE_POOLS_S:

@@ -3,6 +3,7 @@ deprovisioning takes no run, though this scheduler's fleet still lists it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from batchctl.engine.lease import LeaseJudge
@@ -129,3 +130,33 @@ def test_a_machine_whose_worker_died_after_its_provision_printed_it_is_deprovisi
 
     wait_until(gone, what="the deprovision to end")
     assert store.pools()["cloud"].failed_total == 2
+
+
+def test_a_leaving_keeper_deprovisions_what_it_starts_and_idle_machines_down_to_min(
+    world: World, state_dir: Path
+) -> None:
+    spec = PoolSpec(name="cloud", min=2, max=4, provision="up", deprovision="true")
+    store = PoolStore(state_dir)
+    now = world.clock.now()
+    names = store.request(spec, demand=4, by="w2", now=now, hold_s=600)
+    assert names == ["cloud-1", "cloud-2", "cloud-3", "cloud-4"]
+    for name in names:
+        store.provisioned("cloud", name, Address(host="h"), now=now)
+    for name in ("cloud-2", "cloud-3"):
+        store.ready("cloud", name, now=now)
+    # cloud-4 is starting under another worker's live claim: not this one's to end,
+    # and it counts towards min.
+    store.take_over("cloud", "cloud-4", by="w9", now=now + timedelta(seconds=601), hold_s=600)
+    keeper = keeper_of(world, state_dir, spec, by="w2")
+
+    keeper.leave(now)
+
+    states = {name: m.state for name, m in store.pools()["cloud"].machines.items()}
+    assert states == {
+        "cloud-1": "deprovisioning",
+        "cloud-2": "deprovisioning",
+        "cloud-3": "ready",
+        "cloud-4": "starting",
+    }
+    wait_until(lambda: not keeper.wind_down(now), what="the deprovisions to end")
+    assert sorted(store.pools()["cloud"].machines) == ["cloud-3", "cloud-4"]
