@@ -35,27 +35,29 @@ from batchctl.transports.testdir import hash_test_dir
 
 
 def resolve_fleet(settings: Settings, clock: Clock) -> Fleet:
-    """The fleet file (or the default fleet) with inventory machines merged in.
-    The inventory clients (httpx) are imported only when a fleet has one."""
+    """The fleet file (or the default fleet) with inventory machines, then
+    the pools' ready machines, merged in. The inventory clients (httpx) are
+    imported only when a fleet has one."""
+
+    def warn(message: str) -> None:
+        print(f"batchctl: warning: {message}", file=sys.stderr)
+
     fleet = load_fleet(settings.fleet_path)
+    if fleet.inventories:
+        from batchctl.inventory.resolve import InventoryResolver
+
+        resolver = InventoryResolver(
+            settings.state_dir / "inventory-cache.json", clock, env=os.environ, warn=warn
+        )
+        fleet = resolver.resolve(fleet)
     if fleet.pools:
         try:
-            fleet = with_pool_machines(fleet, PoolStore(settings.state_dir).pools())
+            fleet = with_pool_machines(fleet, PoolStore(settings.state_dir).pools(), warn)
         except StateError as error:
             # A damaged pools.json must not stop every batch: the file's
             # machines are left out (and no pool is tended) until it is fixed.
-            print(f"batchctl: warning: pool machines left out: {error.message}", file=sys.stderr)
-    if not fleet.inventories:
-        return fleet
-    from batchctl.inventory.resolve import InventoryResolver
-
-    resolver = InventoryResolver(
-        settings.state_dir / "inventory-cache.json",
-        clock,
-        env=os.environ,
-        warn=lambda message: print(f"batchctl: warning: {message}", file=sys.stderr),
-    )
-    return resolver.resolve(fleet)
+            warn(f"pool machines left out: {error.message}")
+    return fleet
 
 
 def open_dispatcher(settings: Settings, *, long_lived: bool = False) -> Dispatcher:

@@ -204,6 +204,7 @@ class Dispatcher:
             )
             if self.health
             else None,
+            pools=self.pools if self.fleet.pools else None,
         )
 
     def foreground_pass(self, batch_id: str) -> StepReport | None:

@@ -81,7 +81,11 @@ class PoolKeeper:
         self._not_before: dict[str, datetime] = {}
         self._busy_at: dict[str, datetime] = {}
         self._began = now
-        self._ready: frozenset[str] | None = None
+        # The pool machines of the fleet as loaded: the first tick that finds
+        # another ready set has the caller reload its fleet.
+        self._ready = fleet().pool_machine_names
+        # Its worker is stopping: a machine it makes now goes again at once.
+        self._leaving = False
         # What happened to pool machines here, for the worker's log.
         self.events: list[str] = []
 
@@ -106,15 +110,16 @@ class PoolKeeper:
                 state = pools.get(spec.name, PoolState())
                 self._grow(spec, state, demand.get(spec.name, 0), now)
                 self._tend_machines(spec, held, demand.get(spec.name, 0), now)
+            pools = self.store.pools()
             ready = frozenset(
                 name
-                for state in self.store.pools().values()
-                for name, machine in state.machines.items()
+                for spec in self.pools
+                for name, machine in pools.get(spec.name, PoolState()).machines.items()
                 if machine.state == "ready"
             )
         except StateError:
             return False  # a busy lock: next tick
-        changed = self._ready is not None and ready != self._ready
+        changed = ready != self._ready
         self._ready = ready
         return changed
 
@@ -131,6 +136,55 @@ class PoolKeeper:
     def busy(self) -> bool:
         """Whether a command this worker started is still under way."""
         return bool(self._jobs)
+
+    def leave(self, now: datetime) -> None:
+        """The worker stops (SIGTERM) with no other live worker to tend the
+        pools: take out and deprovision the machines it would leave running
+        for nobody, down to each pool's ``min``: those starting under its
+        claim, then the ready ones holding no run (idle or not for long: no
+        one will be there to see them idle). Its health checks are stopped;
+        a provision it runs is deprovisioned once it ends with an address.
+        Then ``wind_down`` each tick. O(pool machines)."""
+        self._leaving = True
+        for name, job in list(self._jobs.items()):
+            if job.kind == "check":
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.process.pid, signal.SIGKILL)
+                job.process.wait()
+                del self._jobs[name]
+        try:
+            pools = self.store.pools()
+            held = self.runs.held()
+            for spec in self.pools:
+                state = pools.get(spec.name, PoolState())
+                up = state.count("starting", "ready")
+                order = sorted(
+                    state.machines.values(), key=lambda m: (m.state != "starting", m.name)
+                )
+                for machine in order:
+                    if up <= spec.min:
+                        break
+                    mine = machine.state == "starting" and machine.by == self.by
+                    idle = machine.state == "ready" and held.get(machine.name, 0) == 0
+                    if machine.name in self._jobs or not (mine or idle):
+                        continue
+                    if self._take_out(spec, machine.name, now, "its worker stopped"):
+                        up -= 1
+                        self._deprovision_taken(spec, machine.name, now)
+        except StateError:
+            pass  # a busy lock: what is left waits for the next worker
+
+    def wind_down(self, now: datetime) -> bool:
+        """After ``leave``: record the commands that ended; True while one
+        is still under way."""
+        with contextlib.suppress(StateError):
+            self._reap_jobs(now)
+        return self.busy()
+
+    def _deprovision_taken(self, spec: PoolSpec, name: str, now: datetime) -> None:
+        taken_out = self.store.pools()[spec.name].machines.get(name)
+        if taken_out is not None:
+            self._deprovision(spec, taken_out, now)
 
     def close(self) -> None:
         """The worker leaves: its commands are let run (a provision or a
@@ -198,15 +252,7 @@ class PoolKeeper:
                     continue
                 machine = taken
                 if machine.state == "provisioning":
-                    # Its worker died with the command: whether a machine was
-                    # made is unknown. Forgotten, and said so.
-                    self.store.provision_failed(
-                        spec,
-                        name,
-                        capacity=False,
-                        note="the worker provisioning it stopped; if it was made, it is not known",
-                        now=now,
-                    )
+                    self._provision_orphaned(spec, machine, now)
                     continue
             if machine.state == "starting":
                 self._start_or_give_up(spec, machine, now)
@@ -229,6 +275,39 @@ class PoolKeeper:
                     taken_out = self.store.pools()[spec.name].machines.get(name)
                     if taken_out is not None:
                         self._deprovision(spec, taken_out, now)
+
+    def _provision_orphaned(self, spec: PoolSpec, machine: PoolMachine, now: datetime) -> None:
+        """Its worker died with the provision command (its claim ran out,
+        past the command's own deadline). If the command got as far as
+        printing where the machine is, the machine is deprovisioned, not
+        leaked; else it is forgotten, and said so."""
+        out = self.state_dir / "pools" / f"{machine.name}.provision.out"
+        try:
+            address = parse_address(out.read_text(errors="replace"))
+        except (BadProvisionOutput, OSError):
+            self.store.provision_failed(
+                spec,
+                machine.name,
+                capacity=False,
+                note="the worker provisioning it stopped; if it was made, it is not known",
+                now=now,
+            )
+            return
+        note = "the worker provisioning it stopped"
+        if self.store.deprovisioning(
+            spec.name,
+            machine.name,
+            by=self.by,
+            now=now,
+            hold_s=self._hold_s(spec),
+            note=note,
+            failed=True,
+            address=address,
+        ):
+            self.events.append(f"{machine.name}: {note} after it was made; deprovisioning it")
+            gone = self.store.pools()[spec.name].machines.get(machine.name)
+            if gone is not None:
+                self._deprovision(spec, gone, now)
 
     def _take_out(self, spec: PoolSpec, name: str, now: datetime, note: str) -> bool:
         """Out of the fleet for every batch, only if it holds no run: decided
@@ -361,8 +440,8 @@ class PoolKeeper:
                 self._provision_ended(spec, name, code, timed_out, job, said, now)
             elif job.kind == "check":
                 if code == 0 and not timed_out:
-                    self.store.ready(spec.name, name, now=now)
-                    self.events.append(f"{name} is ready")
+                    if self.store.ready(spec.name, name, now=now):
+                        self.events.append(f"{name} is ready")
                 else:
                     self._not_before[name] = now + timedelta(seconds=READY_CHECK_EVERY_S)
             elif code == 0 and not timed_out:
@@ -397,7 +476,10 @@ class PoolKeeper:
             except (BadProvisionOutput, OSError) as exc:
                 note = f"provision output: {exc}"
             else:
-                self.store.provisioned(spec.name, name, address, now=now)
+                if not self.store.provisioned(spec.name, name, address, now=now):
+                    self.events.append(f"{name} was given up while it was provisioned")
+                elif self._leaving and self._take_out(spec, name, now, "its worker stopped"):
+                    self._deprovision_taken(spec, name, now)
                 return
         self.store.provision_failed(spec, name, capacity=False, note=note, now=now)
 

@@ -56,6 +56,7 @@ from batchctl.model.policy import (
 )
 from batchctl.state.batches import BatchStore
 from batchctl.state.durations import DurationStore
+from batchctl.state.pools import PoolState, PoolStore
 from batchctl.state.runs import Answer, PrepareRequest, RunStore, SlotClaim
 from batchctl.transports.base import Transport
 
@@ -360,6 +361,7 @@ class Scheduler:
         drained: Callable[[], Mapping[str, Drain]] | None = None,
         durations: DurationStore | None = None,
         health: HealthKeeper | None = None,
+        pools: PoolStore | None = None,
     ) -> None:
         self.batches = batches
         self.runs = runs
@@ -385,6 +387,12 @@ class Scheduler:
         # Counts run ends against their machines and knows which machines
         # are quarantined (they take no runs, like drained ones).
         self.health = health
+        # Where each pool machine stands: one taken out for deprovisioning
+        # (by any worker) takes no run, whatever this scheduler's fleet,
+        # reloaded only when its own pool keeper sees a change, still says.
+        self.pools = pools
+        self._last_pool_states: dict[str, str] = {}
+        self._pools_read: Mapping[str, PoolState] | None = None
         self._ended: list[Run] = []
         # Runs each capped tag (fleet ``limits``) may still start this dispatch.
         self._cap_room: dict[str, int] = {}
@@ -979,13 +987,35 @@ class Scheduler:
         return memory.entries[name].selector
 
     def _out_of_dispatch(self) -> set[str]:
-        """Machines that take no new run: drained, quarantined, or being
-        probed by this worker after a run could not reach them. O(those)."""
+        """Machines that take no new run: drained, quarantined, being probed
+        by this worker after a run could not reach them, or pool machines no
+        longer ``ready`` in ``pools.json``. O(those + pool machines)."""
         out = set(self._drained_now())
         if self.health is not None:
             out.update(self.health.quarantined())
             out.update(self.health.probing())
+        pooled = self.fleet.pool_machine_names
+        if pooled:
+            states = self._pool_states_now()
+            out.update(name for name in pooled if states.get(name) != "ready")
         return out
+
+    def _pool_states_now(self) -> Mapping[str, str]:
+        """Each pool machine's state, by name: one ``stat`` while
+        ``pools.json`` is unchanged. A damaged or newer file keeps the last
+        answer read (with none, every pool machine is left out)."""
+        if self.pools is None:
+            return {}
+        with contextlib.suppress(StateError):
+            pools = self.pools.pools()
+            if pools is not self._pools_read:  # the store re-read the file
+                self._pools_read = pools
+                self._last_pool_states = {
+                    name: machine.state
+                    for state in pools.values()
+                    for name, machine in state.machines.items()
+                }
+        return self._last_pool_states
 
     def _free_slots(self, claims: Iterable[SlotClaim]) -> dict[str, int]:
         """Free slots per machine: none on a drained or quarantined machine,

@@ -14,14 +14,19 @@ from types import FrameType
 
 from batchctl.engine.dispatch import Dispatcher
 from batchctl.engine.pools import PoolKeeper
+from batchctl.engine.scheduler import Scheduler
 from batchctl.model.clock import utc_iso
-from batchctl.model.errors import LeaseLost, StateError
+from batchctl.model.errors import InvalidInput, LeaseLost, StateError
 from batchctl.transports.processes import spawn_detached
 
 SLOW_STEP_S = 0.5
 # How often a worker adds the durations it learned to the durations file
 # (and once more when its batch is done): one write now and then, not per run.
 KEEP_DURATIONS_S = 30.0
+# How long a worker stopped by SIGTERM may spend deprovisioning the pool
+# machines it would leave running for nobody: well within the usual grace
+# before a SIGKILL (systemd gives 90 s, Kubernetes 30 s).
+LEAVE_POOLS_S = 20.0
 LEASE_TOKEN_VARIABLE = "BATCHCTL_LEASE_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
@@ -115,6 +120,7 @@ def run_worker(
     log(f"worker {dispatcher.this_pid} holds batch {batch_id}")
     scheduler = dispatcher.scheduler(token)
     pools = dispatcher.pool_keeper()
+    fleet_reload = _FleetReload(dispatcher, scheduler, log)
     stats = WorkerStats()
     began = clock.monotonic()
     scheduler.load(batch_id, clock.now())
@@ -134,7 +140,8 @@ def run_worker(
                 began = clock.monotonic()
                 scheduler.tend_health(clock.now())
                 if pools is not None and pools.tend(clock.now()):
-                    scheduler.use_fleet(dispatcher.fleet_source.reload())
+                    fleet_reload.wanted = True
+                fleet_reload.try_now(clock.now())
                 report = scheduler.step(batch_id, clock.now())
                 _log_events(log, clock.now(), scheduler.health_events(), pools)
                 took = clock.monotonic() - began
@@ -183,6 +190,8 @@ def run_worker(
                 tick = dispatcher.tuning.tick_s
                 # or at once when a supervised run ends (its pidfd turns readable).
                 wait(scheduler.wakeup_fds(), tick if due is None else min(tick, due))
+            if stop.requested and not keeper.lost.is_set() and pools is not None:
+                _leave_pools(batch_id, dispatcher, pools, wait, log)
         except LeaseLost:
             pass
         finally:
@@ -196,6 +205,40 @@ def run_worker(
     return 0
 
 
+class _FleetReload:
+    """Reloads the worker's fleet once its pools' ready machines changed. A
+    fleet that no longer resolves (its file edited into something invalid,
+    an inventory down) must not end the worker, nor every worker after it:
+    the fleet as it was is kept, the reason logged once per new reason, and
+    the reload tried again each tick until it works."""
+
+    def __init__(self, dispatcher: Dispatcher, scheduler: Scheduler, log: Callable[[str], None]):
+        self.dispatcher = dispatcher
+        self.scheduler = scheduler
+        self.log = log
+        self.wanted = False
+        self._said: str | None = None
+
+    def try_now(self, now: datetime) -> None:
+        if not self.wanted:
+            return
+        try:
+            fleet = self.dispatcher.fleet_source.reload()
+        except (InvalidInput, StateError) as error:  # a busy inventory cache too
+            if error.message != self._said:
+                self._said = error.message
+                self.log(
+                    f"{utc_iso(now)} fleet not reloaded, dispatching to the fleet as it was: "
+                    f"{error.message}"
+                )
+            return
+        self.wanted = False
+        if self._said is not None:
+            self._said = None
+            self.log(f"{utc_iso(now)} fleet reloaded")
+        self.scheduler.use_fleet(fleet)
+
+
 def _log_events(
     log: Callable[[str], None], now: datetime, health: list[str], pools: PoolKeeper | None
 ) -> None:
@@ -205,6 +248,35 @@ def _log_events(
         events, pools.events = [*events, *pools.events], []
     for event in events:
         log(f"{utc_iso(now)} {event}")
+
+
+def _leave_pools(
+    batch_id: str,
+    dispatcher: Dispatcher,
+    pools: PoolKeeper,
+    wait: Callable[[list[int], float], None],
+    log: Callable[[str], None],
+) -> None:
+    """A worker stopped by SIGTERM deprovisions the pool machines it would
+    leave running for nobody (down to each pool's min), unless another live
+    batch's worker is there to tend them. Bounded by ``LEAVE_POOLS_S``, in
+    which the lease is still renewed: what is not done by then (a slow
+    deprovision, a machine busy with a run) is left to the next worker."""
+    clock = dispatcher.clock
+    try:
+        if any(
+            other != batch_id and dispatcher.lease_live(other, lease)
+            for other, lease, _, _, _ in dispatcher.batches.demands()
+        ):
+            return
+    except StateError:
+        return  # a busy lock: better leave them to the next worker than wait
+    began = clock.monotonic()
+    pools.leave(clock.now())
+    while pools.wind_down(clock.now()) and clock.monotonic() - began < LEAVE_POOLS_S:
+        _log_events(log, clock.now(), [], pools)
+        wait([], dispatcher.tuning.tick_s)
+    _log_events(log, clock.now(), [], pools)
 
 
 def _see_pools_idle(

@@ -29,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from batchctl.model.environment import check_env_pass, merged_names
+from batchctl.model.environment import merged_names
 from batchctl.model.errors import InvalidFleet, InvalidPlan
+from batchctl.model.fleet_fields import Arguments, EnvPass, FleetName, SshOptions, Tags
 from batchctl.model.health import DEFAULT_CHECK, HealthSpec, MachineGroups
 from batchctl.model.plan import NAME_RE, parse_duration, parse_yaml
 from batchctl.model.pools import Address, PoolSpec
@@ -46,25 +47,6 @@ def this_os() -> OsName:
     if system == "windows":
         return "windows"
     return "linux"
-
-
-def _check_name(value: object) -> object:
-    if isinstance(value, str) and not NAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid name (letters, digits, '.', '_', '-')")
-    return value
-
-
-def _list_as_tuple(value: object) -> object:
-    # YAML gives lists; the models are frozen and keep tuples (strict mode
-    # would refuse the list).
-    return tuple(value) if isinstance(value, list) else value
-
-
-FleetName = Annotated[str, BeforeValidator(_check_name)]
-Tags = Annotated[tuple[FleetName, ...], BeforeValidator(_list_as_tuple)]
-SshOptions = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
-Arguments = Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)]
-EnvPass = Annotated[tuple[str, ...], BeforeValidator(check_env_pass)]
 
 
 MAX_SLOTS = 4096
@@ -356,6 +338,9 @@ def _health(raw: object, path: str, problems: list[str]) -> HealthSpec:
     return spec
 
 
+MAX_POOL_NAME = 120
+
+
 def _pools(
     raw: Sequence[Any], machines: Sequence[Machine], path: str, problems: list[str]
 ) -> list[PoolSpec]:
@@ -376,14 +361,21 @@ def _pools(
                 for error in exc.errors()
             )
             continue
-        for field_name, value in (("name", pool.name), *(("tags", tag) for tag in pool.tags)):
-            if not NAME_RE.fullmatch(value):
-                problems.append(
-                    f"{path}: {label}: field {field_name!r}: {value!r} is not a valid name "
-                    "(letters, digits, '.', '_', '-')"
-                )
         if pool.name in names:
             problems.append(f"{path}: {label}: field 'name': a machine has that name already")
+        if len(pool.name) > MAX_POOL_NAME:
+            # Room for "-<number>" in its machines' names (at most 128 characters).
+            problems.append(
+                f"{path}: {label}: field 'name': longer than {MAX_POOL_NAME} characters"
+            )
+        # Its machines are named P-1, P-2, ...: a machine of the file named
+        # so would be two machines under one name.
+        taken = sorted(m.name for m in machines if _is_pool_machine_name(pool.name, m.name))
+        if taken:
+            problems.append(
+                f"{path}: {label}: field 'name': its machines would be named like machine "
+                f"{taken[0]!r} ({pool.name}-1, {pool.name}-2, ...); rename the pool or the machine"
+            )
         if pool.min > pool.max:
             problems.append(
                 f"{path}: {label}: field 'min': more than max ({pool.min} > {pool.max})"
@@ -394,6 +386,12 @@ def _pools(
         names.add(pool.name)
         pools.append(pool)
     return pools
+
+
+def _is_pool_machine_name(pool: str, name: str) -> bool:
+    """Whether ``name`` is one a pool named ``pool`` gives its machines."""
+    prefix = f"{pool}-"
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 
 def pool_machine(pool: PoolSpec, name: str, address: Address) -> Machine:
@@ -488,6 +486,11 @@ class Fleet:
         return {machine.name: machine for machine in self.machines}
 
     @cached_property
+    def pool_machine_names(self) -> frozenset[str]:
+        """The machines a pool provisioned (``with_pool_machines``)."""
+        return frozenset(m.name for m in self.machines if m.source.startswith("pool "))
+
+    @cached_property
     def limited(self) -> dict[str, tuple[str, ...]]:
         """Each capped tag's machines, by name: what a cap counts."""
         return {tag: tuple(m.name for m in self.machines if tag in m.tags) for tag in self.limits}
@@ -517,9 +520,12 @@ class FleetSource:
         return self._fleet
 
     def reload(self) -> Fleet:
-        """Resolve the fleet again (a pool's machines came or went)."""
-        self._fleet = None
-        return self.get()
+        """Resolve the fleet again (a pool's machines came or went). If that
+        fails (the file was edited into something invalid, an inventory is
+        down), the error is raised and the fleet as it was is kept: whoever
+        asks next gets it, not the error."""
+        self._fleet = self._load()
+        return self._fleet
 
 
 def default_fleet() -> Fleet:

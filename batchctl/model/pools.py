@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from batchctl.model.fleet_fields import EnvPass, FleetName, SshOptions, Tags
 from batchctl.model.plan import parse_duration
 
 # sysexits.h EX_TEMPFAIL: what a provision command exits with when the
@@ -27,17 +28,14 @@ from batchctl.model.plan import parse_duration
 CAPACITY_EXIT = 75
 
 
-def _list_as_tuple(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value
-
-
 class PoolSpec(BaseModel):
     """``pools:`` entries in the fleet file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str
-    tags: Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)] = ()
+    # Checked as a machine's are: its machines are machines.
+    name: FleetName
+    tags: Tags = ()
     slots: Annotated[int, Field(ge=1, le=4096)] = 1
     min: Annotated[int, Field(ge=0, le=1000)] = 0
     max: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -58,9 +56,9 @@ class PoolSpec(BaseModel):
     workdir: str | None = None
     known_hosts: str | None = None
     strict_host_key_checking: Literal["accept-new", "yes", "no"] = "accept-new"
-    ssh_options: Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)] = ()
+    ssh_options: SshOptions = ()
     health_check: str | None = None
-    env_pass: Annotated[tuple[str, ...], BeforeValidator(_list_as_tuple)] = ()
+    env_pass: EnvPass = ()
 
     def machine_name(self, number: int) -> str:
         return f"{self.name}-{number}"

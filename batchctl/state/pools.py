@@ -10,6 +10,9 @@ machine changes state.
 Machine states: ``provisioning`` (its provision command runs), ``starting``
 (it exists; waiting for its health check to pass), ``ready`` (in the fleet,
 taking runs), ``deprovisioning`` (its deprovision command runs; no runs).
+The only ways forward are provisioning -> starting -> ready, and from any
+state to deprovisioning (then gone); a change asked from another state (a
+health check that passed after the machine was given up) changes nothing.
 """
 
 from __future__ import annotations
@@ -152,8 +155,19 @@ class PoolStore:
         result: list[str] = self._change(spec.name, change)
         return result
 
-    def provisioned(self, pool: str, name: str, address: Address, *, now: datetime) -> None:
-        self._set(pool, name, lambda m: replace(m, state="starting", address=address, since=now))
+    def provisioned(self, pool: str, name: str, address: Address, *, now: datetime) -> bool:
+        """``provisioning`` -> ``starting``. False (nothing changed) from any
+        other state: the machine was given up meanwhile."""
+
+        def change(state: PoolState) -> tuple[PoolState | None, bool]:
+            machine = state.machines.get(name)
+            if machine is None or machine.state != "provisioning":
+                return None, False
+            started = replace(machine, state="starting", address=address, since=now)
+            return replace(state, machines={**state.machines, name: started}), True
+
+        result: bool = self._change(pool, change)
+        return result
 
     def provision_failed(
         self, spec: PoolSpec, name: str, *, capacity: bool, note: str, now: datetime
@@ -179,18 +193,23 @@ class PoolStore:
 
         self._change(spec.name, change)
 
-    def ready(self, pool: str, name: str, *, now: datetime) -> None:
-        def change(state: PoolState) -> tuple[PoolState | None, None]:
+    def ready(self, pool: str, name: str, *, now: datetime) -> bool:
+        """``starting`` -> ``ready``. False (nothing changed) from any other
+        state: a check that passed after the machine was taken out (its
+        ready_timeout ran out) must not put it back while it is deprovisioned."""
+
+        def change(state: PoolState) -> tuple[PoolState | None, bool]:
             machine = state.machines.get(name)
-            if machine is None:
-                return None, None
+            if machine is None or machine.state != "starting":
+                return None, False
             machines = {
                 **state.machines,
                 name: replace(machine, state="ready", ready_at=now, by=None, until=None),
             }
-            return replace(state, machines=machines, failures_in_row=0, retry_at=None), None
+            return replace(state, machines=machines, failures_in_row=0, retry_at=None), True
 
-        self._change(pool, change)
+        result: bool = self._change(pool, change)
+        return result
 
     def deprovisioning(
         self,
@@ -202,9 +221,12 @@ class PoolStore:
         hold_s: float,
         note: str,
         failed: bool = False,
+        address: Address | None = None,
     ) -> bool:
         """Take the machine out (no run goes to it from now on) for ``by`` to
-        deprovision. False if it is gone or another worker handles it."""
+        deprovision. False if it is gone or another worker handles it.
+        ``address``: where it is, when only now known (a provision whose
+        worker died printed it)."""
 
         def change(state: PoolState) -> tuple[PoolState | None, bool]:
             machine = state.machines.get(name)
@@ -221,6 +243,7 @@ class PoolStore:
                 until=now + timedelta(seconds=hold_s),
                 note=note,
                 failed=failed or machine.failed,
+                address=address or machine.address,
             )
             return replace(state, machines={**state.machines, name: changed}), True
 
@@ -263,15 +286,6 @@ class PoolStore:
 
         result: PoolMachine | None = self._change(pool, change)
         return result
-
-    def _set(self, pool: str, name: str, update: Callable[[PoolMachine], PoolMachine]) -> None:
-        def change(state: PoolState) -> tuple[PoolState | None, None]:
-            machine = state.machines.get(name)
-            if machine is None:
-                return None, None
-            return replace(state, machines={**state.machines, name: update(machine)}), None
-
-        self._change(pool, change)
 
     # -- the file's entries ----------------------------------------------------
 
@@ -345,20 +359,32 @@ class PoolStore:
         )
 
 
-def with_pool_machines(fleet: Fleet, pools: Mapping[str, PoolState]) -> Fleet:
-    """The fleet with its pools' ready machines added (O(pool machines)):
-    every process resolving the fleet, the executor of a run on such a
-    machine included, knows where it is."""
+def with_pool_machines(
+    fleet: Fleet,
+    pools: Mapping[str, PoolState],
+    warn: Callable[[str], None] = lambda message: None,
+) -> Fleet:
+    """The fleet with its pools' ready machines added (O(machines)): every
+    process resolving the fleet, the executor of a run on such a machine
+    included, knows where it is. A pool machine whose name the fleet already
+    has (an inventory's machine: the file's are refused when it is read) is
+    left out, and ``warn`` says so: one name must mean one machine."""
+    names = {machine.name for machine in fleet.machines}
     added: list[Machine] = []
     for spec in fleet.pools:
         state = pools.get(spec.name)
         if state is None:
             continue
-        added.extend(
-            pool_machine(spec, name, machine.address)
-            for name, machine in sorted(state.machines.items())
-            if machine.state == "ready" and machine.address is not None
-        )
+        for name, machine in sorted(state.machines.items()):
+            if machine.state != "ready" or machine.address is None:
+                continue
+            if name in names:
+                warn(
+                    f"pool {spec.name}'s machine {name} left out of the fleet: "
+                    "another machine has that name"
+                )
+                continue
+            added.append(pool_machine(spec, name, machine.address))
     if not added:
         return fleet
     return replace(fleet, machines=(*fleet.machines, *added))

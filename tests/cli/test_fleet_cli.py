@@ -292,3 +292,48 @@ def test_bad_pools_are_exit_2_naming_file_pool_and_field(
     for fragment in ["fleet.yaml", *expected]:
         assert fragment in result.stderr, (fragment, result.stderr)
     assert snapshot_dir(state_dir) == {}
+
+
+@pytest.mark.parametrize(
+    ("pools", "expected"),
+    [
+        (
+            "pools:\n  - name: cloud\n    tags: [gpu]\n    env_pass: ['not a name']\n" + POOL,
+            ["pool 'cloud' (#1)", "field 'env_pass'", "'not a name' is not a valid"],
+        ),
+        (
+            "pools:\n  - name: cloud\n    tags: [gpu]\n    env_pass: [BATCHCTL_X]\n" + POOL,
+            ["pool 'cloud' (#1)", "field 'env_pass'", "set by batchctl"],
+        ),
+        (
+            "pools:\n  - name: cloud\n    tags: [gpu, 'a b']\n" + POOL,
+            ["pool 'cloud' (#1)", "field 'tags.1'", "'a b' is not a valid name"],
+        ),
+        (
+            "pools:\n  - name: 'bad name'\n    tags: [gpu]\n" + POOL,
+            ["pool 'bad name' (#1)", "field 'name'", "is not a valid name"],
+        ),
+        (
+            "pools:\n  - name: gpu\n    tags: [gpu]\n" + POOL,
+            ["pool 'gpu' (#1)", "field 'name'", "'gpu-01'", "gpu-1, gpu-2"],
+        ),
+        (
+            f"pools:\n  - name: {'p' * 121}\n    tags: [gpu]\n" + POOL,
+            ["field 'name'", "longer than 120 characters"],
+        ),
+    ],
+)
+def test_pool_fields_are_checked_as_a_machines_when_the_fleet_is_read(
+    workdir: Path, cli: CliRunner, state_dir: Path, pools: str, expected: list[str]
+) -> None:
+    (workdir / "fleet.yaml").write_text(TWO_MACHINES + pools)
+    make_suite(workdir / "suites", "a")
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/a, tag: gpu}\n")
+
+    for args in (("machines",), ("run", "plan.yaml", "--dry-run"), ("run", "plan.yaml")):
+        result = cli(*args, "--fleet", "fleet.yaml")
+        assert result.code == 2, (args, result.stderr)
+        for fragment in ["fleet.yaml", *expected]:
+            assert fragment in result.stderr, (fragment, result.stderr)
+        assert "internal error" not in result.stderr
+    assert snapshot_dir(state_dir) == {}

@@ -10,14 +10,17 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from batchctl.model.pools import Address, PoolSpec
+from batchctl.state.pools import PoolStore
 from tests.e2e.test_governance import items_of, ledger_script, started
 from tests.helpers import make_suite, run_batchctl, wait_until, write_plan
-from tests.sshd import Sshd
+from tests.sshd import Sshd, free_port
 
 PROVISION = '''\
 """Start an sshd on a free loopback port; print where it is as one JSON line.
@@ -210,3 +213,97 @@ def test_a_capacity_error_is_retried_and_a_machine_that_never_answers_is_deprovi
     pool = pool_of(workdir, env)
     assert pool["failed"] == 1
     assert pool["last_error"] == "cloud-2: never became healthy within 3s"
+
+
+def test_a_worker_whose_fleet_file_turns_invalid_keeps_its_fleet_and_finishes_the_batch(
+    workdir: Path, state_dir: Path
+) -> None:
+    ledger, gates = workdir / "ledger", workdir / "gates"
+    gates.mkdir()
+    fleet = workdir / "fleet.yaml"
+    fleet.write_text(
+        "machines:\n  - {name: here, transport: local, tags: [linux], slots: 1}\n"
+        "pools:\n  - {name: cloud, tags: [cloud], idle_timeout: 1h, "
+        "provision: 'exit 1', deprovision: 'true'}\n"
+    )
+    env = {"BATCHCTL_FLEET": str(fleet)}
+    # A machine of the pool is ready before the batch: the worker's fleet has it.
+    store = PoolStore(state_dir)
+    spec = PoolSpec(name="cloud", tags=("cloud",), provision="exit 1", deprovision="true")
+    now = datetime.now(UTC)
+    [name] = store.request(spec, demand=1, by="test", now=now, hold_s=60)
+    assert store.provisioned("cloud", name, Address(host="127.0.0.1", port=free_port()), now=now)
+    assert store.ready("cloud", name, now=now)
+    make_suite(workdir / "suites", "t", ledger_script(ledger, gates))
+    write_plan(
+        workdir,
+        "version: 1\nentries:\n"
+        "  - {name: a, dir: suites/t, tag: linux}\n  - {name: b, dir: suites/t, tag: linux}\n",
+    )
+    result = run_batchctl("run", "plan.yaml", "--json", cwd=workdir, env=env)
+    batch_id = result.json()["data"]["batch"]["id"]
+    log = state_dir / "workers" / f"{batch_id}.log"
+    wait_until(lambda: "a" in started(ledger), what="the first run")
+    (gates / "a").touch()
+    wait_until(lambda: "b" in started(ledger), what="the worker to dispatch the second run")
+
+    # The file is edited into something invalid; then the pool's ready
+    # machines change (another worker takes cloud-1 out): the worker reloads.
+    fleet.write_text("machines:\n  - {name: here, slots: none}\n")
+    later = datetime.now(UTC)
+    assert store.deprovisioning("cloud", name, by="other", now=later, hold_s=600, note="idle")
+    wait_until(lambda: "fleet not reloaded" in log.read_text(), what="the worker to say why")
+    store.deprovisioned("cloud", name)
+    (gates / "b").touch()
+
+    wait_until(lambda: f"batch {batch_id} is done" in log.read_text(), what="the batch to end")
+    text = log.read_text()
+    [why] = [line for line in text.splitlines() if "fleet not reloaded" in line]
+    assert f"{fleet}: machine 'here' (#1): field 'slots'" in why
+    assert "Traceback" not in text
+    assert [line[0] for line in (item.split() for item in ledger.read_text().splitlines())] == [
+        "start",
+        "end",
+        "start",
+        "end",
+    ]
+
+
+def test_a_worker_stopped_by_sigterm_deprovisions_the_idle_machines_nobody_else_would(
+    workdir: Path, state_dir: Path, pool_dir: Path
+) -> None:
+    ledger, gates = workdir / "ledger", workdir / "gates"
+    gates.mkdir()
+    (pool_dir / "deprovision.sh").write_text(DEPROVISION.format(here=pool_dir))
+    fleet = workdir / "fleet.yaml"
+    fleet.write_text(
+        "machines:\n  - {name: here, transport: local, tags: [linux], slots: 1}\n"
+        "pools:\n  - {name: cloud, tags: [cloud], min: 1, max: 2, idle_timeout: 1h, "
+        f"provision: 'exit 1', deprovision: 'sh {pool_dir / 'deprovision.sh'}'}}\n"
+    )
+    env = {"BATCHCTL_FLEET": str(fleet)}
+    store = PoolStore(state_dir)
+    spec = PoolSpec(name="cloud", tags=("cloud",), min=1, max=2, provision="x", deprovision="y")
+    now = datetime.now(UTC)
+    for name in store.request(spec, demand=2, by="test", now=now, hold_s=60):
+        assert store.provisioned("cloud", name, Address(host="127.0.0.1", id="none"), now=now)
+        assert store.ready("cloud", name, now=now)
+    make_suite(workdir / "suites", "t", ledger_script(ledger, gates))
+    write_plan(workdir, "version: 1\nentries:\n  - {name: a, dir: suites/t, tag: linux}\n")
+    result = run_batchctl("run", "plan.yaml", "--json", cwd=workdir, env=env)
+    batch_id = result.json()["data"]["batch"]["id"]
+    log = state_dir / "workers" / f"{batch_id}.log"
+    wait_until(lambda: "a" in started(ledger), what="the run")
+    wait_until(lambda: log.exists() and "holds batch" in log.read_text(), what="the worker")
+    [pid] = [int(line.split()[1]) for line in log.read_text().splitlines() if "holds batch" in line]
+
+    os.kill(pid, signal.SIGTERM)
+
+    wait_until(lambda: "stopped by SIGTERM" in log.read_text(), what="the worker to stop")
+    # Nobody else would tend the pool: the idle machine beyond min is gone.
+    assert calls(pool_dir) == [["deprovision", "cloud-1", "none"]]
+    assert {name: m.state for name, m in store.pools()["cloud"].machines.items()} == {
+        "cloud-2": "ready"
+    }
+    assert "cloud-1 deprovisioned" in log.read_text()
+    (gates / "a").touch()

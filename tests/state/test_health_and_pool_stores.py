@@ -111,3 +111,47 @@ def test_a_capacity_error_backs_off_and_a_ready_machine_joins_the_fleet(state_di
         ("t",),
     )
     assert store.pools()["cloud"].failed_total == 0  # capacity errors are no failures
+
+
+def test_a_late_health_check_or_provision_does_not_bring_back_a_machine_given_up(
+    state_dir: Path,
+) -> None:
+    store = PoolStore(state_dir)
+    [name] = store.request(POOL, demand=1, by="w1", now=NOW, hold_s=60)
+    assert store.ready("cloud", name, now=NOW) is False  # not provisioned yet
+    assert store.pools()["cloud"].machines[name].state == "provisioning"
+    assert store.provisioned("cloud", name, Address(host="10.0.0.7"), now=NOW) is True
+    # Its ready_timeout ran out: it is being deprovisioned when its check passes.
+    assert store.deprovisioning("cloud", name, by="w1", now=NOW, hold_s=60, note="never ready")
+    assert store.ready("cloud", name, now=NOW) is False
+    assert store.provisioned("cloud", name, Address(host="10.0.0.8"), now=NOW) is False
+    machine = PoolStore(state_dir).pools()["cloud"].machines[name]
+    assert (machine.state, machine.address) == ("deprovisioning", Address(host="10.0.0.7"))
+    fleet = Fleet(machines=(), source="t", pools=(POOL,))
+    assert with_pool_machines(fleet, store.pools()).machines == ()
+
+
+def test_a_pool_machine_whose_name_the_fleet_has_already_is_left_out_and_said_so(
+    state_dir: Path,
+) -> None:
+    store = PoolStore(state_dir)
+    for name in store.request(POOL, demand=2, by="w1", now=NOW, hold_s=60):
+        store.provisioned("cloud", name, Address(host=f"h-{name}"), now=NOW)
+        store.ready("cloud", name, now=NOW)
+    # An inventory's machine took the name (a file's is refused on reading).
+    fleet = Fleet(
+        machines=(Machine(name="cloud-1", tags=("t",), source="inventory:http"),),
+        source="t",
+        pools=(POOL,),
+    )
+    warnings: list[str] = []
+
+    merged = with_pool_machines(fleet, store.pools(), warnings.append)
+
+    assert [(m.name, m.source) for m in merged.machines] == [
+        ("cloud-1", "inventory:http"),
+        ("cloud-2", "pool cloud"),
+    ]
+    assert warnings == [
+        "pool cloud's machine cloud-1 left out of the fleet: another machine has that name"
+    ]
