@@ -336,6 +336,7 @@ class SlurmTransport:
         self._interval = POLL_MIN_S
         self._in_flight = 0
         self._features: dict[str, frozenset[str]] = {}
+        self._clearing: dict[str, Path] = {}
 
     # -- starting ------------------------------------------------------------
 
@@ -372,8 +373,8 @@ class SlurmTransport:
         try:
             self._prepare(run, machine, root, entry, staging)
         except _NotStarted as problem:
-            shutil.rmtree(root, ignore_errors=True)
             self._finish(run, problem.ended)
+            shutil.rmtree(root, ignore_errors=True)
             return
         env = submit_env(machine, self.environ)
         job_id = ""
@@ -402,10 +403,10 @@ class SlurmTransport:
                 if made is not None:
                     job_id = made.job_id
             if not job_id.isdigit():
-                shutil.rmtree(root, ignore_errors=True)
                 self._finish(
                     run, Ended(RunStatus.ERROR, error_code="submit_failed", message=str(exc))
                 )
+                shutil.rmtree(root, ignore_errors=True)
                 return
         write_atomically(run_dir / JOB_FILE, job_id.encode())
         self._jobs[run.id] = job_id
@@ -522,6 +523,8 @@ class SlurmTransport:
         unknown: dict[str, list[Run]] = {}
         lost: list[str] = []
         changes: dict[str, Callable[[Run], Run | None]] = {}
+        # The shared directories of the runs seen ended (_end), by run id.
+        clearing = self._clearing = {}
         for run in runs:
             machine = self._machine(run)
             if machine is None:
@@ -574,7 +577,13 @@ class SlurmTransport:
                 if change is not None:
                     changes[run.id] = change
         if changes:
-            self.runs.update_many(changes)
+            recorded = self.runs.update_many(changes)
+            # Only once their ends are recorded: a worker killed before this
+            # leaves the directories for its successor to read the ends from.
+            for ended_run in recorded:
+                root = clearing.get(ended_run.id)
+                if root is not None and ended_run.status.terminal:
+                    shutil.rmtree(root, ignore_errors=True)
         return lost, bool(changes)
 
     def _look(
@@ -648,8 +657,9 @@ class SlurmTransport:
     def _end(
         self, run: Run, machine: Machine, root: Path, ended: Ended, now: datetime
     ) -> Callable[[Run], Run | None]:
-        """Bring back the rest of the log and the artifacts, then clear the
-        run's directory in the shared directory."""
+        """Bring back the rest of the log and the artifacts. The run's
+        directory in the shared directory is removed by the caller once the
+        end is recorded."""
         self._copy_log(run, root)
         problem = _collect(root / "artifacts", Path(run.artifacts_path), machine.max_artifacts_mb)
         if problem is not None:
@@ -664,9 +674,9 @@ class SlurmTransport:
                 )
         started_at = _mtime(root / "started")
         ended_at = _mtime(root / "exit") or now
-        if not machine.keep_remote:
-            shutil.rmtree(root, ignore_errors=True)
         self._jobs.pop(run.id, None)
+        if not machine.keep_remote:
+            self._clearing[run.id] = root
         return ending(ended, min(ended_at, now), started_at=started_at)
 
     def _copy_log(self, run: Run, root: Path) -> None:

@@ -6,13 +6,17 @@ cluster of tests/slurm.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
+
+import pytest
 
 from batchctl.model.clock import SystemClock
 from batchctl.model.models import RunStatus
 from batchctl.transports.local import EntryLookup
 from batchctl.transports.slurm import CLAIM, JOB_FILE, SUBMIT_GRACE_S, SlurmTransport, job_name
+from tests.helpers import wait_until
 from tests.slurm import SlurmCluster
 from tests.transports.test_contract import Harness
 
@@ -78,3 +82,34 @@ def test_a_claim_no_job_carries_ends_the_run_interrupted_and_nothing_is_submitte
     assert "died before Slurm took the job" in (ended.message or "")
     names = [name for _, _, _, name in slurm_cluster.jobs()]
     assert job_name(run.id) not in names
+
+
+class Killed(BaseException):
+    """The worker dies here."""
+
+
+def test_a_worker_killed_as_it_clears_an_ended_runs_directory_leaves_its_end_recorded(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    harness.transport.start([run])
+    root = tmp_path / "shared" / run.id
+
+    remove = shutil.rmtree
+
+    def remove_then_die(path: Path, ignore_errors: bool = False) -> None:
+        remove(path, ignore_errors=ignore_errors)
+        raise Killed
+
+    monkeypatch.setattr(shutil, "rmtree", remove_then_die)
+    with pytest.raises(Killed):
+        wait_until(lambda: harness.look(run.id) == ["never"], timeout=30, what="the job to end")
+    monkeypatch.undo()
+    assert not root.exists()
+    harness.transport = successor(harness)
+
+    ended = harness.settle(run.id)
+
+    assert (ended.status, ended.exit_code, ended.error_code) == (RunStatus.SUCCEEDED, 0, None)
