@@ -85,6 +85,39 @@ SLURM_VARIABLES = (
     "SLURM_CLUSTER_NAME",
 )
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING"})
+PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "REQUEUE_HOLD"})
+# Reasons a job pends that nothing but an administrator or a new submission
+# changes: the job itself asks for more (or less) than its partition, QOS or
+# association allows, or for what no node has. With the default
+# EnforcePartLimits=NO, Slurm accepts such a job and leaves it pending.
+# Not PartitionConfig: Slurm gives it at submission until the scheduler
+# names the limit (PartitionTimeLimit a few seconds later).
+PERMANENT_REASONS = frozenset(
+    {
+        "PartitionTimeLimit",
+        "PartitionNodeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AccountNotAllowed",
+        "QOSNotAllowed",
+        "DependencyNeverSatisfied",
+    }
+)
+# Stop reason (STOP_FILE) of a job cancelled for a permanent reason.
+REFUSED = "refused"
+
+
+def pending_forever(reason: str) -> bool:
+    """Whether a job pending for ``reason`` would never start: one of
+    PERMANENT_REASONS, or a limit of its QOS or association on one job
+    (``QOSMax...PerJob...``, ``AssocMax...PerJob...``, ``QOSMin...``),
+    unlike a limit on all of a user's jobs, which frees up as they end."""
+    return (
+        reason in PERMANENT_REASONS
+        or (reason.startswith(("QOSMax", "AssocMax")) and "PerJob" in reason)
+        or reason.startswith("QOSMin")
+    )
 
 
 def job_name(run_id: str) -> str:
@@ -190,6 +223,13 @@ def outcome_of(state: JobState, exit_text: str | None, stop_reason: str | None) 
     status as the job script wrote it (None: the script never got there)."""
     job = f"Slurm job {state.job_id}"
     if state.state == "CANCELLED" or (stop_reason and state.state != "COMPLETED"):
+        if stop_reason and stop_reason.startswith(REFUSED + " "):
+            return Ended(
+                RunStatus.ERROR,
+                error_code="slurm_refused",
+                message=f"Slurm would never start job {state.job_id}: "
+                f"pending for {stop_reason.partition(' ')[2]}",
+            )
         if stop_reason and stop_reason.startswith("timeout"):
             return Ended(RunStatus.TIMEOUT, message=stop_reason.partition(" ")[2] or "timed out")
         return Ended(RunStatus.INTERRUPTED, message=f"cancelled ({job} {state.state})")
@@ -637,9 +677,9 @@ class SlurmTransport:
                     else None
                 )
             return None
-        if state.state in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "REQUEUE_HOLD"):
-            if state.reason == "DependencyNeverSatisfied":
-                self._stop(run, machine, job, "cancelled: a job it depends on failed")
+        if state.state in PENDING_STATES:
+            if pending_forever(state.reason) and _read(run_dir / STOP_FILE) is None:
+                self._stop(run, machine, job, f"{REFUSED} {state.reason}")
             message = f"waiting in Slurm: {state.reason}"
             if run.message != message:
                 return lambda current: (

@@ -22,7 +22,7 @@ from tests.helpers import (
     wait_until,
     write_plan,
 )
-from tests.slurm import SlurmCluster
+from tests.slurm import SHORT_PARTITION, SlurmCluster
 
 ARTIFACTS = (
     "#!/bin/sh\n"
@@ -38,11 +38,13 @@ def items_of(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in view["items"]}
 
 
-def fleet_env(workdir: Path, cluster: SlurmCluster, extra: str = "") -> dict[str, str]:
+def fleet_env(
+    workdir: Path, cluster: SlurmCluster, extra: str = "", partition: str = "debug"
+) -> dict[str, str]:
     shared = workdir / "shared"
     shared.mkdir(exist_ok=True)
     path = workdir / "fleet.yaml"
-    path.write_text("machines:\n" + cluster.machine(shared, extra=extra))
+    path.write_text("machines:\n" + cluster.machine(shared, extra=extra, partition=partition))
     return {"BATCHCTL_FLEET": str(path)}
 
 
@@ -272,6 +274,28 @@ def test_a_job_slurm_refuses_ends_the_run_error_saying_why(
     run = items_of(result.json()["data"]["batch"])["t"]["run"]
     assert (run["status"], run["error_code"]) == ("error", "submit_failed")
     assert "invalid partition" in run["message"].lower()
+    assert list((workdir / "shared").iterdir()) == []
+
+
+def test_a_job_slurm_would_never_start_is_cancelled_and_ends_the_run_error_saying_why(
+    workdir: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A --time over the partition's MaxTime leaves the job pending for
+    PartitionTimeLimit for good (EnforcePartLimits=NO, Slurm's default)."""
+    env = fleet_env(workdir, slurm_cluster, partition=SHORT_PARTITION)
+    make_suite(workdir / "suites", "t")
+    write_plan(
+        workdir, "version: 1\nentries:\n  - {name: long, dir: suites/t, tag: cpu, timeout: 5m}\n"
+    )
+
+    result = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir, env=env, timeout=60)
+
+    assert result.code == 1, result.stderr
+    item = items_of(result.json()["data"]["batch"])["long"]
+    run = item["run"]
+    assert (run["status"], run["error_code"]) == ("error", "slurm_refused")
+    assert "PartitionTimeLimit" in run["message"]
+    assert jobs_by_run(slurm_cluster)[item["run_id"]] == [("CANCELLED", "")]
     assert list((workdir / "shared").iterdir()) == []
 
 
