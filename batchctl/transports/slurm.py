@@ -12,7 +12,10 @@ stops and collects.
   it (``slurm_job``) once ``sbatch`` answers. Every job is named
   ``batchctl-<run-id>``: a worker that died between the two is succeeded by
   one that finds the job by its name and adopts it, so no run is submitted
-  twice. Stopping a run nobody submitted takes the claim first.
+  twice. The submitter touches the claim before each Slurm command and
+  re-reads the run just before ``sbatch``, so a successor's grace counts
+  from there and a run ended meanwhile is not submitted. Stopping a run
+  nobody submitted takes the claim first.
 - **One state read per tick**: all jobs in flight on a cluster are read by one
   ``squeue -t all -j IDS`` call (fast even with thousands of jobs; ``--json``
   ignores ``-j`` and ``sacct`` needs slurmdbd). The interval grows while
@@ -63,8 +66,9 @@ JOB_FILE = "slurm_job"
 STOP_FILE = "slurm_stop"
 VOID = "void"
 COMMAND_TIMEOUT_S = 60.0
-# A claim without a job id for this long: its submitter died around sbatch
-# (a live one gives up on sbatch after COMMAND_TIMEOUT_S).
+# A claim without a job id, untouched for this long: its submitter died (a
+# live one touches it before each Slurm command of the submission, and gives
+# up on each after COMMAND_TIMEOUT_S).
 SUBMIT_GRACE_S = COMMAND_TIMEOUT_S + 15.0
 POLL_MIN_S = 0.2
 POLL_MAX_S = 2.0
@@ -402,8 +406,9 @@ class SlurmTransport:
             return
         run_dir = self.runs.run_dir(run.id)
         run_dir.mkdir(parents=True, exist_ok=True)
+        claim = run_dir / CLAIM
         try:
-            fd = os.open(run_dir / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return  # submitted already, or being submitted, or stopped
         with os.fdopen(fd, "w") as handle:
@@ -420,6 +425,7 @@ class SlurmTransport:
         job_id = ""
         try:
             if machine.name not in self._features:
+                os.utime(claim)
                 self._features[machine.name] = node_features(env)
             argv = sbatch_argv(
                 machine,
@@ -430,6 +436,9 @@ class SlurmTransport:
                 comment=f"batchctl {run.batch_id} {run.item}",
                 features=self._features[machine.name],
             )
+            if not self._still_to_submit(run, claim):
+                shutil.rmtree(root, ignore_errors=True)
+                return
             done = _command(argv, env)
             job_id = done.stdout.strip().split(";", 1)[0]
             if done.returncode != 0 or not job_id.isdigit():
@@ -438,6 +447,7 @@ class SlurmTransport:
         except SlurmUnavailable as exc:
             # An answer lost on the way back may still have made the job.
             job_id = ""
+            os.utime(claim)
             with contextlib.suppress(SlurmUnavailable):
                 made = jobs_named([job_name(run.id)], env).get(job_name(run.id))
                 if made is not None:
@@ -450,6 +460,15 @@ class SlurmTransport:
                 return
         write_atomically(run_dir / JOB_FILE, job_id.encode())
         self._jobs[run.id] = job_id
+
+    def _still_to_submit(self, run: Run, claim: Path) -> bool:
+        """Touch the claim, so that the grace a successor gives it counts
+        from now, then read the run under the runs lock: False if it ended
+        meanwhile (a successor or ``cancel`` took this submitter for dead
+        while it prepared). A successor records that end under the same lock
+        only if the claim is still old, so of the two exactly one wins."""
+        os.utime(claim)
+        return not self.runs.update(run.id, lambda _: None).status.terminal
 
     def _prepare(
         self, run: Run, machine: Machine, root: Path, entry: Mapping[str, Any], staging: str
@@ -574,7 +593,8 @@ class SlurmTransport:
                 by_machine.setdefault(machine.name, []).append((run, job))
                 continue
             claim = self.runs.run_dir(run.id) / CLAIM
-            if _read(claim) not in (None, VOID) and _age_s(claim, now) > SUBMIT_GRACE_S:
+            # An empty claim: its submitter died before writing its pid.
+            if _claimed(claim) and _age_s(claim, now) > SUBMIT_GRACE_S:
                 unknown.setdefault(machine.name, []).append(run)
         fleet = self.fleet.get()
         for name, waiting in unknown.items():
@@ -594,14 +614,7 @@ class SlurmTransport:
                     self._jobs[run.id] = state.job_id
                     by_machine.setdefault(name, []).append((run, state.job_id))
                 else:
-                    lost.append(run.id)
-                    changes[run.id] = ending(
-                        Ended(
-                            RunStatus.INTERRUPTED,
-                            message="its submitter died before Slurm took the job",
-                        ),
-                        now,
-                    )
+                    changes[run.id] = self._submitter_died(run, now, lost)
         for name, pairs in by_machine.items():
             machine = fleet.get(name)
             assert machine is not None
@@ -625,6 +638,30 @@ class SlurmTransport:
                 if root is not None and ended_run.status.terminal:
                     shutil.rmtree(root, ignore_errors=True)
         return lost, bool(changes)
+
+    def _submitter_died(
+        self, run: Run, now: datetime, lost: list[str]
+    ) -> Callable[[Run], Run | None]:
+        """End a run whose submitter died before Slurm took its job, if
+        the claim is still old under the runs lock: a live submitter touches
+        it before reading the run under that lock and then calling sbatch
+        (_still_to_submit)."""
+        run_dir = self.runs.run_dir(run.id)
+        end = ending(
+            Ended(RunStatus.INTERRUPTED, message="its submitter died before Slurm took the job"),
+            now,
+        )
+
+        def change(current: Run) -> Run | None:
+            claim = run_dir / CLAIM
+            if (run_dir / JOB_FILE).exists() or _age_s(claim, self.clock.now()) <= SUBMIT_GRACE_S:
+                return None
+            ended = end(current)
+            if ended is not None:
+                lost.append(run.id)
+            return ended
+
+        return change
 
     def _look(
         self,
@@ -821,6 +858,15 @@ def _take_claim(run_dir: Path) -> bool:
         return False
     finally:
         void.unlink(missing_ok=True)
+
+
+def _claimed(claim: Path) -> bool:
+    """Claimed by a submitter: the claim exists, empty or with its pid
+    (not voided by a stop)."""
+    try:
+        return claim.read_text().strip() != VOID
+    except OSError:
+        return False
 
 
 def _read(path: Path) -> str | None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batchctl.model.clock import SystemClock
-from batchctl.model.models import RunStatus
+from batchctl.model.models import Run, RunStatus
+from batchctl.transports import slurm
 from batchctl.transports.local import EntryLookup
 from batchctl.transports.slurm import CLAIM, JOB_FILE, SUBMIT_GRACE_S, SlurmTransport, job_name
 from tests.helpers import wait_until
@@ -113,3 +117,85 @@ def test_a_worker_killed_as_it_clears_an_ended_runs_directory_leaves_its_end_rec
     ended = harness.settle(run.id)
 
     assert (ended.status, ended.exit_code, ended.error_code) == (RunStatus.SUCCEEDED, 0, None)
+
+
+def test_an_empty_claim_left_by_a_worker_that_died_at_once_ends_the_run_interrupted(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    run_dir = harness.runs.run_dir(run.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CLAIM).write_text("")  # died between creating the claim and writing its pid
+    age_claim(harness, run.id)
+
+    lost = harness.look(run.id)
+
+    assert lost == [run.id]
+    assert harness.runs.get(run.id).status is RunStatus.INTERRUPTED
+
+
+def slow_to_prepare(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None]
+) -> None:
+    """The submitter's copy of the test takes longer than the grace, and
+    ``meanwhile`` happens at its end."""
+    transport = harness.transport
+    assert isinstance(transport, SlurmTransport)
+    prepare = transport._prepare
+
+    def slow(run: Run, *args: Any) -> None:
+        prepare(run, *args)
+        age_claim(harness, run.id)
+        meanwhile()
+
+    monkeypatch.setattr(transport, "_prepare", slow)
+
+
+def test_a_live_submitter_slow_to_reach_sbatch_is_not_taken_for_dead(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    other = successor(harness)
+    slow_to_prepare(harness, monkeypatch, lambda: None)
+    command = slurm._command
+    looked: list[list[str]] = []
+
+    def looked_at_during_sbatch(argv: list[str], env: Mapping[str, str]) -> Any:
+        if argv[0] == "sbatch":
+            looked.append(other.check([harness.runs.get(run.id)], datetime.now(UTC)))
+        return command(argv, env)
+
+    monkeypatch.setattr(slurm, "_command", looked_at_during_sbatch)
+    harness.transport.start([run])
+    monkeypatch.undo()
+
+    assert looked == [[]]
+    ended = harness.settle(run.id)
+    assert (ended.status, ended.exit_code) == (RunStatus.SUCCEEDED, 0)
+
+
+def test_a_submitter_taken_for_dead_while_it_prepared_submits_nothing(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    other = successor(harness)
+    judged: list[list[str]] = []
+    slow_to_prepare(
+        harness,
+        monkeypatch,
+        lambda: judged.append(other.check([harness.runs.get(run.id)], datetime.now(UTC))),
+    )
+
+    harness.transport.start([run])
+
+    assert judged == [[run.id]]
+    assert harness.runs.get(run.id).status is RunStatus.INTERRUPTED
+    assert job_name(run.id) not in [name for _, _, _, name in slurm_cluster.jobs()]
+    assert not (harness.runs.run_dir(run.id) / JOB_FILE).exists()
+    assert not (tmp_path / "shared" / run.id).exists()
