@@ -121,8 +121,8 @@ def slurm_missing() -> bool:
     return not all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged"))
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def require_slurm() -> None:
+    """Skip (fail under CI) where a cluster cannot be started."""
     if slurm_missing():
         if os.environ.get("CI"):
             pytest.fail(
@@ -133,36 +133,43 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         if os.environ.get("CI"):
             pytest.fail("the Slurm cluster's slurmd runs jobs as their users: it needs root")
         pytest.skip("the Slurm cluster needs root")
-    directory = tmp_path_factory.mktemp("slurm")
+
+
+def start_cluster(directory: Path, *args: str) -> SlurmCluster:
+    """scripts/slurm-cluster start DIRECTORY ARGS..."""
     started = subprocess.run(
-        [
-            str(SCRIPT),
-            "start",
-            str(directory),
-            *NODES,
-            "--licenses",
-            "gpu_lic:1",
-            "--partition",
-            f"{SHORT_PARTITION}:1",
-        ],
+        [str(SCRIPT), "start", str(directory), *args],
         env=daemon_env(),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    cluster = SlurmCluster(directory, directory / "slurm.conf")
+    assert started.returncode == 0, f"the cluster did not start: {started.stderr}"
+    return SlurmCluster(directory, directory / "slurm.conf")
+
+
+def stop_cluster(directory: Path) -> None:
+    """scripts/slurm-cluster stop DIRECTORY, if a cluster was started there."""
+    if (directory / "pids").exists():
+        stopped = subprocess.run(
+            [str(SCRIPT), "stop", str(directory)],
+            env=daemon_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert stopped.returncode == 0, f"the cluster did not stop: {stopped.stderr}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    require_slurm()
+    directory = tmp_path_factory.mktemp("slurm")
     try:
-        assert started.returncode == 0, f"the cluster did not start: {started.stderr}"
-        yield cluster
+        yield start_cluster(
+            directory, *NODES, "--licenses", "gpu_lic:1", "--partition", f"{SHORT_PARTITION}:1"
+        )
     finally:
-        if (directory / "pids").exists():
-            stopped = subprocess.run(
-                [str(SCRIPT), "stop", str(directory)],
-                env=daemon_env(),
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            assert stopped.returncode == 0, f"the cluster did not stop: {stopped.stderr}"
+        stop_cluster(directory)
