@@ -381,6 +381,7 @@ class SlurmTransport:
         self._in_flight = 0
         self._features: dict[str, frozenset[str]] = {}
         self._clearing: dict[str, Path] = {}
+        self._swept: set[str] = set()
 
     # -- starting ------------------------------------------------------------
 
@@ -618,6 +619,7 @@ class SlurmTransport:
         for name, pairs in by_machine.items():
             machine = fleet.get(name)
             assert machine is not None
+            self._sweep(machine)
             try:
                 states = query_jobs([job for _, job in pairs], slurm_env(machine, self.environ))
             except SlurmUnavailable:
@@ -638,6 +640,22 @@ class SlurmTransport:
                 if root is not None and ended_run.status.terminal:
                     shutil.rmtree(root, ignore_errors=True)
         return lost, bool(changes)
+
+    def _sweep(self, machine: Machine) -> None:
+        """Remove the shared directories of runs whose end is recorded,
+        which a worker killed between recording an end and removing the
+        directory left behind. Once per worker and machine: O(directories
+        there); a directory of a run this state does not know is not ours."""
+        if machine.keep_remote or machine.name in self._swept or machine.shared_dir is None:
+            return
+        self._swept.add(machine.name)
+        try:
+            names = [entry.name for entry in Path(machine.shared_dir).iterdir()]
+        except OSError:
+            return
+        for run_id, run in self.runs.get_many(names).items():
+            if run.status.terminal:
+                shutil.rmtree(self._root(machine, run_id), ignore_errors=True)
 
     def _submitter_died(
         self, run: Run, now: datetime, lost: list[str]

@@ -119,6 +119,34 @@ def test_a_worker_killed_as_it_clears_an_ended_runs_directory_leaves_its_end_rec
     assert (ended.status, ended.exit_code, ended.error_code) == (RunStatus.SUCCEEDED, 0, None)
 
 
+def test_the_directory_of_a_run_whose_end_was_recorded_is_removed_by_a_successor(
+    tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shared").mkdir()
+    harness = Harness("slurm", tmp_path, state_dir, cluster=slurm_cluster)
+    run = harness.prepare("pass")
+    harness.transport.start([run])
+    root = tmp_path / "shared" / run.id
+
+    def die(path: Path, ignore_errors: bool = False) -> None:
+        raise Killed
+
+    monkeypatch.setattr(shutil, "rmtree", die)
+    with pytest.raises(Killed):
+        wait_until(lambda: harness.look(run.id) == ["never"], timeout=30, what="the job to end")
+    monkeypatch.undo()
+    assert harness.runs.get(run.id).status is RunStatus.SUCCEEDED
+    assert root.is_dir()  # killed before removing it
+    harness.transport = successor(harness)
+    other = harness.prepare("fail")
+    harness.transport.start([other])
+
+    harness.look(other.id)
+
+    assert not root.exists()
+    assert harness.settle(other.id).status is RunStatus.FAILED
+
+
 def test_an_empty_claim_left_by_a_worker_that_died_at_once_ends_the_run_interrupted(
     tmp_path: Path, state_dir: Path, slurm_cluster: SlurmCluster
 ) -> None:
