@@ -19,6 +19,8 @@ SCRIPT = REPO / "scripts" / "slurm-cluster"
 # n1 and n2 serve the tests that share the cluster; n3 is the node a test
 # takes down (its slurmd stopped by pid) and brings back.
 NODES = ("n1:gpu,odd", "n2:cpu,even", "n3:spare")
+# A second partition of the same nodes whose jobs may run a minute at most.
+SHORT_PARTITION = "short"
 
 
 def alive(pid: int) -> bool:
@@ -52,10 +54,12 @@ class SlurmCluster:
         *,
         tags: str = "[gpu, cpu, odd, even]",
         extra: str = "",
+        partition: str = "debug",
     ) -> str:
         """One fleet-file entry for this cluster."""
         return (
-            f"  - {{name: {name}, transport: slurm, partition: debug, shared_dir: {shared_dir}, "
+            f"  - {{name: {name}, transport: slurm, partition: {partition}, "
+            f"shared_dir: {shared_dir}, "
             f"slurm_conf: {self.conf}, tags: {tags}, nodes: [n1, n2, n3]"
             f"{', ' + extra if extra else ''}}}\n"
         )
@@ -79,7 +83,9 @@ class SlurmCluster:
         raise LookupError(name)
 
     def node_state(self, node: str) -> str:
-        return self.slurm("sinfo", "-h", "-N", "-n", node, "-o", "%t").strip()
+        """The node's state (sinfo lists it once per partition)."""
+        lines = self.slurm("sinfo", "-h", "-N", "-n", node, "-o", "%t").split()
+        return lines[0] if lines else ""
 
     def stop_node(self, node: str) -> None:
         """Stop the node's slurmd by its pid: the node is lost."""
@@ -115,8 +121,8 @@ def slurm_missing() -> bool:
     return not all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged"))
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def require_slurm() -> None:
+    """Skip (fail under CI) where a cluster cannot be started."""
     if slurm_missing():
         if os.environ.get("CI"):
             pytest.fail(
@@ -127,27 +133,43 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         if os.environ.get("CI"):
             pytest.fail("the Slurm cluster's slurmd runs jobs as their users: it needs root")
         pytest.skip("the Slurm cluster needs root")
-    directory = tmp_path_factory.mktemp("slurm")
+
+
+def start_cluster(directory: Path, *args: str) -> SlurmCluster:
+    """scripts/slurm-cluster start DIRECTORY ARGS..."""
     started = subprocess.run(
-        [str(SCRIPT), "start", str(directory), *NODES, "--licenses", "gpu_lic:1"],
+        [str(SCRIPT), "start", str(directory), *args],
         env=daemon_env(),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    cluster = SlurmCluster(directory, directory / "slurm.conf")
+    assert started.returncode == 0, f"the cluster did not start: {started.stderr}"
+    return SlurmCluster(directory, directory / "slurm.conf")
+
+
+def stop_cluster(directory: Path) -> None:
+    """scripts/slurm-cluster stop DIRECTORY, if a cluster was started there."""
+    if (directory / "pids").exists():
+        stopped = subprocess.run(
+            [str(SCRIPT), "stop", str(directory)],
+            env=daemon_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert stopped.returncode == 0, f"the cluster did not stop: {stopped.stderr}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    require_slurm()
+    directory = tmp_path_factory.mktemp("slurm")
     try:
-        assert started.returncode == 0, f"the cluster did not start: {started.stderr}"
-        yield cluster
+        yield start_cluster(
+            directory, *NODES, "--licenses", "gpu_lic:1", "--partition", f"{SHORT_PARTITION}:1"
+        )
     finally:
-        if (directory / "pids").exists():
-            stopped = subprocess.run(
-                [str(SCRIPT), "stop", str(directory)],
-                env=daemon_env(),
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            assert stopped.returncode == 0, f"the cluster did not stop: {stopped.stderr}"
+        stop_cluster(directory)

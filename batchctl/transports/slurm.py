@@ -12,7 +12,10 @@ stops and collects.
   it (``slurm_job``) once ``sbatch`` answers. Every job is named
   ``batchctl-<run-id>``: a worker that died between the two is succeeded by
   one that finds the job by its name and adopts it, so no run is submitted
-  twice. Stopping a run nobody submitted takes the claim first.
+  twice. The submitter touches the claim before each Slurm command and
+  re-reads the run just before ``sbatch``, so a successor's grace counts
+  from there and a run ended meanwhile is not submitted. Stopping a run
+  nobody submitted takes the claim first.
 - **One state read per tick**: all jobs in flight on a cluster are read by one
   ``squeue -t all -j IDS`` call (fast even with thousands of jobs; ``--json``
   ignores ``-j`` and ``sacct`` needs slurmdbd). The interval grows while
@@ -63,8 +66,9 @@ JOB_FILE = "slurm_job"
 STOP_FILE = "slurm_stop"
 VOID = "void"
 COMMAND_TIMEOUT_S = 60.0
-# A claim without a job id for this long: its submitter died around sbatch
-# (a live one gives up on sbatch after COMMAND_TIMEOUT_S).
+# A claim without a job id, untouched for this long: its submitter died (a
+# live one touches it before each Slurm command of the submission, and gives
+# up on each after COMMAND_TIMEOUT_S).
 SUBMIT_GRACE_S = COMMAND_TIMEOUT_S + 15.0
 POLL_MIN_S = 0.2
 POLL_MAX_S = 2.0
@@ -85,6 +89,39 @@ SLURM_VARIABLES = (
     "SLURM_CLUSTER_NAME",
 )
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING"})
+PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "REQUEUE_HOLD"})
+# Reasons a job pends that nothing but an administrator or a new submission
+# changes: the job itself asks for more (or less) than its partition, QOS or
+# association allows, or for what no node has. With the default
+# EnforcePartLimits=NO, Slurm accepts such a job and leaves it pending.
+# Not PartitionConfig: Slurm gives it at submission until the scheduler
+# names the limit (PartitionTimeLimit a few seconds later).
+PERMANENT_REASONS = frozenset(
+    {
+        "PartitionTimeLimit",
+        "PartitionNodeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AccountNotAllowed",
+        "QOSNotAllowed",
+        "DependencyNeverSatisfied",
+    }
+)
+# Stop reason (STOP_FILE) of a job cancelled for a permanent reason.
+REFUSED = "refused"
+
+
+def pending_forever(reason: str) -> bool:
+    """Whether a job pending for ``reason`` would never start: one of
+    PERMANENT_REASONS, or a limit of its QOS or association on one job
+    (``QOSMax...PerJob...``, ``AssocMax...PerJob...``, ``QOSMin...``),
+    unlike a limit on all of a user's jobs, which frees up as they end."""
+    return (
+        reason in PERMANENT_REASONS
+        or (reason.startswith(("QOSMax", "AssocMax")) and "PerJob" in reason)
+        or reason.startswith("QOSMin")
+    )
 
 
 def job_name(run_id: str) -> str:
@@ -190,6 +227,13 @@ def outcome_of(state: JobState, exit_text: str | None, stop_reason: str | None) 
     status as the job script wrote it (None: the script never got there)."""
     job = f"Slurm job {state.job_id}"
     if state.state == "CANCELLED" or (stop_reason and state.state != "COMPLETED"):
+        if stop_reason and stop_reason.startswith(REFUSED + " "):
+            return Ended(
+                RunStatus.ERROR,
+                error_code="slurm_refused",
+                message=f"Slurm would never start job {state.job_id}: "
+                f"pending for {stop_reason.partition(' ')[2]}",
+            )
         if stop_reason and stop_reason.startswith("timeout"):
             return Ended(RunStatus.TIMEOUT, message=stop_reason.partition(" ")[2] or "timed out")
         return Ended(RunStatus.INTERRUPTED, message=f"cancelled ({job} {state.state})")
@@ -336,6 +380,8 @@ class SlurmTransport:
         self._interval = POLL_MIN_S
         self._in_flight = 0
         self._features: dict[str, frozenset[str]] = {}
+        self._clearing: dict[str, Path] = {}
+        self._swept: set[str] = set()
 
     # -- starting ------------------------------------------------------------
 
@@ -361,8 +407,9 @@ class SlurmTransport:
             return
         run_dir = self.runs.run_dir(run.id)
         run_dir.mkdir(parents=True, exist_ok=True)
+        claim = run_dir / CLAIM
         try:
-            fd = os.open(run_dir / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return  # submitted already, or being submitted, or stopped
         with os.fdopen(fd, "w") as handle:
@@ -372,13 +419,14 @@ class SlurmTransport:
         try:
             self._prepare(run, machine, root, entry, staging)
         except _NotStarted as problem:
-            shutil.rmtree(root, ignore_errors=True)
             self._finish(run, problem.ended)
+            shutil.rmtree(root, ignore_errors=True)
             return
         env = submit_env(machine, self.environ)
         job_id = ""
         try:
             if machine.name not in self._features:
+                os.utime(claim)
                 self._features[machine.name] = node_features(env)
             argv = sbatch_argv(
                 machine,
@@ -389,6 +437,9 @@ class SlurmTransport:
                 comment=f"batchctl {run.batch_id} {run.item}",
                 features=self._features[machine.name],
             )
+            if not self._still_to_submit(run, claim):
+                shutil.rmtree(root, ignore_errors=True)
+                return
             done = _command(argv, env)
             job_id = done.stdout.strip().split(";", 1)[0]
             if done.returncode != 0 or not job_id.isdigit():
@@ -397,18 +448,28 @@ class SlurmTransport:
         except SlurmUnavailable as exc:
             # An answer lost on the way back may still have made the job.
             job_id = ""
+            os.utime(claim)
             with contextlib.suppress(SlurmUnavailable):
                 made = jobs_named([job_name(run.id)], env).get(job_name(run.id))
                 if made is not None:
                     job_id = made.job_id
             if not job_id.isdigit():
-                shutil.rmtree(root, ignore_errors=True)
                 self._finish(
                     run, Ended(RunStatus.ERROR, error_code="submit_failed", message=str(exc))
                 )
+                shutil.rmtree(root, ignore_errors=True)
                 return
         write_atomically(run_dir / JOB_FILE, job_id.encode())
         self._jobs[run.id] = job_id
+
+    def _still_to_submit(self, run: Run, claim: Path) -> bool:
+        """Touch the claim, so that the grace a successor gives it counts
+        from now, then read the run under the runs lock: False if it ended
+        meanwhile (a successor or ``cancel`` took this submitter for dead
+        while it prepared). A successor records that end under the same lock
+        only if the claim is still old, so of the two exactly one wins."""
+        os.utime(claim)
+        return not self.runs.update(run.id, lambda _: None).status.terminal
 
     def _prepare(
         self, run: Run, machine: Machine, root: Path, entry: Mapping[str, Any], staging: str
@@ -522,6 +583,8 @@ class SlurmTransport:
         unknown: dict[str, list[Run]] = {}
         lost: list[str] = []
         changes: dict[str, Callable[[Run], Run | None]] = {}
+        # The shared directories of the runs seen ended (_end), by run id.
+        clearing = self._clearing = {}
         for run in runs:
             machine = self._machine(run)
             if machine is None:
@@ -531,7 +594,8 @@ class SlurmTransport:
                 by_machine.setdefault(machine.name, []).append((run, job))
                 continue
             claim = self.runs.run_dir(run.id) / CLAIM
-            if _read(claim) not in (None, VOID) and _age_s(claim, now) > SUBMIT_GRACE_S:
+            # An empty claim: its submitter died before writing its pid.
+            if _claimed(claim) and _age_s(claim, now) > SUBMIT_GRACE_S:
                 unknown.setdefault(machine.name, []).append(run)
         fleet = self.fleet.get()
         for name, waiting in unknown.items():
@@ -551,17 +615,11 @@ class SlurmTransport:
                     self._jobs[run.id] = state.job_id
                     by_machine.setdefault(name, []).append((run, state.job_id))
                 else:
-                    lost.append(run.id)
-                    changes[run.id] = ending(
-                        Ended(
-                            RunStatus.INTERRUPTED,
-                            message="its submitter died before Slurm took the job",
-                        ),
-                        now,
-                    )
+                    changes[run.id] = self._submitter_died(run, now, lost)
         for name, pairs in by_machine.items():
             machine = fleet.get(name)
             assert machine is not None
+            self._sweep(machine)
             try:
                 states = query_jobs([job for _, job in pairs], slurm_env(machine, self.environ))
             except SlurmUnavailable:
@@ -574,8 +632,54 @@ class SlurmTransport:
                 if change is not None:
                     changes[run.id] = change
         if changes:
-            self.runs.update_many(changes)
+            recorded = self.runs.update_many(changes)
+            # Only once their ends are recorded: a worker killed before this
+            # leaves the directories for its successor to read the ends from.
+            for ended_run in recorded:
+                root = clearing.get(ended_run.id)
+                if root is not None and ended_run.status.terminal:
+                    shutil.rmtree(root, ignore_errors=True)
         return lost, bool(changes)
+
+    def _sweep(self, machine: Machine) -> None:
+        """Remove the shared directories of runs whose end is recorded,
+        which a worker killed between recording an end and removing the
+        directory left behind. Once per worker and machine: O(directories
+        there); a directory of a run this state does not know is not ours."""
+        if machine.keep_remote or machine.name in self._swept or machine.shared_dir is None:
+            return
+        self._swept.add(machine.name)
+        try:
+            names = [entry.name for entry in Path(machine.shared_dir).iterdir()]
+        except OSError:
+            return
+        for run_id, run in self.runs.get_many(names).items():
+            if run.status.terminal:
+                shutil.rmtree(self._root(machine, run_id), ignore_errors=True)
+
+    def _submitter_died(
+        self, run: Run, now: datetime, lost: list[str]
+    ) -> Callable[[Run], Run | None]:
+        """End a run whose submitter died before Slurm took its job, if
+        the claim is still old under the runs lock: a live submitter touches
+        it before reading the run under that lock and then calling sbatch
+        (_still_to_submit)."""
+        run_dir = self.runs.run_dir(run.id)
+        end = ending(
+            Ended(RunStatus.INTERRUPTED, message="its submitter died before Slurm took the job"),
+            now,
+        )
+
+        def change(current: Run) -> Run | None:
+            claim = run_dir / CLAIM
+            if (run_dir / JOB_FILE).exists() or _age_s(claim, self.clock.now()) <= SUBMIT_GRACE_S:
+                return None
+            ended = end(current)
+            if ended is not None:
+                lost.append(run.id)
+            return ended
+
+        return change
 
     def _look(
         self,
@@ -628,9 +732,9 @@ class SlurmTransport:
                     else None
                 )
             return None
-        if state.state in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "REQUEUE_HOLD"):
-            if state.reason == "DependencyNeverSatisfied":
-                self._stop(run, machine, job, "cancelled: a job it depends on failed")
+        if state.state in PENDING_STATES:
+            if pending_forever(state.reason) and _read(run_dir / STOP_FILE) is None:
+                self._stop(run, machine, job, f"{REFUSED} {state.reason}")
             message = f"waiting in Slurm: {state.reason}"
             if run.message != message:
                 return lambda current: (
@@ -648,8 +752,9 @@ class SlurmTransport:
     def _end(
         self, run: Run, machine: Machine, root: Path, ended: Ended, now: datetime
     ) -> Callable[[Run], Run | None]:
-        """Bring back the rest of the log and the artifacts, then clear the
-        run's directory in the shared directory."""
+        """Bring back the rest of the log and the artifacts. The run's
+        directory in the shared directory is removed by the caller once the
+        end is recorded."""
         self._copy_log(run, root)
         problem = _collect(root / "artifacts", Path(run.artifacts_path), machine.max_artifacts_mb)
         if problem is not None:
@@ -664,9 +769,9 @@ class SlurmTransport:
                 )
         started_at = _mtime(root / "started")
         ended_at = _mtime(root / "exit") or now
-        if not machine.keep_remote:
-            shutil.rmtree(root, ignore_errors=True)
         self._jobs.pop(run.id, None)
+        if not machine.keep_remote:
+            self._clearing[run.id] = root
         return ending(ended, min(ended_at, now), started_at=started_at)
 
     def _copy_log(self, run: Run, root: Path) -> None:
@@ -771,6 +876,15 @@ def _take_claim(run_dir: Path) -> bool:
         return False
     finally:
         void.unlink(missing_ok=True)
+
+
+def _claimed(claim: Path) -> bool:
+    """Claimed by a submitter: the claim exists, empty or with its pid
+    (not voided by a stop)."""
+    try:
+        return claim.read_text().strip() != VOID
+    except OSError:
+        return False
 
 
 def _read(path: Path) -> str | None:

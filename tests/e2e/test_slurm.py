@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from tests.helpers import (
     wait_until,
     write_plan,
 )
-from tests.slurm import SlurmCluster
+from tests.slurm import (
+    SHORT_PARTITION,
+    SlurmCluster,
+    alive,
+    require_slurm,
+    start_cluster,
+    stop_cluster,
+)
 
 ARTIFACTS = (
     "#!/bin/sh\n"
@@ -38,11 +46,13 @@ def items_of(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in view["items"]}
 
 
-def fleet_env(workdir: Path, cluster: SlurmCluster, extra: str = "") -> dict[str, str]:
+def fleet_env(
+    workdir: Path, cluster: SlurmCluster, extra: str = "", partition: str = "debug"
+) -> dict[str, str]:
     shared = workdir / "shared"
     shared.mkdir(exist_ok=True)
     path = workdir / "fleet.yaml"
-    path.write_text("machines:\n" + cluster.machine(shared, extra=extra))
+    path.write_text("machines:\n" + cluster.machine(shared, extra=extra, partition=partition))
     return {"BATCHCTL_FLEET": str(path)}
 
 
@@ -275,14 +285,34 @@ def test_a_job_slurm_refuses_ends_the_run_error_saying_why(
     assert list((workdir / "shared").iterdir()) == []
 
 
+def test_a_job_slurm_would_never_start_is_cancelled_and_ends_the_run_error_saying_why(
+    workdir: Path, state_dir: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A --time over the partition's MaxTime leaves the job pending for
+    PartitionTimeLimit for good (EnforcePartLimits=NO, Slurm's default)."""
+    env = fleet_env(workdir, slurm_cluster, partition=SHORT_PARTITION)
+    make_suite(workdir / "suites", "t")
+    write_plan(
+        workdir, "version: 1\nentries:\n  - {name: long, dir: suites/t, tag: cpu, timeout: 5m}\n"
+    )
+
+    result = run_batchctl("run", "plan.yaml", "--wait", "--json", cwd=workdir, env=env, timeout=60)
+
+    assert result.code == 1, result.stderr
+    item = items_of(result.json()["data"]["batch"])["long"]
+    run = item["run"]
+    assert (run["status"], run["error_code"]) == ("error", "slurm_refused")
+    assert "PartitionTimeLimit" in run["message"]
+    assert jobs_by_run(slurm_cluster)[item["run_id"]] == [("CANCELLED", "")]
+    assert list((workdir / "shared").iterdir()) == []
+
+
 def test_a_slurm_machines_health_check_asks_its_controller(
     workdir: Path, slurm_cluster: SlurmCluster
 ) -> None:
     """Without a check of its own, a quarantined cluster returns once its
     controller lists the partition's nodes, not merely because this host
     can run `true`."""
-    import subprocess
-
     from batchctl.model.fleet import parse_fleet
     from batchctl.transports.health import health_check_argv
 
@@ -302,3 +332,34 @@ def test_a_slurm_machines_health_check_asks_its_controller(
         env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
         assert (done.returncode == 0) is answers, (partition, done.stdout, done.stderr)
+
+
+def test_stopping_a_cluster_ends_the_steps_of_a_lost_node_and_nothing_else_working_there(
+    tmp_path: Path,
+) -> None:
+    """`stop` ends the job steps a lost node left (and their jobs) by pid,
+    and leaves alone another process working in the cluster's directory,
+    such as a developer's shell."""
+    require_slurm()
+    directory = tmp_path / "cluster"
+    directory.mkdir()
+    bystander = subprocess.Popen(["sleep", "300"], cwd=directory)
+    try:
+        cluster = start_cluster(directory, "m1")
+        job_pid = tmp_path / "job.pid"
+        cluster.slurm(
+            "sbatch", f"--chdir={tmp_path}", "--wrap", f"echo $$ > {job_pid}; exec sleep 300"
+        )
+        wait_until(lambda: job_pid.exists() and job_pid.read_text().strip() != "", what="the job")
+        job = int(job_pid.read_text())
+        cluster.stop_node("m1")  # its job step is left running
+        assert alive(job)
+
+        stop_cluster(directory)
+
+        wait_until(lambda: not alive(job), timeout=10, what="the lost node's job to end")
+        assert bystander.poll() is None, "a process working in the cluster's directory was killed"
+    finally:
+        stop_cluster(directory)
+        bystander.kill()
+        bystander.wait()

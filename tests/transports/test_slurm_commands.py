@@ -10,7 +10,14 @@ import pytest
 
 from batchctl.model.fleet import parse_fleet
 from batchctl.model.models import Run, RunStatus
-from batchctl.transports.slurm import JobState, job_name, outcome_of, parse_squeue, sbatch_argv
+from batchctl.transports.slurm import (
+    JobState,
+    job_name,
+    outcome_of,
+    parse_squeue,
+    pending_forever,
+    sbatch_argv,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +54,41 @@ def test_a_timeout_stop_says_how_long_the_run_had() -> None:
     ended = outcome_of(JobState("7", "CANCELLED", "None", "n"), None, "timeout timed out after 2s")
 
     assert ended.message == "timed out after 2s"
+
+
+@pytest.mark.parametrize(
+    ("reason", "forever"),
+    [
+        ("PartitionTimeLimit", True),
+        ("PartitionNodeLimit", True),
+        ("BadConstraints", True),
+        ("DependencyNeverSatisfied", True),
+        ("InvalidQOS", True),
+        ("QOSMaxWallDurationPerJobLimit", True),
+        ("AssocMaxWallDurationPerJobLimit", True),
+        ("QOSMaxGRESPerJob", True),
+        ("QOSMinCpuNotSatisfied", True),
+        # Limits on all of a user's or group's jobs free up as they end.
+        ("QOSMaxCpuPerUserLimit", False),
+        ("AssocGrpCpuLimit", False),
+        ("QOSMaxJobsPerUserLimit", False),
+        ("Resources", False),
+        ("Priority", False),
+        ("Licenses", False),
+        ("ReqNodeNotAvail", False),
+        ("PartitionConfig", False),  # Slurm's first word, before it names the limit
+        ("JobHeldAdmin", False),
+    ],
+)
+def test_reasons_a_job_would_pend_forever(reason: str, forever: bool) -> None:
+    assert pending_forever(reason) is forever
+
+
+def test_a_job_cancelled_for_pending_forever_ends_error_saying_why() -> None:
+    ended = outcome_of(JobState("7", "CANCELLED", "None", "n"), None, "refused PartitionTimeLimit")
+
+    assert (ended.status, ended.error_code) == (RunStatus.ERROR, "slurm_refused")
+    assert ended.message == "Slurm would never start job 7: pending for PartitionTimeLimit"
 
 
 def test_squeue_lines_keep_a_name_with_the_separator_in_it() -> None:
