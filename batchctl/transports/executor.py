@@ -26,15 +26,11 @@ from batchctl.model.models import Entry, Run, RunStatus
 from batchctl.state.batches import BatchStore
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
-from batchctl.transports.inputs import (
-    INPUTS_VARIABLE,
-    InputsMissing,
-    artifacts_of_passing_run,
-    gather_inputs,
-)
+from batchctl.transports.inputs import artifacts_of_passing_run
 from batchctl.transports.processes import this_process
 from batchctl.transports.rundir import beat, write_pgid, write_result
 from batchctl.transports.runners.base import Ended, Runner, batchctl_variables
+from batchctl.transports.workcopy import NotStarted, inputs_given, work_copy
 
 WAIT_SLICE_S = 0.1
 RECORD_ATTEMPTS = 20
@@ -110,24 +106,20 @@ def execute_run(
         machine = machine_of(run.machine)
     except LookupError:
         return not_started("machine_unknown", f"machine {run.machine!r} is no longer in the fleet")
-    if entry.snapshot is not None and snapshots is not None:
-        # The runner uploads the snapshot, put in the run directory first.
-        try:
-            work = snapshots.materialize_whole(entry.snapshot, run_dir)
-        except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
-            return not_started("upload_failed", f"cannot copy the snapshot of {entry.dir}: {exc}")
-        entry = entry.model_copy(update={"abs_dir": str(work)})
-    given: dict[str, str] = {}
-    if entry.inputs:
-        try:
-            gathered = gather_inputs(
-                run_dir,
-                entry.inputs,
-                lambda item: artifacts_of_passing_run(runs, batches.raw(run.batch_id), item),
+    try:
+        if entry.snapshot is not None and snapshots is not None:
+            # The runner uploads the snapshot, put in the run directory first.
+            work = work_copy(
+                run_dir, test_dir=entry.dir, snapshot=entry.snapshot, snapshots=snapshots
             )
-        except (OSError, InputsMissing) as exc:
-            return not_started("inputs_failed", f"cannot gather the artifacts of its inputs: {exc}")
-        given[INPUTS_VARIABLE] = str(gathered)
+            entry = entry.model_copy(update={"abs_dir": str(work)})
+        given = inputs_given(
+            run_dir,
+            entry.inputs,
+            lambda item: artifacts_of_passing_run(runs, batches.raw(run.batch_id), item),
+        )
+    except NotStarted as problem:
+        return _record(runs, run_dir, run.id, problem.ended, clock)
     env = run_variables(
         controller=environ,
         env_pass=env_pass_for(machine, entry.env_pass),

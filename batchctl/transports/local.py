@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -46,12 +45,7 @@ from batchctl.model.fleet import FleetSource
 from batchctl.model.models import ProcessIdentity, Run, RunStatus
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
-from batchctl.transports.inputs import (
-    INPUTS_VARIABLE,
-    InputsMissing,
-    artifacts_of_passing_run,
-    gather_inputs,
-)
+from batchctl.transports.inputs import artifacts_of_passing_run
 from batchctl.transports.processes import (
     group_alive,
     group_of_run,
@@ -61,6 +55,7 @@ from batchctl.transports.processes import (
 from batchctl.transports.rundir import write_atomically
 from batchctl.transports.runners.base import Ended, batchctl_variables, ending, from_exit_code
 from batchctl.transports.umask import test_umask
+from batchctl.transports.workcopy import NotStarted, entrypoint_in, inputs_given, work_copy
 
 # $1 run directory, $2 the entrypoint's path; the rest is its argv. The
 # shell exports OLDPWD once it has changed directory: unset, so that a local
@@ -148,50 +143,20 @@ class LocalTransport:
         fleet = self.fleet.get()
         machine = fleet.get(run.machine)
         entrypoint = machine.entrypoint if machine else "run.sh"
-        snapshot = entry.get("snapshot")
         try:
-            if snapshot and self.snapshots is not None:
-                work = self.snapshots.materialize_whole(snapshot, run_dir)
-            else:  # a batch made before snapshots runs its directory
-                work = _copy_test_dir(Path(run.test_dir), run_dir)
-        except (OSError, ValueError) as exc:  # ValueError: a damaged snapshot tree
-            self._record(
-                run,
-                Ended(
-                    RunStatus.ERROR,
-                    error_code="upload_failed",
-                    message=f"cannot copy {run.test_dir}: {exc}",
-                ),
+            work = work_copy(
+                run_dir,
+                test_dir=run.test_dir,
+                snapshot=entry.get("snapshot"),
+                snapshots=self.snapshots,
             )
-            return
-        script = work / entrypoint
-        if not script.is_file():
-            self._record(
-                run,
-                Ended(
-                    RunStatus.ERROR,
-                    error_code="entrypoint_missing",
-                    message=f"{entrypoint} not found in {run.test_dir}",
-                ),
+            script = entrypoint_in(work, entrypoint, run.test_dir)
+            given = inputs_given(
+                run_dir, entry.get("inputs", ()), lambda item: self._artifacts_of(run, item)
             )
+        except NotStarted as problem:
+            self._record(run, problem.ended)
             return
-        given: dict[str, str] = {}
-        if entry.get("inputs"):
-            try:
-                gathered = gather_inputs(
-                    run_dir, entry["inputs"], lambda item: self._artifacts_of(run, item)
-                )
-            except (OSError, InputsMissing) as exc:
-                self._record(
-                    run,
-                    Ended(
-                        RunStatus.ERROR,
-                        error_code="inputs_failed",
-                        message=f"cannot gather the artifacts of its inputs: {exc}",
-                    ),
-                )
-                return
-            given[INPUTS_VARIABLE] = str(gathered)
         argv = [str(script)] if os.access(script, os.X_OK) else ["/bin/sh", str(script)]
         Path(run.artifacts_path).mkdir(mode=0o700, parents=True, exist_ok=True)
         # Made here, private, so the wrapper's redirect only appends to it.
@@ -438,22 +403,6 @@ class LocalTransport:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-
-
-def _copy_test_dir(source: Path, run_dir: Path) -> Path:
-    """A fresh copy for the run, put in place whole (a copy cut short by a
-    crash is redone, never run half-made)."""
-    work = run_dir / "work"
-    if work.is_dir():
-        return work
-    run_dir.mkdir(parents=True, exist_ok=True)
-    staging = run_dir / "work.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, symlinks=True)
-    # The copy keeps its files' modes; its top is private like the rest.
-    staging.chmod(0o700)
-    staging.rename(work)
-    return work
 
 
 def _take_claim(run_dir: Path) -> bool:

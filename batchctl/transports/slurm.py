@@ -49,16 +49,12 @@ from batchctl.model.views import NodeView
 from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.archive import UnsafeArchive, safe_extract
-from batchctl.transports.inputs import (
-    INPUTS_VARIABLE,
-    InputsMissing,
-    artifacts_of_passing_run,
-    gather_inputs,
-)
+from batchctl.transports.inputs import artifacts_of_passing_run
 from batchctl.transports.local import EntryLookup
 from batchctl.transports.remote import PosixCommands
 from batchctl.transports.rundir import write_atomically
 from batchctl.transports.runners.base import Ended, batchctl_variables, ending, from_exit_code
+from batchctl.transports.workcopy import NotStarted, entrypoint_in, inputs_given, work_copy
 
 JOB_PREFIX = "batchctl-"
 CLAIM = "claim"
@@ -418,7 +414,7 @@ class SlurmTransport:
         root = self._root(machine, run.id)
         try:
             self._prepare(run, machine, root, entry, staging)
-        except _NotStarted as problem:
+        except NotStarted as problem:
             self._finish(run, problem.ended)
             shutil.rmtree(root, ignore_errors=True)
             return
@@ -478,48 +474,20 @@ class SlurmTransport:
         its variables and the job script."""
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(mode=0o700, parents=True)
-        snapshot = entry.get("snapshot")
-        try:
-            if snapshot and self.snapshots is not None:
-                self.snapshots.materialize_whole(snapshot, root)
-            else:
-                shutil.copytree(Path(run.test_dir), root / "work", symlinks=True)
-        except (OSError, ValueError) as exc:
-            raise _NotStarted(
-                Ended(
-                    RunStatus.ERROR,
-                    error_code="upload_failed",
-                    message=f"cannot copy {run.test_dir} to {root}: {exc}",
-                )
-            ) from None
-        if not (root / "work" / machine.entrypoint).is_file():
-            raise _NotStarted(
-                Ended(
-                    RunStatus.ERROR,
-                    error_code="entrypoint_missing",
-                    message=f"{machine.entrypoint} not found in {run.test_dir}",
-                )
-            )
-        given: dict[str, str] = {"BATCHCTL_ARTIFACTS_DIR": str(root / "artifacts")}
-        if entry.get("inputs"):
-            try:
-                given[INPUTS_VARIABLE] = str(
-                    gather_inputs(
-                        root,
-                        entry["inputs"],
-                        lambda item: artifacts_of_passing_run(
-                            self.runs, self.entries.batch_raw(run.batch_id), item
-                        ),
-                    )
-                )
-            except (OSError, InputsMissing) as exc:
-                raise _NotStarted(
-                    Ended(
-                        RunStatus.ERROR,
-                        error_code="inputs_failed",
-                        message=f"cannot gather the artifacts of its inputs: {exc}",
-                    )
-                ) from None
+        work = work_copy(
+            root, test_dir=run.test_dir, snapshot=entry.get("snapshot"), snapshots=self.snapshots
+        )
+        entrypoint_in(work, machine.entrypoint, run.test_dir)
+        given = {
+            "BATCHCTL_ARTIFACTS_DIR": str(root / "artifacts"),
+            **inputs_given(
+                root,
+                entry.get("inputs", ()),
+                lambda item: artifacts_of_passing_run(
+                    self.runs, self.entries.batch_raw(run.batch_id), item
+                ),
+            ),
+        }
         (root / "artifacts").mkdir(mode=0o700, exist_ok=True)
         Path(run.artifacts_path).mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
@@ -830,12 +798,6 @@ class SlurmTransport:
             error_code=ended.error_code,
             message=ended.message,
         )
-
-
-class _NotStarted(Exception):
-    def __init__(self, ended: Ended) -> None:
-        super().__init__(ended.message)
-        self.ended = ended
 
 
 def _collect(source: Path, destination: Path, max_mb: int) -> str | None:
