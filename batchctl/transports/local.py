@@ -55,7 +55,13 @@ from batchctl.transports.processes import (
 from batchctl.transports.rundir import write_atomically
 from batchctl.transports.runners.base import Ended, batchctl_variables, ending, from_exit_code
 from batchctl.transports.umask import test_umask
-from batchctl.transports.workcopy import NotStarted, entrypoint_in, inputs_given, work_copy
+from batchctl.transports.workcopy import (
+    NotStarted,
+    entrypoint_in,
+    inputs_given,
+    record_end,
+    work_copy,
+)
 
 # $1 run directory, $2 the entrypoint's path; the rest is its argv. The
 # shell exports OLDPWD once it has changed directory: unset, so that a local
@@ -315,14 +321,7 @@ class LocalTransport:
 
     def _record(self, run: Run, ended: Ended) -> None:
         """A run that could not start: it ends here, with why."""
-        self.runs.finish(
-            run.id,
-            ended.status,
-            now=self.clock.now(),
-            exit_code=ended.exit_code,
-            error_code=ended.error_code,
-            message=ended.message,
-        )
+        record_end(self.runs, run.id, ended, self.clock.now())
 
     def _adopt(self, run_id: str, wrapper: ProcessIdentity) -> None:
         """Be woken by the end of a live wrapper another process started (the

@@ -54,7 +54,13 @@ from batchctl.transports.local import EntryLookup
 from batchctl.transports.remote import PosixCommands
 from batchctl.transports.rundir import write_atomically
 from batchctl.transports.runners.base import Ended, batchctl_variables, ending, from_exit_code
-from batchctl.transports.workcopy import NotStarted, entrypoint_in, inputs_given, work_copy
+from batchctl.transports.workcopy import (
+    NotStarted,
+    entrypoint_in,
+    inputs_given,
+    record_end,
+    work_copy,
+)
 
 JOB_PREFIX = "batchctl-"
 CLAIM = "claim"
@@ -790,14 +796,7 @@ class SlurmTransport:
         return self.runs.get(run.id)
 
     def _finish(self, run: Run, ended: Ended) -> None:
-        self.runs.finish(
-            run.id,
-            ended.status,
-            now=self.clock.now(),
-            exit_code=ended.exit_code,
-            error_code=ended.error_code,
-            message=ended.message,
-        )
+        record_end(self.runs, run.id, ended, self.clock.now())
 
 
 def _collect(source: Path, destination: Path, max_mb: int) -> str | None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
-from batchctl.model.models import RunStatus
+from batchctl.model.models import Run, RunStatus
+from batchctl.state.runs import RunStore
 from batchctl.state.snapshots import SnapshotStore
 from batchctl.transports.inputs import INPUTS_VARIABLE, InputsMissing, gather_inputs
 from batchctl.transports.runners.base import Ended
@@ -20,6 +22,19 @@ class NotStarted(Exception):
     def __init__(self, error_code: str, message: str) -> None:
         super().__init__(message)
         self.ended = Ended(RunStatus.ERROR, error_code=error_code, message=message)
+
+
+def record_end(runs: RunStore, run_id: str, ended: Ended, now: datetime) -> Run:
+    """``ended`` recorded as the run's end: one that could not start, or
+    that a transport saw end."""
+    return runs.finish(
+        run_id,
+        ended.status,
+        now=now,
+        exit_code=ended.exit_code,
+        error_code=ended.error_code,
+        message=ended.message,
+    )
 
 
 def work_copy(
