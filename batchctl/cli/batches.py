@@ -194,6 +194,12 @@ def run(
             f"batch {batch_id} keeps the priority it was made with, {kept}: a resume does not "
             f"change it (--priority {priority}; run --new makes a batch with it)"
         )
+    if resumed and max_parallel is not None and max_parallel != submitted.max_parallel:
+        held = submitted.max_parallel or "no cap"
+        output.note(
+            f"batch {batch_id} keeps the cap it was made with, {held}: a resume does not "
+            f"change it (--max-parallel {max_parallel}; run --new makes a batch with it)"
+        )
     if changed is not None:
         # A few names say what changed; a 10,000-item matrix's would not.
         names = ", ".join(changed.entries[:20]) + (

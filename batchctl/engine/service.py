@@ -74,6 +74,7 @@ class Submitted:
     changed_since: ChangedSince | None
     # The batch's own (fixed at creation, whatever a resume asked for).
     priority: int = DEFAULT_PRIORITY
+    max_parallel: int | None = None
 
 
 def content_hash(entries: Iterable[Entry]) -> str:
@@ -358,7 +359,11 @@ class BatchService:
         if not batch.cancelled:
             self.dispatcher.foreground_pass(batch.id)
         return Submitted(
-            batch.id, resumed, _changed_since(previous, batch, resumed), batch.priority
+            batch.id,
+            resumed,
+            _changed_since(previous, batch, resumed),
+            batch.priority,
+            batch.max_parallel,
         )
 
     def dry_run(self, plan: Plan, *, staging: str) -> DryRunResult:

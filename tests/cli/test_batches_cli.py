@@ -87,6 +87,23 @@ def test_priority_is_kept_with_the_batch_and_a_bad_one_is_refused(
     assert "priority 5" in cli("status", made["id"]).stdout
 
 
+def test_a_resume_that_asks_for_another_cap_is_told_the_batch_keeps_its_own(
+    plan: Path, cli: CliRunner
+) -> None:
+    made = cli("run", "plan.yaml", "--max-parallel", "1", "--json")
+    assert made.code == 0, made.stderr
+    again = cli("run", "plan.yaml", "--max-parallel", "4", "--json")
+    assert again.json()["data"]["batch"]["id"] == made.json()["data"]["batch"]["id"]
+    assert "keeps the cap it was made with, 1" in again.stderr
+    assert "--max-parallel 4" in again.stderr
+    # The same cap, or none asked for: nothing to say.
+    same = cli("run", "plan.yaml", "--max-parallel", "1")
+    assert same.code == 0
+    assert "resumed" in same.stdout + same.stderr
+    assert "keeps the cap" not in same.stdout + same.stderr
+    assert "keeps the cap" not in cli("run", "plan.yaml", "--json").stderr
+
+
 def test_an_unknown_ready_order_is_refused_naming_the_variable(
     plan: Path, state_dir: Path, workdir: Path
 ) -> None:
