@@ -7,22 +7,24 @@ name with its snapshot's digest), so an edited test starts without history:
 
 SECONDS is a moving average of the passing runs' durations (each new one
 weighs half), SEEN the Unix time of the last. The file is bounded: past
-``MAX_ENTRIES`` the entries seen longest ago are dropped. Workers add what
-they learned in one write now and then (never per run) under the file's
-lock, by temp file, fsync and rename (``JsonStateFile``); readers (a worker
-loading its batch, ``status``) read it whole without the lock: O(entries),
-never the runs history.
+``max_entries`` the entries seen longest ago are dropped. It is a snapshot
+and a journal (``JournaledFile``, like ``runs.json``): a worker appends what
+it learned now and then (never per run) as one record under the file's
+lock, O(learned) bytes, and the journal is folded into a new snapshot once
+it has grown as large as the snapshot. Readers (a worker loading its
+batch, ``status``) fold the journal into the snapshot without the lock:
+O(entries), never the runs history.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S
-from batchctl.state.jsonfile import JsonStateFile
+from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S, JournaledFile
 
 SCHEMA_VERSION = 1
 FILE_NAME = "durations.json"
@@ -40,13 +42,14 @@ class DurationStore:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         max_entries: int = MAX_ENTRIES,
     ) -> None:
-        self.file = JsonStateFile(
+        self.max_entries = max_entries
+        self.file = JournaledFile(
             state_dir / FILE_NAME,
             schema_version=SCHEMA_VERSION,
             collection="durations",
+            fold=self._fold,
             lock_timeout=lock_timeout,
         )
-        self.max_entries = max_entries
 
     def expected(self, keys: Collection[str] | None = None) -> dict[str, float]:
         """Expected seconds by key (of ``keys`` only, if given); entries that
@@ -61,28 +64,37 @@ class DurationStore:
         return known
 
     def record(self, learned: Mapping[str, float], now: datetime) -> None:
-        """Fold the durations just learned into the file, in one write.
-        O(entries + learned), and O(entries log entries) when the bound
-        is passed."""
+        """Add the durations just learned: one record appended and fsynced
+        under the lock, O(learned) bytes."""
         if not learned:
             return
-        seen = int(now.timestamp())
+        record = {
+            "op": "learned",
+            "seen": int(now.timestamp()),
+            "durations": {key: round(seconds, 3) for key, seconds in learned.items()},
+        }
+        with self.file.locked():
+            self.file.append([record])
 
-        def change(document: dict[str, Any]) -> tuple[dict[str, Any], None]:
-            durations: dict[str, Any] = document["durations"]
-            for key, seconds in learned.items():
-                before = _seconds(durations.get(key))
-                average = (
-                    seconds if before is None else before * (1 - NEW_WEIGHT) + seconds * NEW_WEIGHT
-                )
-                durations.pop(key, None)  # re-inserted last: newest at the end
-                durations[key] = [round(average, 3), seen]
-            if len(durations) > self.max_entries:
-                newest = sorted(durations.items(), key=lambda pair: _seen(pair[1]))
-                document["durations"] = dict(newest[-self.max_entries :])
-            return document, None
-
-        self.file.update(change)
+    def _fold(self, document: dict[str, Any], record: Mapping[str, Any]) -> None:
+        """One record into the document: each key's average moves half way to
+        what was learned and goes to the end, so the entries are in the
+        order they were last seen and the bound drops from the front.
+        O(learned + entries dropped)."""
+        if record.get("op") != "learned":
+            return
+        durations: dict[str, Any] = document["durations"]
+        seen = record.get("seen", 0)
+        for key, seconds in record.get("durations", {}).items():
+            if not isinstance(seconds, int | float) or seconds < 0:
+                continue
+            before = _seconds(durations.pop(key, None))
+            average = seconds if before is None else before + (seconds - before) * NEW_WEIGHT
+            durations[key] = [round(average, 3), seen]
+        overflow = len(durations) - self.max_entries
+        if overflow > 0:
+            for key in list(itertools.islice(durations, overflow)):
+                del durations[key]
 
 
 def _seconds(entry: object) -> float | None:
@@ -90,9 +102,3 @@ def _seconds(entry: object) -> float | None:
         seconds = float(entry[0])
         return seconds if seconds >= 0 else None
     return None
-
-
-def _seen(entry: object) -> float:
-    if isinstance(entry, list) and len(entry) > 1 and isinstance(entry[1], int | float):
-        return float(entry[1])
-    return 0.0

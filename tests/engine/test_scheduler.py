@@ -778,7 +778,8 @@ def test_a_damaged_durations_file_only_loses_the_history(world: World, state_dir
     learn_durations(world, store, {"short1": 5, "short2": 5, "head": 20, "tail": 20})
     store.file.path.write_text("{not json")
     world.batch(CHAIN_AND_SHORT_ITEMS, "again", staging="again")
-    scheduler = world.scheduler(durations=store)
+    # The next worker, a process that has not read the file before.
+    scheduler = world.scheduler(durations=DurationStore(state_dir))
     # Every item the same unknown length: the two-item chain is the longest.
     assert dispatch_order(world, scheduler, "again")[0] == "head"
     assert "durations.json" in (scheduler.keep_durations("again", world.clock.now()) or "")

@@ -39,3 +39,26 @@ def test_a_damaged_file_is_refused_and_left_as_it_is(state_dir: Path) -> None:
     with pytest.raises(StateUnreadable):
         store.record({"k": 1.0}, NOW)
     assert store.file.path.read_text() == "[1, 2"
+
+
+def test_adding_a_few_durations_writes_what_they_take_not_the_whole_file(
+    state_dir: Path,
+) -> None:
+    store = DurationStore(state_dir)
+    store.record({f"k{n}": float(n) for n in range(5_000)}, NOW)
+    snapshot = store.file.path
+    before = store.file.bytes_written
+    store.record({"k7": 9.0}, NOW + timedelta(seconds=1))
+    assert store.file.bytes_written - before < 200
+    # Another process folds the journal into what it reads, in the order
+    # the durations were seen: k7 moved to the end.
+    again = DurationStore(state_dir)
+    expected = again.expected()
+    assert expected["k7"] == 8.0
+    assert list(expected)[-1] == "k7"
+    assert len(expected) == 5_000
+    # Compacted once the journal has grown: the same durations, from the snapshot.
+    with store.file.locked():
+        store.file.compact()
+    assert snapshot.exists()
+    assert DurationStore(state_dir).expected() == expected
