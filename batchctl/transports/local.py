@@ -239,13 +239,18 @@ class LocalTransport:
     def check(self, runs: Sequence[Run], now: datetime) -> list[str]:
         """Record what happened to runs in flight, in one write: claimed,
         ended (their exit file), lost (wrapper gone without one), timed out
-        (stopped here). Returns the ids of runs found lost."""
+        (stopped here). Returns the ids of runs found lost. Reads the files
+        of the runs that may have changed only (see ``_running_quietly``):
+        a step costs what ended, not every run in flight."""
         self._reap_children()
         changes: dict[str, Callable[[Run], Run | None]] = {}
         lost: list[str] = []
+        exited = _readable(list(self._pidfds.values()))
         for run in runs:
             if run.status.terminal:
                 self._forget(run.id)
+                continue
+            if self._running_quietly(run, now, exited):
                 continue
             change = self._look(run, now, lost)
             if change is not None:
@@ -253,6 +258,23 @@ class LocalTransport:
         if changes:
             self.runs.update_many(changes)
         return lost
+
+    def _running_quietly(self, run: Run, now: datetime, exited: set[int]) -> bool:
+        """A claimed run whose wrapper this process watches and has not seen
+        exit, with no stop under way and no timeout due: nothing of it can
+        have changed (its end comes with its wrapper's exit, which wakes the
+        worker), so its files need not be read."""
+        fd = self._pidfds.get(run.id)
+        if (
+            fd is None
+            or fd in exited
+            or run.status is not RunStatus.RUNNING
+            or run.started_at is None
+            or run.id in self._stopping
+        ):
+            return False
+        timeout_s = self.entries(run)[1].get("timeout_s")
+        return timeout_s is None or now - run.started_at < timedelta(seconds=timeout_s)
 
     def _look(self, run: Run, now: datetime, lost: list[str]) -> Callable[[Run], Run | None] | None:
         run_dir = self.runs.run_dir(run.id)
