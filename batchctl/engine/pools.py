@@ -27,6 +27,7 @@ from batchctl.model.fleet import Fleet, pool_machine
 from batchctl.model.health import DEFAULT_CHECK
 from batchctl.model.pools import (
     CAPACITY_EXIT,
+    Address,
     BadProvisionOutput,
     PoolSpec,
     parse_address,
@@ -272,9 +273,7 @@ class PoolKeeper:
                     and self._take_out(spec, name, now, f"idle for {spec.idle_timeout}s")
                 ):
                     ready -= 1
-                    taken_out = self.store.pools()[spec.name].machines.get(name)
-                    if taken_out is not None:
-                        self._deprovision(spec, taken_out, now)
+                    self._deprovision_named(spec, name, now)
 
     def _provision_orphaned(self, spec: PoolSpec, machine: PoolMachine, now: datetime) -> None:
         """Its worker died with the provision command (its claim ran out,
@@ -294,9 +293,23 @@ class PoolKeeper:
             )
             return
         note = "the worker provisioning it stopped"
-        if self.store.deprovisioning(
+        if self._give_up(spec, machine.name, now, note, address=address):
+            self.events.append(f"{machine.name}: {note} after it was made; deprovisioning it")
+
+    def _give_up(
+        self,
+        spec: PoolSpec,
+        name: str,
+        now: datetime,
+        note: str,
+        *,
+        address: Address | None = None,
+    ) -> bool:
+        """Counted as failed and deprovisioned now; False if another worker
+        had already moved it on."""
+        if not self.store.deprovisioning(
             spec.name,
-            machine.name,
+            name,
             by=self.by,
             now=now,
             hold_s=self._hold_s(spec),
@@ -304,10 +317,15 @@ class PoolKeeper:
             failed=True,
             address=address,
         ):
-            self.events.append(f"{machine.name}: {note} after it was made; deprovisioning it")
-            gone = self.store.pools()[spec.name].machines.get(machine.name)
-            if gone is not None:
-                self._deprovision(spec, gone, now)
+            return False
+        self._deprovision_named(spec, name, now)
+        return True
+
+    def _deprovision_named(self, spec: PoolSpec, name: str, now: datetime) -> None:
+        """Deprovision a machine just marked so, as the pool file has it."""
+        gone = self.store.pools()[spec.name].machines.get(name)
+        if gone is not None:
+            self._deprovision(spec, gone, now)
 
     def _take_out(self, spec: PoolSpec, name: str, now: datetime, note: str) -> bool:
         """Out of the fleet for every batch, only if it holds no run: decided
@@ -321,19 +339,9 @@ class PoolKeeper:
 
     def _start_or_give_up(self, spec: PoolSpec, machine: PoolMachine, now: datetime) -> None:
         if now - machine.since >= timedelta(seconds=spec.ready_timeout):
-            note = f"never became healthy within {spec.ready_timeout}s"
-            if self.store.deprovisioning(
-                spec.name,
-                machine.name,
-                by=self.by,
-                now=now,
-                hold_s=self._hold_s(spec),
-                note=note,
-                failed=True,
-            ):
-                gone = self.store.pools()[spec.name].machines.get(machine.name)
-                if gone is not None:
-                    self._deprovision(spec, gone, now)
+            self._give_up(
+                spec, machine.name, now, f"never became healthy within {spec.ready_timeout}s"
+            )
             return
         assert machine.address is not None
         target = pool_machine(spec, machine.name, machine.address)
