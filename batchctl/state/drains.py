@@ -22,7 +22,7 @@ from typing import Any
 from batchctl.model.errors import StateUnreadable
 from batchctl.model.fleet import Drain
 from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S
-from batchctl.state.jsonfile import JsonStateFile
+from batchctl.state.jsonfile import JsonStateFile, ParsedWhileUnchanged
 
 SCHEMA_VERSION = 1
 FILE_NAME = "machines.json"
@@ -36,8 +36,9 @@ class DrainStore:
             collection="drained",
             lock_timeout=lock_timeout,
         )
-        self._seen: tuple[int, int, int, int] | None = None
-        self._drained: dict[str, Drain] = {}
+        self._drained: ParsedWhileUnchanged[dict[str, Drain]] = ParsedWhileUnchanged(
+            self.file, self._parse, dict
+        )
 
     @property
     def path(self) -> Path:
@@ -45,18 +46,7 @@ class DrainStore:
 
     def drained(self) -> Mapping[str, Drain]:
         """Drained machines by name. One ``stat`` while nothing changed."""
-        try:
-            stat = self.file.path.stat()
-        except FileNotFoundError:
-            self._seen, self._drained = None, {}
-            return self._drained
-        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if identity != self._seen:
-            # Identity taken before the read: a write between the two makes
-            # the next call read again, never keeps a stale answer.
-            self._drained = self._parse(self.file.read())
-            self._seen = identity
-        return self._drained
+        return self._drained.get()
 
     def drain(self, name: str, *, reason: str, by: str, now: datetime) -> tuple[Drain, bool]:
         """Drain ``name`` (again: its reason is replaced, its time kept).

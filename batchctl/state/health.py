@@ -7,7 +7,7 @@ no run from any other. Every change is made under the file's lock, by temp
 file, fsync and rename (``JsonStateFile``).
 
 Readers ask at every step; that costs one ``stat`` while the file is
-unchanged (see ``drains.py``: a rename changes the file's identity). Run
+unchanged (``ParsedWhileUnchanged``: a rename changes the file's identity). Run
 ends are written only when they change something: an infrastructure
 failure, or the first good end after some. A batch of passing runs on
 healthy machines never writes here.
@@ -36,7 +36,7 @@ from batchctl.model.health import (
     valve_holds,
 )
 from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S
-from batchctl.state.jsonfile import JsonStateFile
+from batchctl.state.jsonfile import JsonStateFile, ParsedWhileUnchanged
 
 SCHEMA_VERSION = 1
 FILE_NAME = "health.json"
@@ -50,8 +50,9 @@ class HealthStore:
             collection="machines",
             lock_timeout=lock_timeout,
         )
-        self._seen: tuple[int, int, int, int] | None = None
-        self._health: dict[str, MachineHealth] = {}
+        self._health: ParsedWhileUnchanged[dict[str, MachineHealth]] = ParsedWhileUnchanged(
+            self.file, self._parse, dict
+        )
 
     @property
     def path(self) -> Path:
@@ -60,18 +61,7 @@ class HealthStore:
     def health(self) -> Mapping[str, MachineHealth]:
         """Machines with something to say about their health, by name. One
         ``stat`` while nothing changed."""
-        try:
-            stat = self.file.path.stat()
-        except FileNotFoundError:
-            self._seen, self._health = None, {}
-            return self._health
-        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if identity != self._seen:
-            # Identity taken before the read: a write in between makes the
-            # next call read again.
-            self._health = self._parse(self.file.read())
-            self._seen = identity
-        return self._health
+        return self._health.get()
 
     def quarantined(self) -> dict[str, Quarantine]:
         return {

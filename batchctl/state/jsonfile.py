@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import orjson
 from filelock import FileLock
@@ -143,3 +143,34 @@ class JsonStateFile:
             staging.unlink()
         os.link(self.path, staging)
         os.replace(staging, self.last_good_path)
+
+
+class ParsedWhileUnchanged(Generic[T]):
+    """A state file's content as ``parse`` makes it, read and parsed again
+    only when the file changed: one ``stat`` otherwise. Every write renames a
+    new inode into place, so the file's identity (device, inode, size,
+    mtime) changes with each; a missing file is ``empty()``. The same
+    object is returned while the file is unchanged."""
+
+    def __init__(
+        self, file: JsonStateFile, parse: Callable[[Document], T], empty: Callable[[], T]
+    ) -> None:
+        self.file = file
+        self.parse = parse
+        self.empty = empty
+        self._seen: tuple[int, int, int, int] | None = None
+        self._value: T = empty()
+
+    def get(self) -> T:
+        try:
+            stat = self.file.path.stat()
+        except FileNotFoundError:
+            self._seen, self._value = None, self.empty()
+            return self._value
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if identity != self._seen:
+            # Identity taken before the read: a write between the two makes
+            # the next call read again, never keeps a stale answer.
+            self._value = self.parse(self.file.read())
+            self._seen = identity
+        return self._value

@@ -27,7 +27,7 @@ from batchctl.model.errors import StateUnreadable
 from batchctl.model.fleet import Fleet, Machine, pool_machine
 from batchctl.model.pools import Address, PoolSpec, retry_delay, to_request
 from batchctl.state.journal import DEFAULT_LOCK_TIMEOUT_S
-from batchctl.state.jsonfile import JsonStateFile
+from batchctl.state.jsonfile import JsonStateFile, ParsedWhileUnchanged
 
 SCHEMA_VERSION = 1
 FILE_NAME = "pools.json"
@@ -75,29 +75,17 @@ class PoolStore:
             collection="pools",
             lock_timeout=lock_timeout,
         )
-        self._seen: tuple[int, int, int, int] | None = None
-        self._pools: dict[str, PoolState] = {}
+        self._pools: ParsedWhileUnchanged[dict[str, PoolState]] = ParsedWhileUnchanged(
+            self.file, self._parse, dict
+        )
 
     @property
     def path(self) -> Path:
         return self.file.path
 
-    def identity(self) -> tuple[int, int, int, int] | None:
-        try:
-            stat = self.file.path.stat()
-        except FileNotFoundError:
-            return None
-        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
     def pools(self) -> Mapping[str, PoolState]:
         """Every pool's machines. One ``stat`` while nothing changed."""
-        identity = self.identity()
-        if identity is None:
-            self._seen, self._pools = None, {}
-        elif identity != self._seen:
-            self._pools = self._parse(self.file.read())
-            self._seen = identity
-        return self._pools
+        return self._pools.get()
 
     # -- changes -------------------------------------------------------------
 
