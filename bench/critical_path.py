@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from batchctl.engine.scheduler import Scheduler, SchedulerSettings
+from batchctl.model.clock import ManualClock
 from batchctl.model.fleet import Fleet, Machine
 from batchctl.model.models import Batch, Item, Run, RunStatus
 from batchctl.model.plan import load_plan_text
@@ -47,27 +48,10 @@ from batchctl.transports.runners.base import Ended, ending
 from batchctl.transports.testdir import hash_test_dir
 
 
-class VirtualClock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 11, 23, tzinfo=UTC)
-        self.mono = 0.0
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> datetime:
-        self.current += timedelta(seconds=seconds)
-        self.mono += seconds
-        return self.current
-
-
 class TimedMachines:
     """Simulated machines whose runs take their item's duration, exactly."""
 
-    def __init__(self, runs: RunStore, clock: VirtualClock, took: dict[str, float]) -> None:
+    def __init__(self, runs: RunStore, clock: ManualClock, took: dict[str, float]) -> None:
         self.runs = runs
         self.clock = clock
         self.took = took
@@ -135,7 +119,7 @@ def makespan(
     """Runs the plan as a new batch to its end; its virtual seconds."""
     state = root / "state"
     batches, runs, durations = BatchStore(state), RunStore(state), DurationStore(state)
-    clock = VirtualClock()
+    clock = ManualClock(datetime(2026, 11, 23, tzinfo=UTC))
     plan = load_plan_text(plan_text, path="plan.yaml", base_dir=root, source="bench", env_tag=None)
     now = clock.now()
     batch = Batch(

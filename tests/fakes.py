@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from batchctl.model.clock import ManualClock
 from batchctl.model.models import Batch, ProcessIdentity, Run, RunStatus
 from batchctl.model.viewdoc import BatchReading
 from batchctl.model.views import BatchView, FleetContext
@@ -18,21 +19,9 @@ from batchctl.state.runs import RunStore
 FAKE_SUPERVISOR = ProcessIdentity(boot_id="fake", pid_ns="fake", pid=999_999, start_ticks=1)
 
 
-class FakeClock:
+class FakeClock(ManualClock):
     def __init__(self, start: datetime | None = None) -> None:
-        self.current = start or datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> datetime:
-        self.current += timedelta(seconds=seconds)
-        self.mono += seconds
-        return self.current
+        super().__init__(start or datetime(2026, 11, 22, 5, 0, tzinfo=UTC), monotonic=1000.0)
 
 
 @dataclass

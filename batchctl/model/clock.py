@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -23,6 +23,27 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+class ManualClock:
+    """A clock that moves only when told (``advance``): the scheduler run on
+    virtual time, by the tests and by benchmarks whose figures must not
+    depend on the machine's speed."""
+
+    def __init__(self, start: datetime, monotonic: float = 0.0) -> None:
+        self.current = start
+        self.mono = monotonic
+
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> datetime:
+        self.current += timedelta(seconds=seconds)
+        self.mono += seconds
+        return self.current
 
 
 def utc_iso(moment: datetime) -> str:
